@@ -1,0 +1,8 @@
+//! The adapters compiled in. Adding one: a folder here, a line in [`REGISTRY`].
+
+use crate::destination::Constructor;
+
+pub mod webhook;
+
+/// Config `type` → constructor.
+pub const REGISTRY: &[(&str, Constructor)] = &[("webhook", webhook::build)];

@@ -1,0 +1,355 @@
+//! One worker per destination: lease due items, batch them, take one rate-limit permit per
+//! HTTP request, let the adapter translate, authorize and classify, then settle each item
+//! (ack, retry later, or dead-letter) in the spool.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::config::DestinationConfig;
+use crate::destination::{Classification, Destination, Item, OutRequest, Response, Transport, Verdict, redacted_headers};
+use crate::retry::{Decision, RetryPolicy};
+use crate::route::{self, RouteKey};
+use crate::spool::{Attempt, Leased, Spool};
+
+/// What operators see of a destination (`GET /v1/destinations`).
+#[derive(Debug, Default)]
+pub struct Status {
+    pub paused_until: Mutex<Option<SystemTime>>,
+    pub last_error: Mutex<Option<String>>,
+    /// Set by an adapter when a person must act (bad credentials, unknown object).
+    pub unhealthy: Mutex<Option<String>>,
+}
+
+impl Status {
+    fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
+    pub fn paused_until(&self) -> Option<SystemTime> {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|t| *t > SystemTime::now())
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn unhealthy(&self) -> Option<String> {
+        self.unhealthy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn pause(&self, until: SystemTime) {
+        let mut slot = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none_or(|t| t < until) {
+            *slot = Some(until);
+        }
+    }
+}
+
+pub struct Worker {
+    pub name: String,
+    adapter: Arc<dyn Destination>,
+    route: RouteKey,
+    spool: Arc<dyn Spool>,
+    transport: Transport,
+    limiter: Option<DefaultDirectRateLimiter>,
+    policy: RetryPolicy,
+    batch_max: usize,
+    max_wait: Duration,
+    dry_run: bool,
+    pub status: Arc<Status>,
+}
+
+impl Worker {
+    pub fn new(
+        config: &DestinationConfig,
+        adapter: Arc<dyn Destination>,
+        route: RouteKey,
+        spool: Arc<dyn Spool>,
+        client: reqwest::Client,
+    ) -> Self {
+        let limiter = config.rate_limit.as_ref().and_then(|rl| {
+            let period = Duration::from_secs_f64(1.0 / rl.requests_per_second);
+            let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(rl.burst)?);
+            Some(RateLimiter::direct(quota))
+        });
+        let batch_max = config
+            .batch
+            .max_events
+            .unwrap_or_else(|| adapter.default_batch())
+            .clamp(1, adapter.max_batch().max(1));
+        Self {
+            name: config.name.clone(),
+            adapter,
+            route,
+            spool,
+            transport: Transport { client, timeout: config.timeout },
+            limiter,
+            policy: RetryPolicy::from(&config.retry),
+            batch_max,
+            max_wait: config.batch.max_wait,
+            dry_run: config.dry_run,
+            status: Arc::new(Status::default()),
+        }
+    }
+
+    /// Deliver until `shutdown` turns true; a batch in progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            if let Some(until) = self.status.paused_until() {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let batch = match self.next_batch().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(destination = %self.name, error = %e, "cannot lease from the spool");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.spool.wait(&self.name, Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            if let Err(e) = self.deliver(batch).await {
+                tracing::error!(destination = %self.name, error = %e, "cannot record delivery outcome in the spool");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Lease what is due; when batching, wait up to `max_wait` for a fuller batch.
+    async fn next_batch(&self) -> Result<Vec<Leased>, crate::spool::SpoolError> {
+        let mut batch = self.spool.lease(&self.name, self.batch_max).await?;
+        if batch.is_empty() || self.batch_max == 1 {
+            return Ok(batch);
+        }
+        let deadline = Instant::now() + self.max_wait;
+        while batch.len() < self.batch_max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.spool.wait(&self.name, left).await;
+            batch.extend(self.spool.lease(&self.name, self.batch_max - batch.len()).await?);
+        }
+        Ok(batch)
+    }
+
+    async fn deliver(&self, batch: Vec<Leased>) -> Result<(), crate::spool::SpoolError> {
+        let now = SystemTime::now();
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        let mut messages: Vec<Map<String, Value>> = Vec::with_capacity(batch.len());
+        for (i, leased) in batch.iter().enumerate() {
+            match serde_json::from_str::<Map<String, Value>>(&leased.body) {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    verdicts[i] = Some(Verdict::permanent(format!("stored message is not valid JSON: {e}")));
+                    messages.push(Map::new());
+                }
+            }
+        }
+        let empty = Map::new();
+        let options: Vec<&Map<String, Value>> = messages
+            .iter()
+            .map(|m| {
+                let integrations = m.get("integrations").and_then(Value::as_object);
+                route::options(integrations, &self.route).unwrap_or(&empty)
+            })
+            .collect();
+        let live: Vec<usize> = (0..batch.len()).filter(|i| verdicts[*i].is_none()).collect();
+        let items: Vec<Item<'_>> = live
+            .iter()
+            .map(|&i| Item { message: &messages[i], options: options[i] })
+            .collect();
+        let translation = self.adapter.translate(&items, now);
+        for (j, v) in translation.settled {
+            merge(&mut verdicts, live[j], v);
+        }
+        let mut queue: VecDeque<OutRequest> = translation.requests.into();
+        while let Some(request) = queue.pop_front() {
+            if let Some(until) = self.status.paused_until() {
+                let after = until.duration_since(SystemTime::now()).ok();
+                for &j in &request.items {
+                    merge(&mut verdicts, live[j], Verdict::Retry { after, reason: "destination paused".into() });
+                }
+                continue;
+            }
+            let c = self.send(request.clone()).await;
+            if c.split && request.items.len() > 1 {
+                let (a, b) = request.items.split_at(request.items.len() / 2);
+                for half in [b, a] {
+                    let sub: Vec<Item<'_>> = half.iter().map(|&j| items[j]).collect();
+                    let t = self.adapter.translate(&sub, SystemTime::now());
+                    for (k, v) in t.settled {
+                        merge(&mut verdicts, live[half[k]], v);
+                    }
+                    for mut r in t.requests.into_iter().rev() {
+                        r.items = r.items.iter().map(|&k| half[k]).collect();
+                        queue.push_front(r);
+                    }
+                }
+                continue;
+            }
+            for (k, &j) in request.items.iter().enumerate() {
+                let v = c.verdicts.get(k).cloned().unwrap_or_else(|| {
+                    Verdict::retry("the adapter gave no verdict for this item")
+                });
+                merge(&mut verdicts, live[j], v);
+            }
+        }
+        self.settle(&batch, verdicts).await
+    }
+
+    /// Send one request (authorizing, and once more after a refused credential) and classify.
+    async fn send(&self, mut request: OutRequest) -> Classification {
+        let mut refreshed = false;
+        loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            if let Err(e) = self.adapter.authorize(&mut request, &self.transport, refreshed).await {
+                let reason = format!("authorization failed: {e}");
+                Status::set(&self.status.unhealthy, Some(reason.clone()));
+                return Classification::all(&request, Verdict::retry(reason));
+            }
+            if self.dry_run {
+                tracing::info!(
+                    destination = %self.name,
+                    method = %request.method,
+                    url = %request.url,
+                    headers = ?redacted_headers(&request.headers),
+                    body = %String::from_utf8_lossy(&request.body),
+                    "dry run: would send"
+                );
+                return Classification::all(&request, Verdict::Delivered);
+            }
+            let response = match self.http(&request).await {
+                Ok(r) => r,
+                Err(reason) => return Classification::all(&request, Verdict::retry(reason)),
+            };
+            let c = self.adapter.classify(&request, &response, SystemTime::now());
+            if c.refresh_auth && !refreshed {
+                refreshed = true;
+                continue;
+            }
+            if let Some(pause) = c.pause {
+                tracing::warn!(destination = %self.name, pause = ?pause, status = response.status, "destination paused");
+                self.status.pause(SystemTime::now() + pause);
+            }
+            if let Some(problem) = &c.unhealthy {
+                tracing::error!(destination = %self.name, problem = %problem, "destination needs attention");
+            }
+            Status::set(&self.status.unhealthy, c.unhealthy.clone());
+            return c;
+        }
+    }
+
+    async fn http(&self, request: &OutRequest) -> Result<Response, String> {
+        let sent = self
+            .transport
+            .client
+            .request(request.method.clone(), &request.url)
+            .headers(request.headers.clone())
+            .body(request.body.clone())
+            .timeout(self.transport.timeout)
+            .send()
+            .await;
+        let response = sent.map_err(|e| describe(e, self.transport.timeout))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| describe(e, self.transport.timeout))?;
+        Ok(Response { status, headers, body })
+    }
+
+    async fn settle(&self, batch: &[Leased], verdicts: Vec<Option<Verdict>>) -> Result<(), crate::spool::SpoolError> {
+        let now = SystemTime::now();
+        let mut delivered = Vec::new();
+        for (leased, verdict) in batch.iter().zip(verdicts) {
+            let verdict = verdict.unwrap_or_else(|| Verdict::permanent("the adapter produced no request for this message"));
+            let attempt = |reason: String| Attempt {
+                attempts: leased.attempts + 1,
+                first_attempt: leased.first_attempt.unwrap_or(now),
+                last_attempt: now,
+                status: status_of(&reason),
+                reason,
+            };
+            match verdict {
+                Verdict::Delivered => delivered.push(leased.seq),
+                Verdict::Retry { after, reason } => {
+                    let a = attempt(reason);
+                    let elapsed = now.duration_since(a.first_attempt).unwrap_or_default();
+                    match self.policy.decide(a.attempts, elapsed, after, rand::random::<f64>()) {
+                        Decision::RetryIn(wait) => {
+                            tracing::warn!(destination = %self.name, seq = leased.seq, attempt = a.attempts,
+                                retry_in = ?wait, reason = %a.reason, "delivery failed; will retry");
+                            Status::set(&self.status.last_error, Some(a.reason.clone()));
+                            self.spool.retry_at(&self.name, leased.seq, now + wait, &a).await?;
+                        }
+                        Decision::GiveUp(why) => {
+                            let a = Attempt { reason: format!("{why}; last error: {}", a.reason), ..a };
+                            self.dead_letter(leased, a).await?;
+                        }
+                    }
+                }
+                Verdict::Permanent { reason } => self.dead_letter(leased, attempt(reason)).await?,
+            }
+        }
+        if !delivered.is_empty() {
+            self.spool.ack(&self.name, &delivered).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, leased: &Leased, a: Attempt) -> Result<(), crate::spool::SpoolError> {
+        tracing::error!(destination = %self.name, seq = leased.seq, attempts = a.attempts,
+            reason = %a.reason, "delivery failed for good; dead-lettered");
+        Status::set(&self.status.last_error, Some(a.reason.clone()));
+        self.spool.dead_letter(&self.name, leased.seq, &a).await
+    }
+}
+
+fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
+    verdicts[i] = Some(match verdicts[i].take() {
+        Some(prev) => prev.worst(v),
+        None => v,
+    });
+}
+
+/// The HTTP status a reason starts with (`HTTP 503: …`), for the dead-letter record.
+fn status_of(reason: &str) -> Option<u16> {
+    reason.strip_prefix("HTTP ")?.get(..3)?.parse().ok()
+}
+
+/// A transport error in words, without the URL (it may carry a token).
+fn describe(e: reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        format!("timed out after {}", humantime::format_duration(timeout))
+    } else if e.is_connect() {
+        format!("connection failed: {}", root_cause(&e.without_url()))
+    } else {
+        format!("request failed: {}", root_cause(&e.without_url()))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,203 @@
+//! Spec checks and normalization of one message: pure, no I/O (the clock comes in).
+//!
+//! What it does is listed under "Normalize" in DESIGN.md; the README's API section says the
+//! same to users.
+
+pub mod time;
+pub mod traits;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::message::MessageType;
+
+/// Batch-level fields that apply to every message lacking its own.
+#[derive(Debug, Default, Clone)]
+pub struct BatchDefaults {
+    pub context: Option<Map<String, Value>>,
+    pub integrations: Option<Map<String, Value>>,
+    pub sent_at: Option<Value>,
+}
+
+/// A message that passed the spec checks, normalized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    pub ty: MessageType,
+    pub message_id: String,
+    pub group_id: Option<String>,
+    pub message: Map<String, Value>,
+    /// `createdAt` was present but unreadable (kept as given).
+    pub unparsed_created_at: bool,
+}
+
+/// Why a message was refused; the text names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(text: impl Into<String>) -> Invalid {
+    Invalid(text.into())
+}
+
+/// The longest `messageId` the spec allows.
+pub const MAX_MESSAGE_ID_CHARS: usize = 100;
+
+/// Check and normalize one message. `implied` is the type a single-message path implies;
+/// in a batch each message must carry its own `type`.
+pub fn normalize(
+    raw: Value,
+    implied: Option<MessageType>,
+    defaults: &BatchDefaults,
+    received_at: DateTime<Utc>,
+    new_id: impl FnOnce() -> String,
+) -> Result<Normalized, Invalid> {
+    let Value::Object(mut msg) = raw else {
+        return Err(invalid("message is not a JSON object"));
+    };
+    // A credential is never forwarded to a destination.
+    msg.remove("writeKey");
+    let ty = message_type(&msg, implied)?;
+    msg.insert("type".into(), Value::String(ty.as_str().into()));
+
+    for field in ["traits", "context", "integrations", "properties"] {
+        match msg.get(field) {
+            None | Some(Value::Object(_)) => {}
+            Some(Value::Null) => {
+                msg.remove(field);
+            }
+            Some(_) => return Err(invalid(format!("{field} must be an object"))),
+        }
+    }
+    merge_object(&mut msg, "context", defaults.context.as_ref());
+    merge_object(&mut msg, "integrations", defaults.integrations.as_ref());
+    if !msg.contains_key("sentAt") {
+        if let Some(sent_at) = &defaults.sent_at {
+            msg.insert("sentAt".into(), sent_at.clone());
+        }
+    }
+
+    let user = id_field(&mut msg, "userId")?;
+    let anon = id_field(&mut msg, "anonymousId")?;
+    if user.is_none() && anon.is_none() {
+        return Err(invalid("userId or anonymousId is required"));
+    }
+    let group_id = id_field(&mut msg, "groupId")?;
+    match ty {
+        MessageType::Group if group_id.is_none() => return Err(invalid("groupId is required")),
+        MessageType::Track if !non_empty_string(msg.get("event")) => {
+            return Err(invalid("event is required on a track call"));
+        }
+        MessageType::Alias if id_field(&mut msg, "previousId")?.is_none() => {
+            return Err(invalid("previousId is required on an alias call"));
+        }
+        _ => {}
+    }
+    let message_id = match id_field(&mut msg, "messageId")? {
+        Some(id) if id.chars().count() > MAX_MESSAGE_ID_CHARS => {
+            return Err(invalid(format!(
+                "messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"
+            )));
+        }
+        Some(id) => id,
+        None => {
+            let id = new_id();
+            msg.insert("messageId".into(), Value::String(id.clone()));
+            id
+        }
+    };
+
+    let mut unparsed_created_at = false;
+    if matches!(ty, MessageType::Group | MessageType::Identify) {
+        if let Some(Value::Object(t)) = msg.get_mut("traits") {
+            let (normalized, report) = traits::normalize(std::mem::take(t));
+            *t = normalized;
+            unparsed_created_at = report.unparsed_created_at;
+        }
+    }
+    timestamps(&mut msg, received_at)?;
+    Ok(Normalized {
+        ty,
+        message_id,
+        group_id: if ty == MessageType::Group { group_id } else { None },
+        message: msg,
+        unparsed_created_at,
+    })
+}
+
+fn message_type(msg: &Map<String, Value>, implied: Option<MessageType>) -> Result<MessageType, Invalid> {
+    if let Some(ty) = implied {
+        return Ok(ty);
+    }
+    match msg.get("type") {
+        None | Some(Value::Null) => Err(invalid("type is required on each message in a batch")),
+        Some(Value::String(s)) => s.parse().map_err(|()| {
+            invalid(format!(
+                "type `{s}` is not one of identify, group, track, page, screen, alias"
+            ))
+        }),
+        Some(_) => Err(invalid("type must be a string")),
+    }
+}
+
+/// Batch-level keys fill in what the message's own object lacks; the message's keys win.
+fn merge_object(msg: &mut Map<String, Value>, field: &str, defaults: Option<&Map<String, Value>>) {
+    let Some(defaults) = defaults.filter(|d| !d.is_empty()) else {
+        return;
+    };
+    let entry = msg
+        .entry(field.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(own) = entry {
+        for (k, v) in defaults {
+            if !own.contains_key(k) {
+                own.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// A string or number id; numbers become their decimal text, empty strings count as absent.
+fn id_field(msg: &mut Map<String, Value>, field: &str) -> Result<Option<String>, Invalid> {
+    let text = match msg.get(field) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => return Ok(Some(s.clone())),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(invalid(format!("{field} must be a string or a number"))),
+    };
+    msg.insert(field.into(), Value::String(text.clone()));
+    Ok(Some(text))
+}
+
+fn non_empty_string(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::String(s)) if !s.trim().is_empty())
+}
+
+/// Set `receivedAt`; correct `timestamp` for client clock skew, keeping `originalTimestamp`.
+fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Result<(), Invalid> {
+    let date = |msg: &Map<String, Value>, field: &str| -> Result<Option<DateTime<Utc>>, Invalid> {
+        match msg.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => time::parse_iso(s)
+                .map(Some)
+                .ok_or_else(|| invalid(format!("{field} is not an ISO-8601 date"))),
+            Some(_) => Err(invalid(format!("{field} must be an ISO-8601 string"))),
+        }
+    };
+    let timestamp = date(msg, "timestamp")?;
+    let sent_at = date(msg, "sentAt")?;
+    msg.insert("receivedAt".into(), Value::String(time::format(received_at)));
+    let corrected = match (timestamp, sent_at) {
+        (None, _) => received_at,
+        (Some(ts), None) => ts,
+        (Some(ts), Some(sent)) => received_at - (sent - ts),
+    };
+    if let Some(original) = msg.get("timestamp").cloned() {
+        msg.insert("originalTimestamp".into(), original);
+    }
+    msg.insert("timestamp".into(), Value::String(time::format(corrected)));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

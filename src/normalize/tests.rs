@@ -1,0 +1,109 @@
+use chrono::TimeZone;
+use serde_json::json;
+
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+}
+
+fn run(v: Value, implied: Option<MessageType>, d: &BatchDefaults) -> Result<Normalized, Invalid> {
+    normalize(v, implied, d, now(), || "generated-id".into())
+}
+
+fn group(v: Value) -> Result<Normalized, Invalid> {
+    run(v, Some(MessageType::Group), &BatchDefaults::default())
+}
+
+#[test]
+fn group_needs_group_id_and_an_identity() {
+    assert_eq!(group(json!({"userId": "u"})).unwrap_err().0, "groupId is required");
+    assert_eq!(group(json!({"userId": "u", "groupId": ""})).unwrap_err().0, "groupId is required");
+    assert_eq!(
+        group(json!({"groupId": "g"})).unwrap_err().0,
+        "userId or anonymousId is required"
+    );
+    let n = group(json!({"anonymousId": 7, "groupId": 42})).unwrap();
+    assert_eq!(n.group_id.as_deref(), Some("42"));
+    assert_eq!(n.message["anonymousId"], "7");
+    assert_eq!(n.message["groupId"], "42");
+    assert_eq!(n.message["type"], "group");
+}
+
+#[test]
+fn field_shapes_are_checked() {
+    let bad = |v: Value| group(v).unwrap_err().0;
+    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "traits": []})), "traits must be an object");
+    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "context": "x"})), "context must be an object");
+    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "integrations": 1})), "integrations must be an object");
+    assert_eq!(bad(json!({"userId": {}, "groupId": "g"})), "userId must be a string or a number");
+    assert_eq!(
+        bad(json!({"userId": "u", "groupId": "g", "messageId": "x".repeat(101)})),
+        "messageId is longer than 100 characters"
+    );
+    assert_eq!(bad(json!([1])), "message is not a JSON object");
+    assert!(group(json!({"userId": "u", "groupId": "g", "messageId": "x".repeat(100)})).is_ok());
+}
+
+#[test]
+fn batch_messages_need_a_known_type() {
+    let d = BatchDefaults::default();
+    assert_eq!(run(json!({"userId": "u"}), None, &d).unwrap_err().0, "type is required on each message in a batch");
+    assert!(run(json!({"userId": "u", "type": "bogus"}), None, &d).unwrap_err().0.starts_with("type `bogus`"));
+    assert_eq!(run(json!({"userId": "u", "type": "track"}), None, &d).unwrap_err().0, "event is required on a track call");
+    assert!(run(json!({"userId": "u", "type": "track", "event": "x"}), None, &d).is_ok());
+}
+
+#[test]
+fn message_id_generated_and_write_key_dropped() {
+    let n = group(json!({"userId": "u", "groupId": "g", "writeKey": "secret"})).unwrap();
+    assert_eq!(n.message_id, "generated-id");
+    assert_eq!(n.message["messageId"], "generated-id");
+    assert!(!n.message.contains_key("writeKey"));
+}
+
+#[test]
+fn batch_defaults_merge_with_message_keys_winning() {
+    let d = BatchDefaults {
+        context: Some(json!({"ip": "1.1.1.1", "library": {"name": "batch"}}).as_object().cloned().unwrap()),
+        integrations: Some(json!({"All": false, "Hook": true}).as_object().cloned().unwrap()),
+        sent_at: Some(json!("2024-05-01T12:00:10Z")),
+    };
+    let n = run(
+        json!({"type": "group", "userId": "u", "groupId": "g", "context": {"ip": "2.2.2.2"},
+               "integrations": {"Hook": false}, "timestamp": "2024-05-01T12:00:00Z"}),
+        None,
+        &d,
+    )
+    .unwrap();
+    assert_eq!(n.message["context"], json!({"ip": "2.2.2.2", "library": {"name": "batch"}}));
+    assert_eq!(n.message["integrations"], json!({"Hook": false, "All": false}));
+    assert_eq!(n.message["sentAt"], "2024-05-01T12:00:10Z");
+    // The client clock is 10 s ahead of ours: the event happened 10 s before we received it.
+    assert_eq!(n.message["timestamp"], "2024-05-01T11:59:50.000Z");
+    assert_eq!(n.message["originalTimestamp"], "2024-05-01T12:00:00Z");
+    assert_eq!(n.message["receivedAt"], "2024-05-01T12:00:00.000Z");
+}
+
+#[test]
+fn timestamps_without_skew_information() {
+    let n = group(json!({"userId": "u", "groupId": "g"})).unwrap();
+    assert_eq!(n.message["timestamp"], "2024-05-01T12:00:00.000Z");
+    assert!(!n.message.contains_key("originalTimestamp"));
+    let n = group(json!({"userId": "u", "groupId": "g", "timestamp": "2020-01-01T00:00:00+01:00"})).unwrap();
+    assert_eq!(n.message["timestamp"], "2019-12-31T23:00:00.000Z");
+    assert_eq!(group(json!({"userId": "u", "groupId": "g", "sentAt": "nope"})).unwrap_err().0, "sentAt is not an ISO-8601 date");
+}
+
+#[test]
+fn group_traits_are_normalized_and_counted() {
+    let n = group(json!({"userId": "u", "groupId": "g", "traits": {"Created At": 1700000000, "EMPLOYEES": "12"}})).unwrap();
+    assert_eq!(n.message["traits"], json!({"createdAt": "2023-11-14T22:13:20.000Z", "employees": 12}));
+    assert!(!n.unparsed_created_at);
+    let n = group(json!({"userId": "u", "groupId": "g", "traits": {"created_at": "whenever"}})).unwrap();
+    assert!(n.unparsed_created_at);
+    // Track properties are not traits: untouched.
+    let d = BatchDefaults::default();
+    let n = run(json!({"type": "track", "event": "e", "userId": "u", "properties": {"created_at": 1}}), None, &d).unwrap();
+    assert_eq!(n.message["properties"], json!({"created_at": 1}));
+}

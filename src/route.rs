@@ -1,0 +1,107 @@
+//! Which destinations a message goes to: its `integrations` map × the configured destinations.
+//!
+//! Rules (DESIGN.md "Route"): `All` (any case) sets the default, true when absent; a
+//! destination's own key — its name or an alias, any case — set to `false` turns it off, `true`
+//! or an object turns it on, and an object becomes that destination's per-message options.
+//! Then each destination's `types` filter applies.
+
+use serde_json::{Map, Value};
+
+use crate::message::MessageType;
+
+/// What routing needs to know of one destination.
+#[derive(Debug, Clone)]
+pub struct RouteKey {
+    /// Name and aliases, lower-cased.
+    keys: Vec<String>,
+    /// Message types it takes.
+    types: Vec<MessageType>,
+}
+
+impl RouteKey {
+    pub fn new<'a>(name: &str, aliases: impl IntoIterator<Item = &'a String>, types: Vec<MessageType>) -> Self {
+        let keys = std::iter::once(name.to_lowercase())
+            .chain(aliases.into_iter().map(|a| a.to_lowercase()))
+            .collect();
+        Self { keys, types }
+    }
+
+    /// This destination's entry in an `integrations` map, if it has one.
+    fn entry<'m>(&self, integrations: &'m Map<String, Value>) -> Option<&'m Value> {
+        integrations
+            .iter()
+            .find(|(k, _)| self.keys.iter().any(|key| key.eq_ignore_ascii_case(k)))
+            .map(|(_, v)| v)
+    }
+}
+
+/// Indexes of the destinations a message of type `ty` with this `integrations` map goes to.
+pub fn route(ty: MessageType, integrations: Option<&Map<String, Value>>, destinations: &[RouteKey]) -> Vec<usize> {
+    let default_on = integrations
+        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("all")))
+        .map(|(_, v)| v.as_bool() != Some(false))
+        .unwrap_or(true);
+    destinations
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.types.contains(&ty))
+        .filter(|(_, d)| match integrations.and_then(|m| d.entry(m)) {
+            Some(Value::Bool(on)) => *on,
+            Some(Value::Object(_)) => true,
+            // A key present with any other value (null, a number) does not decide.
+            Some(_) | None => default_on,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The per-message options for a destination: the object its `integrations` key holds.
+pub fn options<'m>(integrations: Option<&'m Map<String, Value>>, destination: &RouteKey) -> Option<&'m Map<String, Value>> {
+    integrations.and_then(|m| destination.entry(m)).and_then(Value::as_object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dests() -> Vec<RouteKey> {
+        vec![
+            RouteKey::new("Hook A", &["Alpha".to_string()], MessageType::ALL.to_vec()),
+            RouteKey::new("Hook B", &[], MessageType::ALL.to_vec()),
+            RouteKey::new("Groups Only", &[], vec![MessageType::Group]),
+        ]
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(Value, MessageType, &[usize])] = &[
+            (json!(null), MessageType::Group, &[0, 1, 2]),
+            (json!({}), MessageType::Track, &[0, 1]),
+            (json!({"All": false}), MessageType::Group, &[]),
+            (json!({"all": false, "Hook A": true}), MessageType::Group, &[0]),
+            (json!({"Hook A": false}), MessageType::Group, &[1, 2]),
+            (json!({"hook a": {"x": 1}, "ALL": false}), MessageType::Group, &[0]),
+            (json!({"alpha": false}), MessageType::Group, &[1, 2]),
+            (json!({"All": false, "ALPHA": true}), MessageType::Identify, &[0]),
+            (json!({"All": false, "Groups Only": true}), MessageType::Track, &[]),
+            (json!({"All": true, "Hook B": null}), MessageType::Group, &[0, 1, 2]),
+            (json!({"All": false, "Hook B": null}), MessageType::Group, &[]),
+            (json!({"Unknown": true}), MessageType::Group, &[0, 1, 2]),
+        ];
+        let d = dests();
+        for (integrations, ty, want) in cases {
+            let got = route(*ty, integrations.as_object(), &d);
+            assert_eq!(&got, want, "integrations {integrations} type {ty}");
+        }
+    }
+
+    #[test]
+    fn options_are_the_object_value() {
+        let d = dests();
+        let m = json!({"HOOK A": {"x": 1}, "Hook B": true});
+        assert_eq!(options(m.as_object(), &d[0]), json!({"x": 1}).as_object());
+        assert_eq!(options(m.as_object(), &d[1]), None);
+        assert_eq!(options(None, &d[1]), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! The spool contract: where accepted messages wait for each destination.
+//!
+//! Ingest `append`s; each destination's worker `lease`s what is due, then settles every
+//! leased item with exactly one of `ack`, `retry_at` or `dead_letter`. Implementations keep
+//! per-group order: while an item of a group waits for a retry (or is leased), newer items of
+//! the same group for the same destination are not leased. Items without a group are never
+//! held back.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::message::Accepted;
+
+/// Position of a message in the log; increases with arrival.
+pub type Seq = u64;
+
+/// An item leased to a destination's worker.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub seq: Seq,
+    /// The normalized message, JSON.
+    pub body: Arc<str>,
+    pub group_id: Option<Arc<str>>,
+    /// Attempts already made towards this destination.
+    pub attempts: u32,
+    /// When the first of those attempts was made.
+    pub first_attempt: Option<SystemTime>,
+}
+
+/// The record of a failed attempt, kept with retries and dead letters.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
+    pub first_attempt: SystemTime,
+    pub last_attempt: SystemTime,
+    pub reason: String,
+    /// HTTP status of the last answer, if there was one.
+    pub status: Option<u16>,
+}
+
+/// A message refused at ingest inside a batch: kept so nothing disappears silently.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub source: String,
+    /// Position in the batch it came in.
+    pub index: usize,
+    pub error: String,
+    /// The message as received (JSON).
+    pub raw: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// Same `(source, messageId)` seen within the dedupe window: not delivered again.
+    Duplicate,
+}
+
+/// Counts for one destination's status.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Depth {
+    /// Waiting to be leased, retries included.
+    pub pending: u64,
+    pub in_flight: u64,
+    /// Of `pending`, how many are waiting for a retry.
+    pub retrying: u64,
+    pub dead_letters: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The backlog reached `spool.max_bytes`; callers should come back later.
+    #[error("the spool is full ({used} of {max} bytes); retry later")]
+    Full { used: u64, max: u64 },
+    #[error("spool storage failed: {0}")]
+    Storage(String),
+}
+
+impl SpoolError {
+    /// What to tell a client that should retry.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+#[async_trait]
+pub trait Spool: Send + Sync + 'static {
+    /// Store accepted messages, one answer each; returns once they are stored.
+    async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError>;
+
+    /// Keep messages refused at ingest.
+    async fn reject(&self, rejected: Vec<Rejected>) -> Result<(), SpoolError>;
+
+    /// Up to `max` items due for `destination`, oldest first.
+    async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError>;
+
+    /// Delivered: the items are done for this destination.
+    async fn ack(&self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError>;
+
+    /// Failed, to be retried no earlier than `at`.
+    async fn retry_at(&self, destination: &str, seq: Seq, at: SystemTime, attempt: &Attempt) -> Result<(), SpoolError>;
+
+    /// Failed for good: kept with the reason until a person looks.
+    async fn dead_letter(&self, destination: &str, seq: Seq, attempt: &Attempt) -> Result<(), SpoolError>;
+
+    /// Return until something may be due for `destination` (a new message, a retry coming
+    /// due) or `max` has passed.
+    async fn wait(&self, destination: &str, max: Duration);
+
+    /// Counts for status and metrics.
+    fn depth(&self, destination: &str) -> Depth;
+}
