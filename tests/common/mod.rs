@@ -1,0 +1,288 @@
+//! Test harness: the real daemon (the built binary) and a capture server on port 0 that
+//! plays the destination, with answers a test can script.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub method: Method,
+    /// Path and query, e.g. `/groups?verbose=1`.
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Captured {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("receiver got non-JSON body ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Self { status, headers: Vec::new(), body: String::new() }
+    }
+
+    pub fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    captured: Mutex<Vec<Captured>>,
+    /// Path (without query) → answers to give in turn, then the default.
+    scripts: Mutex<HashMap<String, VecDeque<Answer>>>,
+    defaults: Mutex<HashMap<String, Answer>>,
+    arrived: Notify,
+}
+
+/// The capture server.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new().fallback(capture).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answers for `path`, given in turn before the default (200 `{}` unless set).
+    pub fn script(&self, path: &str, answers: Vec<Answer>) {
+        self.state.scripts.lock().unwrap().entry(path.into()).or_default().extend(answers);
+    }
+
+    pub fn set_default(&self, path: &str, answer: Answer) {
+        self.state.defaults.lock().unwrap().insert(path.into(), answer);
+    }
+
+    /// Every request whose path (without query) is `path`.
+    pub fn requests(&self, path: &str) -> Vec<Captured> {
+        self.state
+            .captured
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.path.split('?').next() == Some(path))
+            .cloned()
+            .collect()
+    }
+
+    /// Wait until `path` has had at least `n` requests; panics at the deadline.
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Captured> {
+        self.wait_until(path, |got| got.len() >= n, &format!("{n} requests")).await
+    }
+
+    /// Wait until the requests to `path` satisfy `done`.
+    pub async fn wait_until(&self, path: &str, done: impl Fn(&[Captured]) -> bool, what: &str) -> Vec<Captured> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.state.arrived.notified();
+            let got = self.requests(path);
+            if done(&got) {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("timed out waiting for {what} at {path}; got {}: {:#?}", got.len(), got.iter().map(|c| String::from_utf8_lossy(&c.body).into_owned()).collect::<Vec<_>>());
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+        }
+    }
+}
+
+async fn capture(State(state): State<Arc<ReceiverState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let path = uri.path().to_string();
+    state.captured.lock().unwrap().push(Captured {
+        method,
+        path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state.arrived.notify_waiters();
+    let scripted = state.scripts.lock().unwrap().get_mut(&path).and_then(|q| q.pop_front());
+    let answer = scripted
+        .or_else(|| state.defaults.lock().unwrap().get(&path).cloned())
+        .unwrap_or_else(|| Answer::json(200, serde_json::json!({})));
+    let mut response = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
+    for (k, v) in answer.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::try_from(k).unwrap(),
+            axum::http::HeaderValue::try_from(v).unwrap(),
+        );
+    }
+    response
+}
+
+/// The real daemon, spawned from the built binary with a config written to a temp dir.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    logs: Arc<Mutex<String>>,
+    client: reqwest::Client,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+impl Daemon {
+    /// Start with `[server]` extras (after `listen`) and the rest of the config.
+    pub async fn start(server_extra: &str, rest: &str) -> Self {
+        Self::start_with_env(server_extra, rest, &[]).await
+    }
+
+    pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[spool]\npath = \"{}\"\n\n{rest}\n",
+            dir.path().join("spool").display()
+        );
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, &config).unwrap();
+        Self::spawn(dir, &path, env).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(binary());
+        cmd.arg("run").arg("--config").arg(config).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("SWITCHYARD_LOG", "info,switchyard=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn switchyard");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening address=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE)).await.unwrap();
+        let addr = match addr {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => panic!("daemon did not start; logs:\n{}", logs.lock().unwrap()),
+        };
+        Self { child, addr, dir, logs, client: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// POST JSON with the write key as Basic user (`key:`); returns status and JSON answer.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(k) = key {
+            req = req.basic_auth(k, Some(""));
+        }
+        Self::answer(req.send().await.unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, key: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).body(body).header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.basic_auth(k, Some(""));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::answer(req.send().await.unwrap()).await
+    }
+
+    async fn answer(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("daemon answered non-JSON: {text}"));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::answer(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Send SIGTERM and wait for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
