@@ -83,3 +83,143 @@ fn hmac_sha1_hex(key: &[u8], body: &[u8]) -> String {
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
+
+#[tokio::test]
+async fn integrations_map_routes_between_two_webhooks() {
+    let rx = Receiver::start().await;
+    let config = format!(
+        "{}{}{}",
+        source(),
+        hook("Hook A", &rx, "/a", "aliases = [\"Alpha Hook\"]"),
+        hook("Hook B", &rx, "/b", "")
+    );
+    let d = Daemon::start("", &config).await;
+    // (label, integrations, reaches A, reaches B)
+    let cases: Vec<(&str, Value, bool, bool)> = vec![
+        ("absent", Value::Null, true, true),
+        ("all-false", json!({"All": false}), false, false),
+        ("all-false-a-true", json!({"All": false, "Hook A": true}), true, false),
+        ("a-false", json!({"Hook A": false}), false, true),
+        ("a-object", json!({"hook a": {"x": 1}, "All": false}), true, false),
+        ("alias-false", json!({"alpha hook": false}), false, true),
+        ("alias-true", json!({"ALL": false, "Alpha Hook": true}), true, false),
+    ];
+    let mut batch = Vec::new();
+    for (label, integrations, _, _) in &cases {
+        let mut m = json!({"type": "group", "userId": "u", "groupId": label, "messageId": label});
+        if !integrations.is_null() {
+            m["integrations"] = integrations.clone();
+        }
+        batch.push(m);
+    }
+    // A last message to both, so that once it has arrived everywhere the others have too
+    // (one worker per destination delivers in order).
+    batch.push(json!({"type": "group", "userId": "u", "groupId": "zz-last", "messageId": "zz-last"}));
+    let (status, _) = d.post("/v1/batch", Some(KEY), &json!({"batch": batch})).await;
+    assert_eq!(status, 200);
+    let ids = |path: &str| -> Vec<String> {
+        rx.requests(path).iter().map(|c| c.json()["messageId"].as_str().unwrap().to_string()).collect()
+    };
+    for path in ["/a", "/b"] {
+        rx.wait_until(path, |got| got.iter().any(|c| c.json()["messageId"] == "zz-last"), "the last message").await;
+    }
+    let (a, b) = (ids("/a"), ids("/b"));
+    for (label, _, to_a, to_b) in &cases {
+        assert_eq!(a.contains(&label.to_string()), *to_a, "{label} at Hook A: {a:?}");
+        assert_eq!(b.contains(&label.to_string()), *to_b, "{label} at Hook B: {b:?}");
+    }
+    // Per-message options travel with the message (the webhook sends it whole).
+    let with_options = rx.requests("/a").into_iter().map(|c| c.json()).find(|m| m["messageId"] == "a-object").unwrap();
+    assert_eq!(with_options["integrations"]["hook a"], json!({"x": 1}));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_valid_batch_messages_still_arrive() {
+    let rx = Receiver::start().await;
+    let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", ""));
+    let d = Daemon::start("max_message_bytes = 2048\nmax_request_bytes = 65536\nmax_batch_messages = 50", &config).await;
+    let group = json!({"userId": "u", "groupId": "g"});
+
+    let (s, b) = d.post_raw("/v1/group", Some(KEY), b"{\"userId\": \"u\",\n  \"groupId\": }".to_vec(), &[]).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["code"], "invalid_json");
+    assert!(b["message"].as_str().unwrap().contains("line 2, column"), "{b}");
+
+    let (s, b) = d.post_raw("/v1/batch", Some(KEY), b"[1,2]".to_vec(), &[]).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("not_an_object")));
+
+    let big = json!({"userId": "u", "groupId": "g", "traits": {"blob": "x".repeat(4096)}});
+    let (s, b) = d.post("/v1/group", Some(KEY), &big).await;
+    assert_eq!(s, 413);
+    assert!(b["message"].as_str().unwrap().contains("max_message_bytes"), "{b}");
+
+    let huge = json!({"batch": (0..40).map(|i| json!({"type": "group", "userId": "u", "groupId": i, "traits": {"blob": "x".repeat(1800)}})).collect::<Vec<_>>()});
+    let (s, b) = d.post("/v1/batch", Some(KEY), &huge).await;
+    assert_eq!(s, 413);
+    assert!(b["message"].as_str().unwrap().contains("max_request_bytes"), "{b}");
+
+    let many = json!({"batch": (0..51).map(|i| json!({"type": "group", "userId": "u", "groupId": i})).collect::<Vec<_>>()});
+    let (s, b) = d.post("/v1/batch", Some(KEY), &many).await;
+    assert_eq!(s, 400);
+    assert!(b["message"].as_str().unwrap().contains("max_batch_messages is 50"), "{b}");
+
+    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"userId": "u"})).await;
+    assert_eq!((s, b["message"].as_str()), (400, Some("groupId is required")));
+    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"groupId": "g"})).await;
+    assert_eq!((s, b["message"].as_str()), (400, Some("userId or anonymousId is required")));
+    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"userId": "u", "groupId": "g", "traits": "x"})).await;
+    assert_eq!((s, b["message"].as_str()), (400, Some("traits must be an object")));
+
+    let (s, b) = d.post("/v1/group", Some("wrong-key"), &group).await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("invalid_write_key")));
+    let (s, b) = d.post("/v1/group", None, &group).await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("missing_write_key")));
+    // writeKey in the body instead of Basic auth, and a bare `key` without the colon.
+    let (s, _) = d.post("/v1/group", None, &json!({"userId": "u", "groupId": "body-key", "writeKey": KEY})).await;
+    assert_eq!(s, 200);
+    let bare = format!("Basic {}", base64_encode(KEY));
+    let (s, _) = d.post_raw("/v1/group", None, json!({"userId": "u", "groupId": "bare-key"}).to_string().into_bytes(), &[("authorization", &bare)]).await;
+    assert_eq!(s, 200);
+
+    // A mixed batch: valid messages are accepted, invalid ones listed and kept.
+    let mixed = json!({"batch": [
+        {"type": "group", "userId": "u", "groupId": "ok-1"},
+        {"type": "group", "userId": "u"},
+        {"type": "group", "groupId": "g"},
+        {"type": "group", "userId": "u", "groupId": "g", "traits": [1]},
+        {"type": "group", "userId": "u", "groupId": "ok-2"},
+    ]});
+    let (s, b) = d.post("/v1/batch", Some(KEY), &mixed).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b,
+        json!({"success": true, "rejected": [
+            {"index": 1, "error": "groupId is required"},
+            {"index": 2, "error": "userId or anonymousId is required"},
+            {"index": 3, "error": "traits must be an object"},
+        ]})
+    );
+    let got = rx.wait_until("/hook", |got| got.iter().filter(|c| c.json()["groupId"].as_str().unwrap().starts_with("ok-")).count() == 2, "ok-1 and ok-2").await;
+    let groups: Vec<String> = got.iter().map(|c| c.json()["groupId"].as_str().unwrap().to_string()).collect();
+    assert!(groups.contains(&"body-key".to_string()) && groups.contains(&"bare-key".to_string()), "{groups:?}");
+    assert!(d.logs().contains("message refused in a batch"), "each refusal is logged");
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted() {
+    use std::io::Write;
+    let rx = Receiver::start().await;
+    let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", ""));
+    let d = Daemon::start("", &config).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json!({"batch": [{"type": "group", "userId": "u", "groupId": "zipped"}]}).to_string().as_bytes()).unwrap();
+    let (s, _) = d.post_raw("/v1/batch", Some(KEY), gz.finish().unwrap(), &[("content-encoding", "gzip")]).await;
+    assert_eq!(s, 200);
+    let got = rx.wait_for("/hook", 1).await;
+    assert_eq!(got[0].json()["groupId"], "zipped");
+}

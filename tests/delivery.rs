@@ -1,0 +1,140 @@
+//! Delivery through the real daemon: retries, Retry-After, permanent failures, rate limits,
+//! dry runs and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Answer, Daemon, Receiver};
+use serde_json::json;
+
+const KEY: &str = "k";
+
+fn config(receiver: &Receiver, extra: &str) -> String {
+    format!(
+        "[[source]]\nname = \"web\"\nwrite_key = \"{KEY}\"\n\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"{}\"\nretry = {{ initial_backoff = \"10ms\", max_backoff = \"50ms\" }}\n{extra}\n",
+        receiver.url("/hook")
+    )
+}
+
+async fn send_group(d: &Daemon, group: &str) {
+    let (status, _) = d.post("/v1/group", Some(KEY), &json!({"userId": "u", "groupId": group, "messageId": group})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_delivered() {
+    let rx = Receiver::start().await;
+    rx.script("/hook", vec![Answer::status(500), Answer::status(500)]);
+    let d = Daemon::start("", &config(&rx, "")).await;
+    send_group(&d, "g1").await;
+    let got = rx.wait_for("/hook", 3).await;
+    assert!(got.iter().all(|c| c.json()["messageId"] == "g1"));
+    // Delivered on the third attempt: the destination's queue empties and nothing else comes.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (_, status) = d.get("/v1/destinations").await;
+        let hook = &status["destinations"][0];
+        if hook["pending"] == 0 && hook["in_flight"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "queue never emptied: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rx.requests("/hook").len(), 3);
+    assert!(d.logs().contains("will retry"), "a retry is logged");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let rx = Receiver::start().await;
+    rx.script("/hook", vec![Answer::status(429).with_header("retry-after", "1")]);
+    let d = Daemon::start("", &config(&rx, "")).await;
+    send_group(&d, "g1").await;
+    let got = rx.wait_for("/hook", 2).await;
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, before Retry-After: 1");
+    assert!(d.logs().contains("destination paused"));
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let rx = Receiver::start().await;
+    rx.script("/hook", vec![Answer::status(400)]);
+    let d = Daemon::start("", &config(&rx, "")).await;
+    send_group(&d, "bad").await;
+    send_group(&d, "after").await;
+    // One worker delivers in order: once `after` arrives, `bad` has had its only attempt.
+    let got = rx.wait_until("/hook", |g| g.iter().any(|c| c.json()["messageId"] == "after"), "the second message").await;
+    let attempts = got.iter().filter(|c| c.json()["messageId"] == "bad").count();
+    assert_eq!(attempts, 1);
+    assert!(d.logs().contains("dead-lettered"), "the permanent failure is logged");
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_requests() {
+    let rx = Receiver::start().await;
+    let d = Daemon::start("", &config(&rx, "rate_limit = { requests_per_second = 5, burst = 1 }")).await;
+    for i in 0..20 {
+        send_group(&d, &format!("g{i}")).await;
+    }
+    let got = rx.wait_for("/hook", 20).await;
+    let span = got[19].at.duration_since(got[0].at);
+    // 19 intervals of 200 ms after the first: at least 3.8 s; assert the lower bound only.
+    assert!(span >= Duration::from_secs(3), "20 requests spanned only {span:?}");
+}
+
+#[tokio::test]
+async fn dry_run_logs_the_request_and_sends_nothing() {
+    let rx = Receiver::start().await;
+    let live = format!(
+        "\n[[destination]]\nname = \"Live\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        rx.url("/live")
+    );
+    let d = Daemon::start("", &format!("{}{live}", config(&rx, "dry_run = true\nheaders = { Authorization = \"Bearer hunter2\" }"))).await;
+    send_group(&d, "dry").await;
+    // The live destination got it, so the dry one has had its turn too.
+    rx.wait_for("/live", 1).await;
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while !d.logs().contains("dry run: would send") {
+        assert!(std::time::Instant::now() < deadline, "no dry-run log:\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = d.logs();
+    assert!(logs.contains("\\\"groupId\\\":\\\"dry\\\"") || logs.contains("\"groupId\":\"dry\""), "{logs}");
+    assert!(logs.contains("authorization: ***"), "credentials are redacted:\n{logs}");
+    assert!(!logs.contains("hunter2"));
+    assert!(rx.requests("/hook").is_empty());
+}
+
+#[tokio::test]
+async fn standard_webhooks_signature_verifies() {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let rx = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let d = Daemon::start_with_env("", &config(&rx, "signing_secret = \"${HOOK_SECRET}\"\nsignature = \"standard\""), &[("HOOK_SECRET", secret)]).await;
+    send_group(&d, "signed").await;
+    let c = &rx.wait_for("/hook", 1).await[0];
+    let (id, ts) = (c.header("webhook-id").unwrap(), c.header("webhook-timestamp").unwrap());
+    assert_eq!(id, "signed");
+    let key = base64::engine::general_purpose::STANDARD.decode(&secret[6..]).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&c.body);
+    let want = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(c.header("webhook-signature").unwrap(), want);
+    assert!(c.header("x-signature").is_none());
+    assert!(!d.logs().contains(&secret[6..]), "the secret never reaches the logs");
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly() {
+    let rx = Receiver::start().await;
+    let mut d = Daemon::start("", &config(&rx, "")).await;
+    send_group(&d, "before-stop").await;
+    rx.wait_for("/hook", 1).await;
+    let status = d.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(d.logs().contains("stopped"));
+}
