@@ -71,7 +71,8 @@ fn init_logs(format: LogFormat) {
 
 /// Read and validate; errors are printed prefixed with the file name.
 fn plan(path: &Path) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let prefix = |errors: config::ConfigErrors| {
         errors
             .0

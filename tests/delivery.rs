@@ -18,7 +18,13 @@ fn config(receiver: &Receiver, extra: &str) -> String {
 }
 
 async fn send_group(d: &Daemon, group: &str) {
-    let (status, _) = d.post("/v1/group", Some(KEY), &json!({"userId": "u", "groupId": group, "messageId": group})).await;
+    let (status, _) = d
+        .post(
+            "/v1/group",
+            Some(KEY),
+            &json!({"userId": "u", "groupId": group, "messageId": group}),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -38,7 +44,10 @@ async fn server_errors_are_retried_until_delivered() {
         if hook["pending"] == 0 && hook["in_flight"] == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "queue never emptied: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue never emptied: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rx.requests("/hook").len(), 3);
@@ -48,12 +57,18 @@ async fn server_errors_are_retried_until_delivered() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let rx = Receiver::start().await;
-    rx.script("/hook", vec![Answer::status(429).with_header("retry-after", "1")]);
+    rx.script(
+        "/hook",
+        vec![Answer::status(429).with_header("retry-after", "1")],
+    );
     let d = Daemon::start("", &config(&rx, "")).await;
     send_group(&d, "g1").await;
     let got = rx.wait_for("/hook", 2).await;
     let gap = got[1].at.duration_since(got[0].at);
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, before Retry-After: 1");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, before Retry-After: 1"
+    );
     assert!(d.logs().contains("destination paused"));
 }
 
@@ -65,23 +80,42 @@ async fn client_errors_are_not_retried() {
     send_group(&d, "bad").await;
     send_group(&d, "after").await;
     // One worker delivers in order: once `after` arrives, `bad` has had its only attempt.
-    let got = rx.wait_until("/hook", |g| g.iter().any(|c| c.json()["messageId"] == "after"), "the second message").await;
-    let attempts = got.iter().filter(|c| c.json()["messageId"] == "bad").count();
+    let got = rx
+        .wait_until(
+            "/hook",
+            |g| g.iter().any(|c| c.json()["messageId"] == "after"),
+            "the second message",
+        )
+        .await;
+    let attempts = got
+        .iter()
+        .filter(|c| c.json()["messageId"] == "bad")
+        .count();
     assert_eq!(attempts, 1);
-    assert!(d.logs().contains("dead-lettered"), "the permanent failure is logged");
+    assert!(
+        d.logs().contains("dead-lettered"),
+        "the permanent failure is logged"
+    );
 }
 
 #[tokio::test]
 async fn rate_limit_spaces_requests() {
     let rx = Receiver::start().await;
-    let d = Daemon::start("", &config(&rx, "rate_limit = { requests_per_second = 5, burst = 1 }")).await;
+    let d = Daemon::start(
+        "",
+        &config(&rx, "rate_limit = { requests_per_second = 5, burst = 1 }"),
+    )
+    .await;
     for i in 0..20 {
         send_group(&d, &format!("g{i}")).await;
     }
     let got = rx.wait_for("/hook", 20).await;
     let span = got[19].at.duration_since(got[0].at);
     // 19 intervals of 200 ms after the first: at least 3.8 s; assert the lower bound only.
-    assert!(span >= Duration::from_secs(3), "20 requests spanned only {span:?}");
+    assert!(
+        span >= Duration::from_secs(3),
+        "20 requests spanned only {span:?}"
+    );
 }
 
 #[tokio::test]
@@ -91,18 +125,38 @@ async fn dry_run_logs_the_request_and_sends_nothing() {
         "\n[[destination]]\nname = \"Live\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         rx.url("/live")
     );
-    let d = Daemon::start("", &format!("{}{live}", config(&rx, "dry_run = true\nheaders = { Authorization = \"Bearer hunter2\" }"))).await;
+    let d = Daemon::start(
+        "",
+        &format!(
+            "{}{live}",
+            config(
+                &rx,
+                "dry_run = true\nheaders = { Authorization = \"Bearer hunter2\" }"
+            )
+        ),
+    )
+    .await;
     send_group(&d, "dry").await;
     // The live destination got it, so the dry one has had its turn too.
     rx.wait_for("/live", 1).await;
     let deadline = std::time::Instant::now() + common::DEADLINE;
     while !d.logs().contains("dry run: would send") {
-        assert!(std::time::Instant::now() < deadline, "no dry-run log:\n{}", d.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dry-run log:\n{}",
+            d.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let logs = d.logs();
-    assert!(logs.contains("\\\"groupId\\\":\\\"dry\\\"") || logs.contains("\"groupId\":\"dry\""), "{logs}");
-    assert!(logs.contains("authorization: ***"), "credentials are redacted:\n{logs}");
+    assert!(
+        logs.contains("\\\"groupId\\\":\\\"dry\\\"") || logs.contains("\"groupId\":\"dry\""),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("authorization: ***"),
+        "credentials are redacted:\n{logs}"
+    );
     assert!(!logs.contains("hunter2"));
     assert!(rx.requests("/hook").is_empty());
 }
@@ -113,19 +167,38 @@ async fn standard_webhooks_signature_verifies() {
     use hmac::{Hmac, KeyInit, Mac};
     let rx = Receiver::start().await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let d = Daemon::start_with_env("", &config(&rx, "signing_secret = \"${HOOK_SECRET}\"\nsignature = \"standard\""), &[("HOOK_SECRET", secret)]).await;
+    let d = Daemon::start_with_env(
+        "",
+        &config(
+            &rx,
+            "signing_secret = \"${HOOK_SECRET}\"\nsignature = \"standard\"",
+        ),
+        &[("HOOK_SECRET", secret)],
+    )
+    .await;
     send_group(&d, "signed").await;
     let c = &rx.wait_for("/hook", 1).await[0];
-    let (id, ts) = (c.header("webhook-id").unwrap(), c.header("webhook-timestamp").unwrap());
+    let (id, ts) = (
+        c.header("webhook-id").unwrap(),
+        c.header("webhook-timestamp").unwrap(),
+    );
     assert_eq!(id, "signed");
-    let key = base64::engine::general_purpose::STANDARD.decode(&secret[6..]).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&secret[6..])
+        .unwrap();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(&c.body);
-    let want = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    let want = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
     assert_eq!(c.header("webhook-signature").unwrap(), want);
     assert!(c.header("x-signature").is_none());
-    assert!(!d.logs().contains(&secret[6..]), "the secret never reaches the logs");
+    assert!(
+        !d.logs().contains(&secret[6..]),
+        "the secret never reaches the logs"
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,11 @@ fn canonical_traits() -> Value {
 #[tokio::test]
 async fn group_call_arrives_normalized_and_signed() {
     let rx = Receiver::start().await;
-    let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", "signing_secret = \"s3cret\""));
+    let config = format!(
+        "{}{}",
+        source(),
+        hook("Hook", &rx, "/hook", "signing_secret = \"s3cret\"")
+    );
     let d = Daemon::start("", &config).await;
 
     let (status, body) = d
@@ -67,13 +71,27 @@ async fn group_call_arrives_normalized_and_signed() {
     let (status, body) = d.post("/v1/batch", Some(KEY), &batch).await;
     assert_eq!((status, body), (200, json!({"success": true})));
     let got = rx.wait_for("/hook", 4).await;
-    let by_group = |g: &str| got.iter().map(|c| c.json()).find(|m| m["groupId"] == g).unwrap();
-    assert_eq!(by_group("g-s")["traits"]["createdAt"], "2024-05-01T10:00:00.000Z");
-    assert_eq!(by_group("g-ms")["traits"]["createdAt"], "2024-05-01T10:00:00.000Z");
+    let by_group = |g: &str| {
+        got.iter()
+            .map(|c| c.json())
+            .find(|m| m["groupId"] == g)
+            .unwrap()
+    };
+    assert_eq!(
+        by_group("g-s")["traits"]["createdAt"],
+        "2024-05-01T10:00:00.000Z"
+    );
+    assert_eq!(
+        by_group("g-ms")["traits"]["createdAt"],
+        "2024-05-01T10:00:00.000Z"
+    );
     assert_eq!(by_group("g-all")["traits"], canonical_traits());
     assert_eq!(by_group("g-all")["sentAt"], "2024-05-01T12:00:00Z");
     for c in &got {
-        assert_eq!(c.header("x-signature").unwrap(), hmac_sha1_hex(b"s3cret", &c.body));
+        assert_eq!(
+            c.header("x-signature").unwrap(),
+            hmac_sha1_hex(b"s3cret", &c.body)
+        );
     }
 }
 
@@ -98,11 +116,26 @@ async fn integrations_map_routes_between_two_webhooks() {
     let cases: Vec<(&str, Value, bool, bool)> = vec![
         ("absent", Value::Null, true, true),
         ("all-false", json!({"All": false}), false, false),
-        ("all-false-a-true", json!({"All": false, "Hook A": true}), true, false),
+        (
+            "all-false-a-true",
+            json!({"All": false, "Hook A": true}),
+            true,
+            false,
+        ),
         ("a-false", json!({"Hook A": false}), false, true),
-        ("a-object", json!({"hook a": {"x": 1}, "All": false}), true, false),
+        (
+            "a-object",
+            json!({"hook a": {"x": 1}, "All": false}),
+            true,
+            false,
+        ),
         ("alias-false", json!({"alpha hook": false}), false, true),
-        ("alias-true", json!({"ALL": false, "Alpha Hook": true}), true, false),
+        (
+            "alias-true",
+            json!({"ALL": false, "Alpha Hook": true}),
+            true,
+            false,
+        ),
     ];
     let mut batch = Vec::new();
     for (label, integrations, _, _) in &cases {
@@ -114,22 +147,47 @@ async fn integrations_map_routes_between_two_webhooks() {
     }
     // A last message to both, so that once it has arrived everywhere the others have too
     // (one worker per destination delivers in order).
-    batch.push(json!({"type": "group", "userId": "u", "groupId": "zz-last", "messageId": "zz-last"}));
-    let (status, _) = d.post("/v1/batch", Some(KEY), &json!({"batch": batch})).await;
+    batch.push(
+        json!({"type": "group", "userId": "u", "groupId": "zz-last", "messageId": "zz-last"}),
+    );
+    let (status, _) = d
+        .post("/v1/batch", Some(KEY), &json!({"batch": batch}))
+        .await;
     assert_eq!(status, 200);
     let ids = |path: &str| -> Vec<String> {
-        rx.requests(path).iter().map(|c| c.json()["messageId"].as_str().unwrap().to_string()).collect()
+        rx.requests(path)
+            .iter()
+            .map(|c| c.json()["messageId"].as_str().unwrap().to_string())
+            .collect()
     };
     for path in ["/a", "/b"] {
-        rx.wait_until(path, |got| got.iter().any(|c| c.json()["messageId"] == "zz-last"), "the last message").await;
+        rx.wait_until(
+            path,
+            |got| got.iter().any(|c| c.json()["messageId"] == "zz-last"),
+            "the last message",
+        )
+        .await;
     }
     let (a, b) = (ids("/a"), ids("/b"));
     for (label, _, to_a, to_b) in &cases {
-        assert_eq!(a.contains(&label.to_string()), *to_a, "{label} at Hook A: {a:?}");
-        assert_eq!(b.contains(&label.to_string()), *to_b, "{label} at Hook B: {b:?}");
+        assert_eq!(
+            a.contains(&label.to_string()),
+            *to_a,
+            "{label} at Hook A: {a:?}"
+        );
+        assert_eq!(
+            b.contains(&label.to_string()),
+            *to_b,
+            "{label} at Hook B: {b:?}"
+        );
     }
     // Per-message options travel with the message (the webhook sends it whole).
-    let with_options = rx.requests("/a").into_iter().map(|c| c.json()).find(|m| m["messageId"] == "a-object").unwrap();
+    let with_options = rx
+        .requests("/a")
+        .into_iter()
+        .map(|c| c.json())
+        .find(|m| m["messageId"] == "a-object")
+        .unwrap();
     assert_eq!(with_options["integrations"]["hook a"], json!({"x": 1}));
 }
 
@@ -137,48 +195,110 @@ async fn integrations_map_routes_between_two_webhooks() {
 async fn bad_input_gets_a_clear_error_and_valid_batch_messages_still_arrive() {
     let rx = Receiver::start().await;
     let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", ""));
-    let d = Daemon::start("max_message_bytes = 2048\nmax_request_bytes = 65536\nmax_batch_messages = 50", &config).await;
+    let d = Daemon::start(
+        "max_message_bytes = 2048\nmax_request_bytes = 65536\nmax_batch_messages = 50",
+        &config,
+    )
+    .await;
     let group = json!({"userId": "u", "groupId": "g"});
 
-    let (s, b) = d.post_raw("/v1/group", Some(KEY), b"{\"userId\": \"u\",\n  \"groupId\": }".to_vec(), &[]).await;
+    let (s, b) = d
+        .post_raw(
+            "/v1/group",
+            Some(KEY),
+            b"{\"userId\": \"u\",\n  \"groupId\": }".to_vec(),
+            &[],
+        )
+        .await;
     assert_eq!(s, 400);
     assert_eq!(b["code"], "invalid_json");
-    assert!(b["message"].as_str().unwrap().contains("line 2, column"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("line 2, column"),
+        "{b}"
+    );
 
-    let (s, b) = d.post_raw("/v1/batch", Some(KEY), b"[1,2]".to_vec(), &[]).await;
+    let (s, b) = d
+        .post_raw("/v1/batch", Some(KEY), b"[1,2]".to_vec(), &[])
+        .await;
     assert_eq!((s, b["code"].as_str()), (400, Some("not_an_object")));
 
     let big = json!({"userId": "u", "groupId": "g", "traits": {"blob": "x".repeat(4096)}});
     let (s, b) = d.post("/v1/group", Some(KEY), &big).await;
     assert_eq!(s, 413);
-    assert!(b["message"].as_str().unwrap().contains("max_message_bytes"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("max_message_bytes"),
+        "{b}"
+    );
 
     let huge = json!({"batch": (0..40).map(|i| json!({"type": "group", "userId": "u", "groupId": i, "traits": {"blob": "x".repeat(1800)}})).collect::<Vec<_>>()});
     let (s, b) = d.post("/v1/batch", Some(KEY), &huge).await;
     assert_eq!(s, 413);
-    assert!(b["message"].as_str().unwrap().contains("max_request_bytes"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("max_request_bytes"),
+        "{b}"
+    );
 
     let many = json!({"batch": (0..51).map(|i| json!({"type": "group", "userId": "u", "groupId": i})).collect::<Vec<_>>()});
     let (s, b) = d.post("/v1/batch", Some(KEY), &many).await;
     assert_eq!(s, 400);
-    assert!(b["message"].as_str().unwrap().contains("max_batch_messages is 50"), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_batch_messages is 50"),
+        "{b}"
+    );
 
-    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"userId": "u"})).await;
-    assert_eq!((s, b["message"].as_str()), (400, Some("groupId is required")));
-    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"groupId": "g"})).await;
-    assert_eq!((s, b["message"].as_str()), (400, Some("userId or anonymousId is required")));
-    let (s, b) = d.post("/v1/group", Some(KEY), &json!({"userId": "u", "groupId": "g", "traits": "x"})).await;
-    assert_eq!((s, b["message"].as_str()), (400, Some("traits must be an object")));
+    let (s, b) = d
+        .post("/v1/group", Some(KEY), &json!({"userId": "u"}))
+        .await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (400, Some("groupId is required"))
+    );
+    let (s, b) = d
+        .post("/v1/group", Some(KEY), &json!({"groupId": "g"}))
+        .await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (400, Some("userId or anonymousId is required"))
+    );
+    let (s, b) = d
+        .post(
+            "/v1/group",
+            Some(KEY),
+            &json!({"userId": "u", "groupId": "g", "traits": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (400, Some("traits must be an object"))
+    );
 
     let (s, b) = d.post("/v1/group", Some("wrong-key"), &group).await;
     assert_eq!((s, b["code"].as_str()), (401, Some("invalid_write_key")));
     let (s, b) = d.post("/v1/group", None, &group).await;
     assert_eq!((s, b["code"].as_str()), (401, Some("missing_write_key")));
     // writeKey in the body instead of Basic auth, and a bare `key` without the colon.
-    let (s, _) = d.post("/v1/group", None, &json!({"userId": "u", "groupId": "body-key", "writeKey": KEY})).await;
+    let (s, _) = d
+        .post(
+            "/v1/group",
+            None,
+            &json!({"userId": "u", "groupId": "body-key", "writeKey": KEY}),
+        )
+        .await;
     assert_eq!(s, 200);
     let bare = format!("Basic {}", base64_encode(KEY));
-    let (s, _) = d.post_raw("/v1/group", None, json!({"userId": "u", "groupId": "bare-key"}).to_string().into_bytes(), &[("authorization", &bare)]).await;
+    let (s, _) = d
+        .post_raw(
+            "/v1/group",
+            None,
+            json!({"userId": "u", "groupId": "bare-key"})
+                .to_string()
+                .into_bytes(),
+            &[("authorization", &bare)],
+        )
+        .await;
     assert_eq!(s, 200);
 
     // A mixed batch: valid messages are accepted, invalid ones listed and kept.
@@ -199,10 +319,30 @@ async fn bad_input_gets_a_clear_error_and_valid_batch_messages_still_arrive() {
             {"index": 3, "error": "traits must be an object"},
         ]})
     );
-    let got = rx.wait_until("/hook", |got| got.iter().filter(|c| c.json()["groupId"].as_str().unwrap().starts_with("ok-")).count() == 2, "ok-1 and ok-2").await;
-    let groups: Vec<String> = got.iter().map(|c| c.json()["groupId"].as_str().unwrap().to_string()).collect();
-    assert!(groups.contains(&"body-key".to_string()) && groups.contains(&"bare-key".to_string()), "{groups:?}");
-    assert!(d.logs().contains("message refused in a batch"), "each refusal is logged");
+    let got = rx
+        .wait_until(
+            "/hook",
+            |got| {
+                got.iter()
+                    .filter(|c| c.json()["groupId"].as_str().unwrap().starts_with("ok-"))
+                    .count()
+                    == 2
+            },
+            "ok-1 and ok-2",
+        )
+        .await;
+    let groups: Vec<String> = got
+        .iter()
+        .map(|c| c.json()["groupId"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        groups.contains(&"body-key".to_string()) && groups.contains(&"bare-key".to_string()),
+        "{groups:?}"
+    );
+    assert!(
+        d.logs().contains("message refused in a batch"),
+        "each refusal is logged"
+    );
 }
 
 fn base64_encode(text: &str) -> String {
@@ -217,8 +357,20 @@ async fn gzip_bodies_are_accepted() {
     let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", ""));
     let d = Daemon::start("", &config).await;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json!({"batch": [{"type": "group", "userId": "u", "groupId": "zipped"}]}).to_string().as_bytes()).unwrap();
-    let (s, _) = d.post_raw("/v1/batch", Some(KEY), gz.finish().unwrap(), &[("content-encoding", "gzip")]).await;
+    gz.write_all(
+        json!({"batch": [{"type": "group", "userId": "u", "groupId": "zipped"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let (s, _) = d
+        .post_raw(
+            "/v1/batch",
+            Some(KEY),
+            gz.finish().unwrap(),
+            &[("content-encoding", "gzip")],
+        )
+        .await;
     assert_eq!(s, 200);
     let got = rx.wait_for("/hook", 1).await;
     assert_eq!(got[0].json()["groupId"], "zipped");

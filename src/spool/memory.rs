@@ -55,14 +55,25 @@ struct State {
 }
 
 impl MemorySpool {
-    pub fn new(dir: PathBuf, destinations: &[String], max_bytes: u64, dedupe_window: Duration) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        destinations: &[String],
+        max_bytes: u64,
+        dedupe_window: Duration,
+    ) -> Self {
         let mut state = State::default();
         let mut wakers = HashMap::new();
         for d in destinations {
             state.lanes.insert(d.clone(), Lane::default());
             wakers.insert(d.clone(), Arc::new(Notify::new()));
         }
-        Self { state: Mutex::new(state), wakers, dir, max_bytes, dedupe_window }
+        Self {
+            state: Mutex::new(state),
+            wakers,
+            dir,
+            max_bytes,
+            dedupe_window,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -85,10 +96,10 @@ impl State {
             if now.duration_since(*at) < window {
                 break;
             }
-            if let Some((at, source, id)) = self.seen_order.pop_front() {
-                if self.seen.get(&(source.clone(), id.clone())) == Some(&at) {
-                    self.seen.remove(&(source, id));
-                }
+            if let Some((at, source, id)) = self.seen_order.pop_front()
+                && self.seen.get(&(source.clone(), id.clone())) == Some(&at)
+            {
+                self.seen.remove(&(source, id));
             }
         }
     }
@@ -133,7 +144,10 @@ impl Spool for MemorySpool {
             st.forget_expired(self.dedupe_window);
             let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
             if st.bytes + incoming > self.max_bytes {
-                return Err(SpoolError::Full { used: st.bytes, max: self.max_bytes });
+                return Err(SpoolError::Full {
+                    used: st.bytes,
+                    max: self.max_bytes,
+                });
             }
             let mut answers = Vec::with_capacity(messages.len());
             for m in messages {
@@ -146,8 +160,11 @@ impl Spool for MemorySpool {
                 st.seen.insert(key, now);
                 st.seen_order.push_back((now, m.source, m.message_id));
                 answers.push(Appended::Stored);
-                let targets: Vec<String> =
-                    m.destinations.into_iter().filter(|d| st.lanes.contains_key(d)).collect();
+                let targets: Vec<String> = m
+                    .destinations
+                    .into_iter()
+                    .filter(|d| st.lanes.contains_key(d))
+                    .collect();
                 if targets.is_empty() {
                     continue;
                 }
@@ -193,7 +210,10 @@ impl Spool for MemorySpool {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             f.write_all(lines.as_bytes())?;
             f.sync_data()
         })
@@ -212,7 +232,9 @@ impl Spool for MemorySpool {
         let mut out = Vec::new();
         // Due retries first: they are the oldest items of their groups.
         while out.len() < max {
-            let Some(&(at, seq)) = lane.retries.iter().next() else { break };
+            let Some(&(at, seq)) = lane.retries.iter().next() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -236,15 +258,21 @@ impl Spool for MemorySpool {
                 lane.queue.remove(i);
                 continue;
             };
-            if let Some(g) = &e.group {
-                if lane.held.contains_key(g) {
-                    i += 1;
-                    continue;
-                }
+            if let Some(g) = &e.group
+                && lane.held.contains_key(g)
+            {
+                i += 1;
+                continue;
             }
             lane.queue.remove(i);
             lane.in_flight.insert(seq);
-            out.push(Leased { seq, body: e.body.clone(), group_id: e.group.clone(), attempts: 0, first_attempt: None });
+            out.push(Leased {
+                seq,
+                body: e.body.clone(),
+                group_id: e.group.clone(),
+                attempts: 0,
+                first_attempt: None,
+            });
         }
         // Hold each leased item's group only after the scan, so items of one group leased
         // together stay together (in order) instead of blocking one another.
@@ -266,20 +294,32 @@ impl Spool for MemorySpool {
         Ok(())
     }
 
-    async fn retry_at(&self, destination: &str, seq: Seq, at: SystemTime, attempt: &Attempt) -> Result<(), SpoolError> {
+    async fn retry_at(
+        &self,
+        destination: &str,
+        seq: Seq,
+        at: SystemTime,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError> {
         let mut st = self.lock();
-        if let Some(lane) = st.lanes.get_mut(destination) {
-            if lane.in_flight.remove(&seq) {
-                lane.retries.insert((at, seq));
-                lane.attempts.insert(seq, (attempt.attempts, attempt.first_attempt));
-            }
+        if let Some(lane) = st.lanes.get_mut(destination)
+            && lane.in_flight.remove(&seq)
+        {
+            lane.retries.insert((at, seq));
+            lane.attempts
+                .insert(seq, (attempt.attempts, attempt.first_attempt));
         }
         drop(st);
         self.wake(destination);
         Ok(())
     }
 
-    async fn dead_letter(&self, destination: &str, seq: Seq, attempt: &Attempt) -> Result<(), SpoolError> {
+    async fn dead_letter(
+        &self,
+        destination: &str,
+        seq: Seq,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError> {
         let mut st = self.lock();
         tracing::debug!(destination, seq, reason = %attempt.reason, "dead letter kept in memory only");
         if let Some(lane) = st.lanes.get_mut(destination) {
@@ -298,7 +338,9 @@ impl Spool for MemorySpool {
         };
         let next_retry = {
             let st = self.lock();
-            st.lanes.get(destination).and_then(|l| l.retries.iter().next().map(|(at, _)| *at))
+            st.lanes
+                .get(destination)
+                .and_then(|l| l.retries.iter().next().map(|(at, _)| *at))
         };
         let until_retry = next_retry
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())

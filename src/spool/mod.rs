@@ -104,10 +104,21 @@ pub trait Spool: Send + Sync + 'static {
     async fn ack(&self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError>;
 
     /// Failed, to be retried no earlier than `at`.
-    async fn retry_at(&self, destination: &str, seq: Seq, at: SystemTime, attempt: &Attempt) -> Result<(), SpoolError>;
+    async fn retry_at(
+        &self,
+        destination: &str,
+        seq: Seq,
+        at: SystemTime,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError>;
 
     /// Failed for good: kept with the reason until a person looks.
-    async fn dead_letter(&self, destination: &str, seq: Seq, attempt: &Attempt) -> Result<(), SpoolError>;
+    async fn dead_letter(
+        &self,
+        destination: &str,
+        seq: Seq,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError>;
 
     /// Return until something may be due for `destination` (a new message, a retry coming
     /// due) or `max` has passed.

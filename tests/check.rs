@@ -1,0 +1,182 @@
+//! `switchyard check`: every example config passes; broken ones fail naming line or variable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn check(config: &Path, env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("check").arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn check_text(text: &str, env: &[(String, String)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path, env);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `${NAME}` references in a config, each given a stand-in value of the right shape.
+fn stand_in_env(text: &str) -> Vec<(String, String)> {
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .map(|name| {
+            let value = if name.contains("WEBHOOK_SECRET") {
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            } else {
+                "stand-in"
+            };
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_example_config_passes() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let out = check(&path, &stand_in_env(&text));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(": ok") && stdout.contains("destinations:"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains("stand-in"),
+            "secrets are not printed: {stdout}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 2, "expected example configs in {}", dir.display());
+}
+
+#[test]
+fn check_prints_what_would_run() {
+    let (ok, out, _) = check_text(
+        "[[source]]\nname = \"web\"\nwrite_key = \"sekrit\"\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"http://x\"\ntypes = [\"group\"]\ndry_run = true\n",
+        &[],
+    );
+    assert!(ok);
+    assert!(out.contains("web (write key ***)"), "{out}");
+    assert!(
+        out.contains("Hook (webhook, dry run) takes: group"),
+        "{out}"
+    );
+    assert!(out.contains("spool: data"), "{out}");
+    assert!(!out.contains("sekrit"));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let (ok, _, err) = check_text("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("line 3, column 1") && err.contains("unknown field `listen_port`"),
+        "{err}"
+    );
+    let (ok, _, err) = check_text(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"http://x\"\nurll = \"http://y\"\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("line 7, column 1") && err.contains("unknown field `urll`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_is_named_with_its_line() {
+    let (ok, _, err) = check_text("[server]\nallow_unauthenticated = \"yes\"\n", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("line 2") && err.contains("invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    let (ok, _, err) = check_text(
+        "[[source]]\nname = \"web\"\nwrite_key = \"${SWITCHYARD_TEST_SURELY_UNSET}\"\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("environment variable `SWITCHYARD_TEST_SURELY_UNSET` is not set"),
+        "{err}"
+    );
+    assert!(err.contains("line 3, column 14"), "{err}");
+}
+
+#[test]
+fn duplicate_destination_names_are_refused_case_insensitively() {
+    let (ok, _, err) = check_text(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"http://x\"\n[[destination]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://y\"\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("destination name `hook` is used twice") && err.contains("line 8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_error_is_listed_and_no_source_needs_opting_in() {
+    let (ok, _, err) = check_text(
+        "[[destination]]\nname = \"A\"\ntype = \"carrier-pigeon\"\n[[destination]]\nname = \"B\"\ntype = \"webhook\"\nurl = \"ftp://x\"\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("no [[source]] is configured"), "{err}");
+    let (ok, _, err) = check_text(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"A\"\ntype = \"carrier-pigeon\"\n[[destination]]\nname = \"B\"\ntype = \"webhook\"\nurl = \"ftp://x\"\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("unknown type `carrier-pigeon`") && err.contains("url must be http or https"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_is_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("--"),
+            "{args:?}"
+        );
+    }
+}
