@@ -51,7 +51,7 @@ async fn server_errors_are_retried_until_delivered() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rx.requests("/hook").len(), 3);
-    assert!(d.logs().contains("will retry"), "a retry is logged");
+    d.wait_for_log("will retry").await;
 }
 
 #[tokio::test]
@@ -69,7 +69,7 @@ async fn retry_after_is_honoured() {
         gap >= Duration::from_millis(950),
         "retried after {gap:?}, before Retry-After: 1"
     );
-    assert!(d.logs().contains("destination paused"));
+    d.wait_for_log("destination paused").await;
 }
 
 #[tokio::test]
@@ -92,10 +92,7 @@ async fn client_errors_are_not_retried() {
         .filter(|c| c.json()["messageId"] == "bad")
         .count();
     assert_eq!(attempts, 1);
-    assert!(
-        d.logs().contains("dead-lettered"),
-        "the permanent failure is logged"
-    );
+    d.wait_for_log("dead-lettered").await;
 }
 
 #[tokio::test]
@@ -139,16 +136,7 @@ async fn dry_run_logs_the_request_and_sends_nothing() {
     send_group(&d, "dry").await;
     // The live destination got it, so the dry one has had its turn too.
     rx.wait_for("/live", 1).await;
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    while !d.logs().contains("dry run: would send") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no dry-run log:\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = d.logs();
+    let logs = d.wait_for_log("dry run: would send").await;
     assert!(
         logs.contains("\\\"groupId\\\":\\\"dry\\\"") || logs.contains("\"groupId\":\"dry\""),
         "{logs}"
@@ -209,5 +197,5 @@ async fn sigterm_stops_cleanly() {
     rx.wait_for("/hook", 1).await;
     let status = d.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(d.logs().contains("stopped"));
+    d.wait_for_log("stopped").await;
 }

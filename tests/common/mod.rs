@@ -294,6 +294,22 @@ impl Daemon {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Wait until the daemon has logged `text` (logs arrive through a pipe, a little late).
+    pub async fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let logs = self.logs();
+            if logs.contains(text) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for log `{text}`; logs:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// POST JSON with the write key as Basic user (`key:`); returns status and JSON answer.
     pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
         let mut req = self.client.post(self.url(path)).json(body);
