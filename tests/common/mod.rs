@@ -238,6 +238,14 @@ impl Daemon {
         Self::spawn(dir, &path, env).await
     }
 
+    /// Start with a complete config text, as given.
+    pub async fn start_raw(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn(dir, &path, &[]).await
+    }
+
     async fn spawn(dir: tempfile::TempDir, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary());
         cmd.arg("run")
