@@ -31,6 +31,8 @@ pub struct AppState {
     pub sources: Vec<(String, Secret)>,
     /// Destinations in config order: name, adapter type, routing keys, live status.
     pub destinations: Vec<DestinationView>,
+    /// The destinations' routing keys, in the same order, for [`route::route`].
+    pub routes: Vec<RouteKey>,
     pub spool: Arc<dyn Spool>,
 }
 
@@ -385,9 +387,8 @@ fn new_message_id() -> String {
 
 /// Route a normalized message and shape it for the spool.
 fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Accepted {
-    let keys: Vec<RouteKey> = state.destinations.iter().map(|d| d.route.clone()).collect();
     let integrations = n.message.get("integrations").and_then(Value::as_object);
-    let destinations = route::route(n.ty, integrations, &keys)
+    let destinations = route::route(n.ty, integrations, &state.routes)
         .into_iter()
         .map(|i| state.destinations[i].name.clone())
         .collect();

@@ -128,7 +128,9 @@ pub async fn run(
         workers.push(tokio::spawn(worker.run(stop_rx.clone())));
     }
     let grace = config.server.shutdown_grace;
+    let routes = views.iter().map(|v| v.route.clone()).collect();
     let state = Arc::new(AppState {
+        routes,
         limits: config.server,
         sources: config
             .sources
