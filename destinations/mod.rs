@@ -2,7 +2,11 @@
 
 use crate::destination::Constructor;
 
+pub mod mixpanel;
 pub mod webhook;
 
 /// Config `type` → constructor.
-pub const REGISTRY: &[(&str, Constructor)] = &[("webhook", webhook::build)];
+pub const REGISTRY: &[(&str, Constructor)] = &[
+    ("webhook", webhook::build),
+    ("mixpanel", mixpanel::build),
+];
