@@ -3,10 +3,12 @@
 use crate::destination::Constructor;
 
 pub mod mixpanel;
+pub mod salesforce;
 pub mod webhook;
 
 /// Config `type` → constructor.
 pub const REGISTRY: &[(&str, Constructor)] = &[
     ("webhook", webhook::build),
     ("mixpanel", mixpanel::build),
+    ("salesforce", salesforce::build),
 ];
