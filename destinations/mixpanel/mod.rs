@@ -10,13 +10,15 @@ mod translate;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{ConfigError, DestinationConfig};
 use crate::destination::{
-    Classification, Destination, Item, OutRequest, Response, Translation, Verdict, classify_status,
-    excerpt,
+    AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
+    Verdict, classify_status, excerpt,
 };
 use crate::message::MessageType;
 use crate::secret::Secret;
@@ -72,6 +74,9 @@ pub(crate) enum Operation {
     Set,
     SetOnce,
 }
+
+/// What translate writes as `$token`; `authorize` puts the project token there.
+pub(crate) const TOKEN_PLACEHOLDER: &str = "***";
 
 /// A configured Mixpanel destination (Debug is safe: the token is a `Secret`).
 #[derive(Debug)]
@@ -151,6 +156,7 @@ impl Mixpanel {
     }
 }
 
+#[async_trait]
 impl Destination for Mixpanel {
     fn max_batch(&self) -> usize {
         MAX_BATCH
@@ -166,6 +172,18 @@ impl Destination for Mixpanel {
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {
         translate::translate(self, batch)
+    }
+
+    /// The token goes in the body (MPD:reference/ingestion-api-authentication.mdx), added here
+    /// rather than in translate so that dry-run logs and translation never hold it.
+    async fn authorize(
+        &self,
+        request: &mut OutRequest,
+        _transport: &Transport,
+        _refresh: bool,
+    ) -> Result<(), AuthError> {
+        request.body = with_token(&request.body, &self.token)?;
+        Ok(())
     }
 
     fn classify(
@@ -196,6 +214,19 @@ impl Destination for Mixpanel {
             _ => classify_status(request, response, now),
         }
     }
+}
+
+/// The body with every `"$token":"***"` replaced by the token. Only the JSON structure can
+/// hold that exact byte sequence: inside a string value its quotes would be escaped.
+fn with_token(body: &[u8], token: &Secret) -> Result<Bytes, AuthError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| AuthError("a Mixpanel body is not UTF-8".into()))?;
+    let placeholder = format!("\"$token\":\"{TOKEN_PLACEHOLDER}\"");
+    // A JSON string of a `&str` always serializes.
+    let quoted = serde_json::to_string(token.expose()).unwrap_or_default();
+    Ok(Bytes::from(
+        text.replace(&placeholder, &format!("\"$token\":{quoted}")),
+    ))
 }
 
 /// A 200 is only a success when its verbose body says `status: 1`: Mixpanel answers 200 with

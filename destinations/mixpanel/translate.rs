@@ -1,4 +1,5 @@
-//! Group calls → Groups and Engage requests. Pure: no clock, no I/O.
+//! Group calls → Groups and Engage requests. Pure: no clock, no I/O, and no token: each
+//! update carries a placeholder that `authorize` replaces, so dry runs never log the token.
 
 use http::Method;
 use serde_json::{Map, Value};
@@ -83,7 +84,7 @@ fn group_update(mp: &Mixpanel, group_id: &str, traits: &Map<String, Value>) -> V
     let mut update = Map::new();
     update.insert(
         "$token".into(),
-        Value::String(mp.token.expose().to_string()),
+        Value::String(super::TOKEN_PLACEHOLDER.into()),
     );
     update.insert("$group_key".into(), Value::String(mp.group_key.clone()));
     update.insert("$group_id".into(), Value::String(group_id.to_string()));
@@ -132,7 +133,7 @@ fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Value {
     let mut update = Map::new();
     update.insert(
         "$token".into(),
-        Value::String(mp.token.expose().to_string()),
+        Value::String(super::TOKEN_PLACEHOLDER.into()),
     );
     update.insert("$distinct_id".into(), Value::String(user_id.to_string()));
     update.insert("$union".into(), Value::Object(union));
