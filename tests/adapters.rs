@@ -430,3 +430,16 @@ async fn dry_run_logs_requests_and_sends_nothing() {
         "{logs}"
     );
 }
+
+#[test]
+fn example_configs_build() {
+    let env = |name: &str| Some(format!("example-{name}"));
+    for file in ["examples/mixpanel.toml", "examples/salesforce.toml"] {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + file)
+                .unwrap();
+        let config = switchyard::config::load_with_env(&text, &env)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        switchyard::server::Plan::new(config).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
