@@ -443,3 +443,39 @@ fn example_configs_build() {
         switchyard::server::Plan::new(config).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 }
+
+#[tokio::test]
+async fn failing_token_endpoint_retries_and_never_dead_letters() {
+    let rx = Receiver::start().await;
+    accept_all(&rx);
+    let refused =
+        json!({"error": "invalid_client", "error_description": "invalid client credentials"});
+    rx.set_default(TOKEN_PATH, Answer::json(400, refused));
+    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+
+    send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
+    let sick = wait_status(
+        &d,
+        "Salesforce",
+        |e| e["unhealthy"].is_string(),
+        "unhealthy",
+    )
+    .await;
+    assert!(
+        sick["unhealthy"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{sick}"
+    );
+    rx.set_default(TOKEN_PATH, Answer::status(503));
+    let before = rx.requests(TOKEN_PATH).len();
+    rx.wait_for(TOKEN_PATH, before + 2).await;
+    // Once the endpoint answers again, the call is delivered, not dead-lettered.
+    rx.set_default(TOKEN_PATH, token_answer(&rx, "tok-1"));
+    let got = rx.wait_for(UPSERT_PATH, 1).await;
+    assert_eq!(group_ids(&got[0]), ["g-1"]);
+    let healthy = wait_status(&d, "Salesforce", settled(0), "delivered").await;
+    assert_eq!(healthy["unhealthy"], Value::Null);
+    assert!(dead_letter_lines(&d.logs()).is_empty());
+}
