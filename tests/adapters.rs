@@ -2,6 +2,10 @@
 //! vendor APIs, Salesforce's OAuth token endpoint included.
 
 mod common;
+#[path = "adapters/mixpanel.rs"]
+mod mixpanel;
+#[path = "adapters/salesforce.rs"]
+mod salesforce;
 
 use std::time::Instant;
 
@@ -150,103 +154,6 @@ fn dead_letter_lines(logs: &str) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn salesforce_settles_each_record_on_its_own() {
-    let rx = Receiver::start().await;
-    accept_all(&rx);
-    let results = json!([
-        {"id": "001A", "success": true, "errors": [], "created": true},
-        {"id": null, "success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [Name]", "fields": ["Name"]}]},
-        {"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]},
-    ]);
-    rx.script(UPSERT_PATH, vec![Answer::json(200, results)]);
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
-
-    send(
-        &d,
-        vec![
-            call(
-                "g-ok",
-                Some("u-1"),
-                json!({"name": "OK Inc", "employees": "329"}),
-            ),
-            call("g-bad", None, json!({"industry": "Rockets"})),
-            call(
-                "g-lock",
-                None,
-                json!({"name": "Locked Ltd", "address": {"postal_code": "8001"}}),
-            ),
-        ],
-    )
-    .await;
-    let got = rx.wait_for(UPSERT_PATH, 2).await;
-    assert_eq!(group_ids(&got[0]), ["g-ok", "g-bad", "g-lock"]);
-    assert_eq!(got[0].method, "PATCH");
-    assert_eq!(got[0].header("authorization"), Some("Bearer tok-1"));
-    assert_eq!(got[0].json()["allOrNone"], false);
-    assert_eq!(
-        got[0].json()["records"][0],
-        json!({"attributes": {"type": "Account"}, "Segment_Group_Id__c": "g-ok", "Name": "OK Inc", "NumberOfEmployees": 329})
-    );
-    assert_eq!(got[0].json()["records"][2]["BillingPostalCode"], "8001");
-    // Only the lock-failed record is sent again.
-    assert_eq!(group_ids(&got[1]), ["g-lock"]);
-    wait_status(
-        &d,
-        "Salesforce",
-        settled(1),
-        "two delivered, one dead letter",
-    )
-    .await;
-    let logs = d.logs();
-    let dead = dead_letter_lines(&logs);
-    assert_eq!(dead.len(), 1, "{logs}");
-    assert!(dead[0].contains("REQUIRED_FIELD_MISSING"), "{}", dead[0]);
-    assert_eq!(rx.wait_for(UPSERT_PATH, 2).await.len(), 2);
-    // One token for the whole run, asked for with the client-credentials form.
-    let tokens = rx.requests(TOKEN_PATH);
-    assert_eq!(tokens.len(), 1);
-    let form = String::from_utf8_lossy(&tokens[0].body).into_owned();
-    assert!(
-        form.contains("grant_type=client_credentials") && form.contains("client_id=cid"),
-        "{form}"
-    );
-    assert!(
-        !logs.contains("sf-client-secret") && !logs.contains("tok-1"),
-        "{logs}"
-    );
-}
-
-#[tokio::test]
-async fn salesforce_token_expiring_mid_run_is_refreshed_once() {
-    let rx = Receiver::start().await;
-    accept_all(&rx);
-    rx.script(
-        TOKEN_PATH,
-        vec![token_answer(&rx, "tok-1"), token_answer(&rx, "tok-2")],
-    );
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
-
-    send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
-    rx.wait_for(UPSERT_PATH, 1).await;
-    let expired =
-        json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]);
-    rx.script(UPSERT_PATH, vec![Answer::json(401, expired)]);
-    send(&d, vec![call("g-2", None, json!({"name": "Two"}))]).await;
-
-    let got = rx.wait_for(UPSERT_PATH, 3).await;
-    let bearer: Vec<_> = got
-        .iter()
-        .map(|c| c.header("authorization").unwrap().to_string())
-        .collect();
-    assert_eq!(bearer, ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]);
-    assert_eq!(group_ids(&got[1]), group_ids(&got[2]));
-    let status = wait_status(&d, "Salesforce", settled(0), "both delivered").await;
-    assert_eq!(status["unhealthy"], Value::Null);
-    assert_eq!(rx.requests(TOKEN_PATH).len(), 2);
-    assert!(dead_letter_lines(&d.logs()).is_empty());
-}
-
-#[tokio::test]
 async fn request_limit_pauses_salesforce_only() {
     let rx = Receiver::start().await;
     accept_all(&rx);
@@ -309,85 +216,6 @@ async fn request_limit_pauses_salesforce_only() {
 }
 
 #[tokio::test]
-async fn mixpanel_status_zero_is_dead_lettered() {
-    let rx = Receiver::start().await;
-    accept_all(&rx);
-    rx.script(
-        "/groups",
-        vec![Answer::json(
-            200,
-            json!({"error": "Invalid group key company_id", "status": 0}),
-        )],
-    );
-    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
-
-    send(
-        &d,
-        vec![call(
-            "g-1",
-            Some("u-1"),
-            json!({"name": "One", "createdAt": 1714557600}),
-        )],
-    )
-    .await;
-    let status = wait_status(&d, "Mixpanel", settled(1), "one dead letter").await;
-    assert_eq!(status["unhealthy"], Value::Null);
-    let groups = rx.requests("/groups");
-    assert_eq!(groups.len(), 1, "a status:0 answer must not be retried");
-    let update = &groups[0].json()[0];
-    assert_eq!(update["$token"], "mp-secret-token");
-    assert_eq!(
-        update["$set"],
-        json!({"$name": "One", "$created": "2024-05-01T10:00:00"})
-    );
-    let engage = rx.wait_for("/engage", 1).await;
-    assert_eq!(
-        engage[0].json(),
-        json!([{"$token": "mp-secret-token", "$distinct_id": "u-1", "$union": {"company_id": ["g-1"]}}])
-    );
-    let logs = d.logs();
-    let dead = dead_letter_lines(&logs);
-    assert_eq!(dead.len(), 1, "{logs}");
-    assert!(
-        dead[0].contains("Invalid group key company_id"),
-        "{}",
-        dead[0]
-    );
-}
-
-#[tokio::test]
-async fn mixpanel_413_splits_the_batch() {
-    let rx = Receiver::start().await;
-    accept_all(&rx);
-    let too_big = json!({"code": 413, "error": "request exceeds max limit of 2097152 bytes", "status": "Payload Too Large"});
-    rx.script("/groups", vec![Answer::json(413, too_big)]);
-    let d = Daemon::start(
-        "",
-        &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
-    )
-    .await;
-
-    let ids = ["g-1", "g-2", "g-3", "g-4"];
-    send(
-        &d,
-        ids.iter()
-            .map(|g| call(g, None, json!({"name": g})))
-            .collect(),
-    )
-    .await;
-    let got = rx.wait_for("/groups", 3).await;
-    assert_eq!(group_ids(&got[0]), ids);
-    let halves: Vec<Vec<String>> = got[1..].iter().map(group_ids).collect();
-    assert!(halves.iter().all(|h| h.len() == 2), "{halves:?}");
-    let mut arrived: Vec<String> = halves.concat();
-    arrived.sort();
-    assert_eq!(arrived, ids);
-    wait_status(&d, "Mixpanel", settled(0), "all four delivered").await;
-    assert_eq!(rx.requests("/groups").len(), 3);
-    assert!(rx.requests("/engage").is_empty());
-}
-
-#[tokio::test]
 async fn dry_run_logs_requests_and_sends_nothing() {
     let rx = Receiver::start().await;
     accept_all(&rx);
@@ -442,40 +270,4 @@ fn example_configs_build() {
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         switchyard::server::Plan::new(config).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
-}
-
-#[tokio::test]
-async fn failing_token_endpoint_retries_and_never_dead_letters() {
-    let rx = Receiver::start().await;
-    accept_all(&rx);
-    let refused =
-        json!({"error": "invalid_client", "error_description": "invalid client credentials"});
-    rx.set_default(TOKEN_PATH, Answer::json(400, refused));
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
-
-    send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
-    let sick = wait_status(
-        &d,
-        "Salesforce",
-        |e| e["unhealthy"].is_string(),
-        "unhealthy",
-    )
-    .await;
-    assert!(
-        sick["unhealthy"]
-            .as_str()
-            .unwrap()
-            .contains("invalid_client"),
-        "{sick}"
-    );
-    rx.set_default(TOKEN_PATH, Answer::status(503));
-    let before = rx.requests(TOKEN_PATH).len();
-    rx.wait_for(TOKEN_PATH, before + 2).await;
-    // Once the endpoint answers again, the call is delivered, not dead-lettered.
-    rx.set_default(TOKEN_PATH, token_answer(&rx, "tok-1"));
-    let got = rx.wait_for(UPSERT_PATH, 1).await;
-    assert_eq!(group_ids(&got[0]), ["g-1"]);
-    let healthy = wait_status(&d, "Salesforce", settled(0), "delivered").await;
-    assert_eq!(healthy["unhealthy"], Value::Null);
-    assert!(dead_letter_lines(&d.logs()).is_empty());
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, DestinationConfig};
+use crate::config::{ConfigError, DestinationConfig, Settings};
 use crate::destination::{
     AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
     Verdict, classify_status, excerpt,
@@ -122,30 +122,7 @@ impl Mixpanel {
                 format!("destination `{name}`: a mixpanel destination takes group calls only"),
             ));
         }
-        let host = match (c.api_host, c.region) {
-            (Some(_), Some(_)) => {
-                return Err(s.error(
-                    "api_host",
-                    format!("destination `{name}`: set region or api_host, not both"),
-                ));
-            }
-            (Some(host), None) => {
-                let url = reqwest::Url::parse(&host).map_err(|e| {
-                    s.error(
-                        "api_host",
-                        format!("destination `{name}`: api_host `{host}` is not a URL: {e}"),
-                    )
-                })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(s.error(
-                        "api_host",
-                        format!("destination `{name}`: api_host must be http or https"),
-                    ));
-                }
-                host.trim_end_matches('/').to_string()
-            }
-            (None, region) => region.unwrap_or(Region::Us).host().to_string(),
-        };
+        let host = api_host(s, name, c.api_host, c.region)?;
         Ok(Self {
             host,
             token: c.project_token,
@@ -154,6 +131,39 @@ impl Mixpanel {
             associate_user: c.associate_user,
         })
     }
+}
+
+/// The API base URL: an explicit `api_host` (http or https) or the region's.
+fn api_host(
+    s: &Settings,
+    name: &str,
+    api_host: Option<String>,
+    region: Option<Region>,
+) -> Result<String, ConfigError> {
+    Ok(match (api_host, region) {
+        (Some(_), Some(_)) => {
+            return Err(s.error(
+                "api_host",
+                format!("destination `{name}`: set region or api_host, not both"),
+            ));
+        }
+        (Some(host), None) => {
+            let url = reqwest::Url::parse(&host).map_err(|e| {
+                s.error(
+                    "api_host",
+                    format!("destination `{name}`: api_host `{host}` is not a URL: {e}"),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(s.error(
+                    "api_host",
+                    format!("destination `{name}`: api_host must be http or https"),
+                ));
+            }
+            host.trim_end_matches('/').to_string()
+        }
+        (None, region) => region.unwrap_or(Region::Us).host().to_string(),
+    })
 }
 
 #[async_trait]

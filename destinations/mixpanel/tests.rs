@@ -226,18 +226,15 @@ fn answer(status: u16, body: &str) -> Response {
 #[test]
 fn answers() {
     let mp = mixpanel("").unwrap();
-    let two = OutRequest::json(
-        Method::POST,
-        "http://x/groups?verbose=1",
-        b"[]".to_vec(),
-        vec![0, 1],
-    );
-    let one = OutRequest::json(
-        Method::POST,
-        "http://x/groups?verbose=1",
-        b"[]".to_vec(),
-        vec![0],
-    );
+    let request = |items| {
+        OutRequest::json(
+            Method::POST,
+            "http://x/groups?verbose=1",
+            b"[]".to_vec(),
+            items,
+        )
+    };
+    let (two, one) = (request(vec![0, 1]), request(vec![0]));
     let c = |r: &OutRequest, status, body| mp.classify(r, &answer(status, body), at());
     assert_eq!(
         c(&two, 200, "{\"error\": null, \"status\": 1}").verdicts,
