@@ -294,3 +294,22 @@ async fn authorize_puts_the_token_in_the_body_only() {
     let odd = with_token(br#"[{"$token":"***"}]"#, &Secret::new("t\"k")).unwrap();
     assert_eq!(&odd[..], br#"[{"$token":"t\"k"}]"#);
 }
+
+#[test]
+fn limits_count_the_token_put_in_by_authorize() {
+    // An absurdly long token makes the growth visible: two updates that fit together with the
+    // placeholder do not once the token replaces it.
+    let text = format!(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"MP\"\ntype = \"mixpanel\"\nproject_token = \"{}\"\ngroup_key = \"k\"\n",
+        "t".repeat(10_000)
+    );
+    let config = config::load(&text).unwrap();
+    let mp = Mixpanel::new(&config.destinations[0]).unwrap();
+    let blob = "x".repeat(520_000);
+    let calls: Vec<_> = (0..2).map(|i| group(i, json!({"blob": blob}))).collect();
+    let t = mp.translate(&items(&calls), at());
+    assert_eq!(t.requests.len(), 2);
+    for r in &t.requests {
+        assert!(with_token(&r.body, &mp.token).unwrap().len() < 1 << 20);
+    }
+}

@@ -33,6 +33,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
     let mut t = Translation::default();
     let mut groups: Updates = Vec::new();
     let mut engage: Updates = Vec::new();
+    let growth = token_growth(mp);
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
         let group_id = m.get("groupId").and_then(Value::as_str);
@@ -50,10 +51,10 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
             .filter(|t| !t.is_empty());
         if let Some(traits) = traits {
             let update = serialize(&group_update(mp, group_id, traits));
-            if update.len() > MAX_UPDATE_BYTES {
+            if update.len() + growth > MAX_UPDATE_BYTES {
                 let why = format!(
                     "the group update is {} bytes; Mixpanel takes at most 1 MB",
-                    update.len()
+                    update.len() + growth
                 );
                 t.settled.push((i, Verdict::permanent(why)));
                 continue;
@@ -68,8 +69,18 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
             None => {}
         }
     }
-    pack(&mut t, &format!("{}/groups?verbose=1", mp.host), groups);
-    pack(&mut t, &format!("{}/engage?verbose=1", mp.host), engage);
+    pack(
+        &mut t,
+        &format!("{}/groups?verbose=1", mp.host),
+        groups,
+        growth,
+    );
+    pack(
+        &mut t,
+        &format!("{}/engage?verbose=1", mp.host),
+        engage,
+        growth,
+    );
     t
 }
 
@@ -146,13 +157,20 @@ fn serialize(update: &Value) -> Vec<u8> {
     serde_json::to_vec(update).unwrap_or_default()
 }
 
+/// How many bytes each update grows when `authorize` puts the token in place of the placeholder.
+fn token_growth(mp: &Mixpanel) -> usize {
+    let quoted = serde_json::to_string(mp.token.expose()).map_or(0, |q| q.len());
+    quoted.saturating_sub(super::TOKEN_PLACEHOLDER.len() + 2)
+}
+
 /// Pack updates into JSON-array bodies of at most `MAX_UPDATES` and, unless one update alone
-/// is larger, `BODY_BUDGET` bytes.
-fn pack(t: &mut Translation, url: &str, updates: Updates) {
+/// is larger, `BODY_BUDGET` bytes once the token is in (`growth` bytes more per update).
+fn pack(t: &mut Translation, url: &str, updates: Updates, growth: usize) {
     let mut body: Vec<u8> = Vec::new();
     let mut items: Vec<usize> = Vec::new();
     for (i, update) in updates {
-        let full = items.len() == MAX_UPDATES || body.len() + 1 + update.len() + 1 > BODY_BUDGET;
+        let sent = body.len() + growth * items.len();
+        let full = items.len() == MAX_UPDATES || sent + 1 + update.len() + growth + 1 > BODY_BUDGET;
         if !items.is_empty() && full {
             t.requests.push(finish(
                 url,
