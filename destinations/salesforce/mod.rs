@@ -150,10 +150,14 @@ impl Salesforce {
         let c: SalesforceConfig = s.parse()?;
         let name = config.name.as_str();
         let instance_url = http_url(s, "instance_url", name, &c.instance_url)?;
+        // `vNN.N`, from v46.0 on (collections upsert by external id, SF-COLL).
         let version_ok = c
             .api_version
             .strip_prefix('v')
-            .is_some_and(|v| v.parse::<f32>().is_ok_and(|n| n >= 46.0));
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                major.parse::<u32>().is_ok_and(|n| n >= 46) && minor.parse::<u32>().is_ok()
+            });
         if !version_ok {
             return Err(s.error(
                 "api_version",

@@ -280,7 +280,12 @@ fn authorize_points_at_the_token_instance_and_hides_the_token() {
 #[test]
 fn config_errors_name_the_key() {
     let err = |own: &str| load(own).err().unwrap();
-    assert!(err(&format!("{BASE}{AUTH}api_version = \"62\"")).contains("api_version"));
+    for bad in ["62", "v62", "v45.0", "v62.x"] {
+        assert!(
+            err(&format!("{BASE}{AUTH}api_version = \"{bad}\"")).contains("api_version"),
+            "{bad}"
+        );
+    }
     assert!(
         err(&format!("{BASE}{AUTH}object = \"Account/x\"")).contains("not a Salesforce API name")
     );
