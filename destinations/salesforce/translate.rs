@@ -32,7 +32,8 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
             ));
             continue;
         };
-        // One record per group per request (SF-COLL upserts each record once); later calls win.
+        // One record per group per request: two records with one external id in a request
+        // would race each other (inference from SF-COLL's in-order processing); later calls win.
         let k = *by_group.entry(group_id).or_insert_with(|| {
             records.push(Record {
                 group_id,
