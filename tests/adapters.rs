@@ -245,7 +245,14 @@ async fn dry_run_logs_requests_and_sends_nothing() {
         && l.contains("Segment_Group_Id__c")));
     assert!(shown.iter().any(|l| l.contains("destination=Mixpanel")
         && l.contains("/groups?verbose=1")
-        && l.contains("Dry Run Inc")));
+        && l.contains("Dry Run Inc")
+        && l.contains(r#""$token":"***""#)));
+    // Credentials are added only when sending: no Authorization header to show, or to leak.
+    assert!(
+        !shown
+            .iter()
+            .any(|l| l.to_lowercase().contains("authorization"))
+    );
     // Nothing reached the vendor, not even the token endpoint, and no secret reached the logs.
     for path in [TOKEN_PATH, UPSERT_PATH, "/groups", "/engage"] {
         assert!(
