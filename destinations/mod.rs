@@ -2,7 +2,13 @@
 
 use crate::destination::Constructor;
 
+pub mod mixpanel;
+pub mod salesforce;
 pub mod webhook;
 
 /// Config `type` → constructor.
-pub const REGISTRY: &[(&str, Constructor)] = &[("webhook", webhook::build)];
+pub const REGISTRY: &[(&str, Constructor)] = &[
+    ("webhook", webhook::build),
+    ("mixpanel", mixpanel::build),
+    ("salesforce", salesforce::build),
+];

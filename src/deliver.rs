@@ -252,15 +252,8 @@ impl Worker {
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
-            if let Err(e) = self
-                .adapter
-                .authorize(&mut request, &self.transport, refreshed)
-                .await
-            {
-                let reason = format!("authorization failed: {e}");
-                Status::set(&self.status.unhealthy, Some(reason.clone()));
-                return Classification::all(&request, Verdict::retry(reason));
-            }
+            // Dry run comes before authorize: showing a request must not fetch a credential
+            // (e.g. call an OAuth token endpoint), so the logged request has no auth header.
             if self.dry_run {
                 tracing::info!(
                     destination = %self.name,
@@ -271,6 +264,15 @@ impl Worker {
                     "dry run: would send"
                 );
                 return Classification::all(&request, Verdict::Delivered);
+            }
+            if let Err(e) = self
+                .adapter
+                .authorize(&mut request, &self.transport, refreshed)
+                .await
+            {
+                let reason = format!("authorization failed: {e}");
+                Status::set(&self.status.unhealthy, Some(reason.clone()));
+                return Classification::all(&request, Verdict::retry(reason));
             }
             let response = match self.http(&request).await {
                 Ok(r) => r,

@@ -46,6 +46,10 @@ pub struct OutRequest {
     pub body: Bytes,
     /// Indexes into the batch given to `translate`; `classify` answers one verdict for each.
     pub items: Vec<usize>,
+    /// For each entry of `items`, the part of the body that carries it (e.g. the record an
+    /// item was merged into), so `classify` can map per-part answers back to items without
+    /// state. Empty when each item is its own part or the answer is all-or-nothing.
+    pub parts: Vec<usize>,
 }
 
 impl OutRequest {
@@ -65,6 +69,7 @@ impl OutRequest {
             headers,
             body: Bytes::from(body),
             items,
+            parts: Vec::new(),
         }
     }
 
@@ -82,6 +87,7 @@ impl fmt::Debug for OutRequest {
             .field("headers", &redacted_headers(&self.headers))
             .field("body", &String::from_utf8_lossy(&self.body))
             .field("items", &self.items)
+            .field("parts", &self.parts)
             .finish()
     }
 }

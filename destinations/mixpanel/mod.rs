@@ -1,0 +1,265 @@
+//! Mixpanel: group calls become Groups API profile updates (`$set` or `$set_once`) and, when
+//! the call has a `userId`, an Engage `$union` that lists the group on the user's profile.
+//!
+//! Wire facts are cited by the source keys of `reference/destinations.md` §3.
+
+#[cfg(test)]
+mod tests;
+mod translate;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{ConfigError, DestinationConfig, Settings};
+use crate::destination::{
+    AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
+    Verdict, classify_status, excerpt,
+};
+use crate::message::MessageType;
+use crate::secret::Secret;
+
+/// A Mixpanel destination's own keys in its `[[destination]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixpanelConfig {
+    /// The project token; Groups and Engage take it inside each update (MPD:reference/ingestion-api-authentication.mdx).
+    project_token: Secret,
+    /// The group key created in Mixpanel's project settings, e.g. `company_id`.
+    group_key: String,
+    /// Data residency: `us` (default), `eu` or `in`; picks the API host.
+    region: Option<Region>,
+    /// An explicit API base URL instead of the region's (proxies, tests).
+    api_host: Option<String>,
+    /// `set` (default) overwrites properties; `set_once` only fills absent ones.
+    #[serde(default)]
+    operation: Operation,
+    /// Also add the group to the user's profile when the call has a `userId`.
+    #[serde(default = "default_associate_user")]
+    associate_user: bool,
+}
+
+fn default_associate_user() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Region {
+    Us,
+    Eu,
+    In,
+}
+
+impl Region {
+    /// Residency hosts (MPD:openapi/ingestion.openapi.yaml `servers`; MPD:docs/privacy/eu-residency.mdx).
+    fn host(self) -> &'static str {
+        match self {
+            Region::Us => "https://api.mixpanel.com",
+            Region::Eu => "https://api-eu.mixpanel.com",
+            Region::In => "https://api-in.mixpanel.com",
+        }
+    }
+}
+
+/// The Groups API operation, chosen by the key present in each update (MPD openapi `/groups`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Operation {
+    #[default]
+    Set,
+    SetOnce,
+}
+
+/// What translate writes as `$token`; `authorize` puts the project token there.
+pub(crate) const TOKEN_PLACEHOLDER: &str = "***";
+
+/// A configured Mixpanel destination (Debug is safe: the token is a `Secret`).
+#[derive(Debug)]
+pub struct Mixpanel {
+    /// API base URL without a trailing slash.
+    host: String,
+    token: Secret,
+    group_key: String,
+    operation: Operation,
+    associate_user: bool,
+}
+
+/// At most 2,000 updates per Groups request (MPD:reference/limits-1.mdx).
+const MAX_BATCH: usize = 2000;
+const DEFAULT_BATCH: usize = 200;
+
+pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
+    Ok(Arc::new(Mixpanel::new(config)?))
+}
+
+impl Mixpanel {
+    fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
+        let s = &config.settings;
+        let c: MixpanelConfig = s.parse()?;
+        let name = &config.name;
+        if c.project_token.expose().trim().is_empty() {
+            return Err(s.error(
+                "project_token",
+                format!("destination `{name}`: project_token is empty"),
+            ));
+        }
+        if c.group_key.trim().is_empty() {
+            return Err(s.error(
+                "group_key",
+                format!("destination `{name}`: group_key is empty"),
+            ));
+        }
+        if let Some(types) = &config.types
+            && types.iter().any(|t| *t != MessageType::Group)
+        {
+            return Err(s.error(
+                "types",
+                format!("destination `{name}`: a mixpanel destination takes group calls only"),
+            ));
+        }
+        let host = api_host(s, name, c.api_host, c.region)?;
+        Ok(Self {
+            host,
+            token: c.project_token,
+            group_key: c.group_key,
+            operation: c.operation,
+            associate_user: c.associate_user,
+        })
+    }
+}
+
+/// The API base URL: an explicit `api_host` (http or https) or the region's.
+fn api_host(
+    s: &Settings,
+    name: &str,
+    api_host: Option<String>,
+    region: Option<Region>,
+) -> Result<String, ConfigError> {
+    Ok(match (api_host, region) {
+        (Some(_), Some(_)) => {
+            return Err(s.error(
+                "api_host",
+                format!("destination `{name}`: set region or api_host, not both"),
+            ));
+        }
+        (Some(host), None) => {
+            let url = reqwest::Url::parse(&host).map_err(|e| {
+                s.error(
+                    "api_host",
+                    format!("destination `{name}`: api_host `{host}` is not a URL: {e}"),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(s.error(
+                    "api_host",
+                    format!("destination `{name}`: api_host must be http or https"),
+                ));
+            }
+            host.trim_end_matches('/').to_string()
+        }
+        (None, region) => region.unwrap_or(Region::Us).host().to_string(),
+    })
+}
+
+#[async_trait]
+impl Destination for Mixpanel {
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn default_batch(&self) -> usize {
+        DEFAULT_BATCH
+    }
+
+    fn default_types(&self) -> &'static [MessageType] {
+        &[MessageType::Group]
+    }
+
+    fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {
+        translate::translate(self, batch)
+    }
+
+    /// The token goes in the body (MPD:reference/ingestion-api-authentication.mdx), added here
+    /// rather than in translate so that dry-run logs and translation never hold it.
+    async fn authorize(
+        &self,
+        request: &mut OutRequest,
+        _transport: &Transport,
+        _refresh: bool,
+    ) -> Result<(), AuthError> {
+        request.body = with_token(&request.body, &self.token)?;
+        Ok(())
+    }
+
+    fn classify(
+        &self,
+        request: &OutRequest,
+        response: &Response,
+        now: SystemTime,
+    ) -> Classification {
+        let reason = || format!("HTTP {}: {}", response.status, excerpt(&response.body));
+        match response.status {
+            200 => verbose_answer(request, response),
+            // Never retry a 400: resending cannot help and it counts against the limit
+            // (MPD:reference/track-event.mdx).
+            400 => Classification::all(request, Verdict::permanent(reason())),
+            401 | 403 => {
+                let mut c = Classification::all(request, Verdict::permanent(reason()));
+                c.unhealthy = Some(format!("Mixpanel refused the project token: {}", reason()));
+                c
+            }
+            // "request exceeds max limit of 2097152 bytes" (MPD openapi `StrictTooLarge`).
+            413 if request.items.len() > 1 => {
+                let mut c = Classification::all(request, Verdict::retry(reason()));
+                c.split = true;
+                c
+            }
+            413 => Classification::all(request, Verdict::permanent(reason())),
+            // 429 and 5xx retry (and 429 pauses), per MPD:reference/track-event.mdx.
+            _ => classify_status(request, response, now),
+        }
+    }
+}
+
+/// The body with every `"$token":"***"` replaced by the token. Only the JSON structure can
+/// hold that exact byte sequence: inside a string value its quotes would be escaped.
+fn with_token(body: &[u8], token: &Secret) -> Result<Bytes, AuthError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| AuthError("a Mixpanel body is not UTF-8".into()))?;
+    let placeholder = format!("\"$token\":\"{TOKEN_PLACEHOLDER}\"");
+    // A JSON string of a `&str` always serializes.
+    let quoted = serde_json::to_string(token.expose()).unwrap_or_default();
+    Ok(Bytes::from(
+        text.replace(&placeholder, &format!("\"$token\":{quoted}")),
+    ))
+}
+
+/// A 200 is only a success when its verbose body says `status: 1`: Mixpanel answers 200 with
+/// `status: 0` when no update in the request was valid (MPD openapi `components.responses`, MPN).
+fn verbose_answer(request: &OutRequest, response: &Response) -> Classification {
+    let parsed: Option<Value> = serde_json::from_slice(&response.body).ok();
+    let status = parsed
+        .as_ref()
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_i64);
+    // Without `verbose=1` (a proxy that drops the query) the body is the bare digit.
+    let plain_one = response.body.trim_ascii() == b"1";
+    if status == Some(1) || plain_one {
+        return Classification::all(request, Verdict::Delivered);
+    }
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| excerpt(&response.body));
+    Classification::all(
+        request,
+        Verdict::permanent(format!("HTTP 200: Mixpanel rejected the update: {error}")),
+    )
+}

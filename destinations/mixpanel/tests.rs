@@ -1,0 +1,315 @@
+//! Golden requests, limits, config and answers of the Mixpanel adapter.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use serde_json::{Map, Value, json};
+
+use super::*;
+use crate::config;
+use crate::destination::{Item, Verdict};
+use crate::normalize::{BatchDefaults, normalize};
+
+fn mixpanel(extra: &str) -> Result<Mixpanel, String> {
+    let text = format!(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"MP\"\ntype = \"mixpanel\"\nproject_token = \"tok123\"\ngroup_key = \"company_id\"\n{extra}"
+    );
+    let config = config::load(&text).map_err(|e| e.to_string())?;
+    Mixpanel::new(&config.destinations[0]).map_err(|e| e.to_string())
+}
+
+fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800)
+}
+
+/// The raw calls of the golden fixture, run through the real normalizer first.
+fn normalized_calls() -> Vec<Map<String, Value>> {
+    let raw: Vec<Value> =
+        serde_json::from_str(include_str!("../../tests/fixtures/mixpanel/calls.json")).unwrap();
+    let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    raw.into_iter()
+        .map(|r| {
+            normalize(r, None, &BatchDefaults::default(), received, || {
+                "generated".into()
+            })
+            .unwrap()
+            .message
+        })
+        .collect()
+}
+
+fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
+    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+    messages
+        .iter()
+        .map(|m| Item {
+            message: m,
+            options: &EMPTY,
+        })
+        .collect()
+}
+
+/// A request as the golden file shows it; the body parsed (key order kept) for readability.
+fn shown(r: &OutRequest) -> Value {
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    // The wire bytes are exactly the compact form of what the fixture shows.
+    assert_eq!(serde_json::to_vec(&body).unwrap(), r.body.to_vec());
+    // The user agent carries the crate version; it is checked apart so releases keep the fixture.
+    assert!(
+        r.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("switchyard/")
+    );
+    let headers: Map<String, Value> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "user-agent")
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    json!({"method": r.method.as_str(), "url": r.url, "headers": headers, "items": r.items, "body": body})
+}
+
+#[test]
+fn golden_requests() {
+    let mp = mixpanel("").unwrap();
+    let messages = normalized_calls();
+    let t = mp.translate(&items(&messages), at());
+    let got = json!({
+        "requests": t.requests.iter().map(shown).collect::<Vec<_>>(),
+        "settled": t.settled.iter().map(|(i, v)| json!([i, format!("{v:?}")])).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&got).unwrap();
+    // `SWITCHYARD_BLESS=1 cargo test` rewrites the fixture after an intended change; review the diff.
+    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mixpanel/requests.json"
+        );
+        std::fs::write(path, format!("{text}\n")).unwrap();
+    }
+    let golden = include_str!("../../tests/fixtures/mixpanel/requests.json");
+    assert_eq!(text, golden.trim_end(), "actual:\n{text}");
+}
+
+#[test]
+fn set_once_and_no_user_association() {
+    let mp = mixpanel("operation = \"set_once\"\nassociate_user = false\nregion = \"eu\"").unwrap();
+    let messages = normalized_calls();
+    let t = mp.translate(&items(&messages), at());
+    assert_eq!(t.requests.len(), 1);
+    let r = &t.requests[0];
+    assert_eq!(r.url, "https://api-eu.mixpanel.com/groups?verbose=1");
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body[0]["$set_once"]["$name"], "Acme \"Rockets\"\nInc");
+    assert!(body[0].get("$set").is_none());
+    // Empty and missing traits with no association to send: delivered without a request.
+    assert!(t.settled.contains(&(4, Verdict::Delivered)));
+    assert!(t.settled.contains(&(5, Verdict::Delivered)));
+}
+
+#[test]
+fn regions_and_hosts() {
+    let url = |extra: &str| mixpanel(extra).unwrap().host;
+    assert_eq!(url(""), "https://api.mixpanel.com");
+    assert_eq!(url("region = \"in\""), "https://api-in.mixpanel.com");
+    assert_eq!(
+        url("api_host = \"http://127.0.0.1:9/\""),
+        "http://127.0.0.1:9"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    assert!(
+        mixpanel("region = \"eu\"\napi_host = \"http://x\"")
+            .unwrap_err()
+            .contains("not both")
+    );
+    assert!(
+        mixpanel("region = \"mars\"")
+            .unwrap_err()
+            .starts_with("line 8")
+    );
+    assert!(
+        mixpanel("api_host = \"ftp://x\"")
+            .unwrap_err()
+            .contains("http or https")
+    );
+    assert!(
+        mixpanel("types = [\"track\"]")
+            .unwrap_err()
+            .contains("group calls only")
+    );
+    assert!(
+        mixpanel("operation = \"unset\"")
+            .unwrap_err()
+            .contains("unknown variant")
+    );
+    let text = "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"MP\"\ntype = \"mixpanel\"\ngroup_key = \"k\"\n";
+    let config = config::load(text).unwrap();
+    assert!(
+        Mixpanel::new(&config.destinations[0])
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("missing field `project_token`")
+    );
+}
+
+#[test]
+fn debug_never_shows_the_token() {
+    let text = "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"MP\"\ntype = \"mixpanel\"\nproject_token = \"tok123\"\ngroup_key = \"k\"\n";
+    let config = config::load(text).unwrap();
+    let parsed: MixpanelConfig = config.destinations[0].settings.parse().unwrap();
+    assert!(!format!("{parsed:?}").contains("tok123"));
+}
+
+fn group(id: usize, traits: Value) -> Map<String, Value> {
+    json!({"type": "group", "messageId": format!("m-{id}"), "anonymousId": "a", "groupId": format!("g-{id}"), "traits": traits})
+        .as_object()
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn requests_stay_within_mixpanel_limits() {
+    let mp = mixpanel("").unwrap();
+    // 2,001 small updates: two requests, the first holding the maximum of 2,000.
+    let many: Vec<_> = (0..2001).map(|i| group(i, json!({"n": i}))).collect();
+    let t = mp.translate(&items(&many), at());
+    assert_eq!(
+        t.requests.iter().map(|r| r.items.len()).collect::<Vec<_>>(),
+        vec![2000, 1]
+    );
+    // Three 400 kB updates: never more than ~1 MiB per body; one over 1 MB is refused alone.
+    let big = "x".repeat(400_000);
+    let mut sized: Vec<_> = (0..3).map(|i| group(i, json!({"blob": big}))).collect();
+    sized.push(group(3, json!({"blob": "y".repeat(1_000_001)})));
+    let t = mp.translate(&items(&sized), at());
+    assert_eq!(
+        t.requests
+            .iter()
+            .map(|r| r.items.clone())
+            .collect::<Vec<_>>(),
+        vec![vec![0, 1], vec![2]]
+    );
+    assert!(t.requests.iter().all(|r| r.body.len() < 1 << 20));
+    assert!(
+        matches!(&t.settled[..], [(3, Verdict::Permanent { reason })] if reason.contains("1 MB"))
+    );
+}
+
+#[test]
+fn non_group_calls_are_refused() {
+    let mp = mixpanel("").unwrap();
+    let track = json!({"type": "track", "event": "e", "anonymousId": "a"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let t = mp.translate(&items(&[track]), at());
+    assert!(t.requests.is_empty());
+    assert!(matches!(t.settled[0], (0, Verdict::Permanent { .. })));
+}
+
+fn answer(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: HeaderMap::new(),
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+#[test]
+fn answers() {
+    let mp = mixpanel("").unwrap();
+    let request = |items| {
+        OutRequest::json(
+            Method::POST,
+            "http://x/groups?verbose=1",
+            b"[]".to_vec(),
+            items,
+        )
+    };
+    let (two, one) = (request(vec![0, 1]), request(vec![0]));
+    let c = |r: &OutRequest, status, body| mp.classify(r, &answer(status, body), at());
+    assert_eq!(
+        c(&two, 200, "{\"error\": null, \"status\": 1}").verdicts,
+        vec![Verdict::Delivered; 2]
+    );
+    assert_eq!(c(&two, 200, "1").verdicts, vec![Verdict::Delivered; 2]);
+    let rejected = c(
+        &two,
+        200,
+        "{\"error\": \"$token is invalid\", \"status\": 0}",
+    );
+    assert_eq!(
+        rejected.verdicts,
+        vec![Verdict::permanent("HTTP 200: Mixpanel rejected the update: $token is invalid"); 2]
+    );
+    assert!(matches!(
+        c(&one, 200, "0").verdicts[0],
+        Verdict::Permanent { .. }
+    ));
+    assert!(matches!(
+        c(&one, 400, "bad").verdicts[0],
+        Verdict::Permanent { .. }
+    ));
+    let refused = c(&one, 401, "{\"error\": \"nope\", \"status\": \"error\"}");
+    assert!(matches!(refused.verdicts[0], Verdict::Permanent { .. }));
+    assert!(refused.unhealthy.unwrap().contains("nope"));
+    assert!(c(&one, 403, "").unhealthy.is_some());
+    let too_big = c(&two, 413, "{\"code\":413}");
+    assert!(too_big.split);
+    assert!(matches!(too_big.verdicts[0], Verdict::Retry { .. }));
+    let alone = c(&one, 413, "");
+    assert!(!alone.split && matches!(alone.verdicts[0], Verdict::Permanent { .. }));
+    let limited = c(&one, 429, "");
+    assert!(matches!(limited.verdicts[0], Verdict::Retry { .. }) && limited.pause.is_some());
+    assert!(matches!(
+        c(&one, 503, "").verdicts[0],
+        Verdict::Retry { .. }
+    ));
+    assert!(c(&one, 200, "{\"status\": 1}").unhealthy.is_none());
+}
+
+#[tokio::test]
+async fn authorize_puts_the_token_in_the_body_only() {
+    let mp = mixpanel("").unwrap();
+    let calls = [group(1, json!({"note": "\"$token\":\"***\""}))];
+    let mut r = mp.translate(&items(&calls), at()).requests.remove(0);
+    assert!(!String::from_utf8_lossy(&r.body).contains("tok123"));
+    let transport = Transport {
+        client: reqwest::Client::new(),
+        timeout: Duration::from_secs(1),
+    };
+    mp.authorize(&mut r, &transport, false).await.unwrap();
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body[0]["$token"], "tok123");
+    // A trait whose text looks like the placeholder is escaped in JSON, so it is left alone.
+    assert_eq!(body[0]["$set"]["note"], "\"$token\":\"***\"");
+    let odd = with_token(br#"[{"$token":"***"}]"#, &Secret::new("t\"k")).unwrap();
+    assert_eq!(&odd[..], br#"[{"$token":"t\"k"}]"#);
+}
+
+#[test]
+fn limits_count_the_token_put_in_by_authorize() {
+    // An absurdly long token makes the growth visible: two updates that fit together with the
+    // placeholder do not once the token replaces it.
+    let text = format!(
+        "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"MP\"\ntype = \"mixpanel\"\nproject_token = \"{}\"\ngroup_key = \"k\"\n",
+        "t".repeat(10_000)
+    );
+    let config = config::load(&text).unwrap();
+    let mp = Mixpanel::new(&config.destinations[0]).unwrap();
+    let blob = "x".repeat(520_000);
+    let calls: Vec<_> = (0..2).map(|i| group(i, json!({"blob": blob}))).collect();
+    let t = mp.translate(&items(&calls), at());
+    assert_eq!(t.requests.len(), 2);
+    for r in &t.requests {
+        assert!(with_token(&r.body, &mp.token).unwrap().len() < 1 << 20);
+    }
+}

@@ -1,0 +1,193 @@
+//! Group calls → Groups and Engage requests. Pure: no clock, no I/O, and no token: each
+//! update carries a placeholder that `authorize` replaces, so dry runs never log the token.
+
+use http::Method;
+use serde_json::{Map, Value};
+
+use super::{Mixpanel, Operation};
+use crate::destination::{Item, OutRequest, Translation, Verdict};
+use crate::normalize::time;
+
+/// One update may be at most 1 MB (MPD:reference/limits-1.mdx); counted in bytes of its JSON.
+const MAX_UPDATE_BYTES: usize = 1_000_000;
+/// Mixpanel refuses bodies over 2 MiB (MPD openapi `StrictTooLarge`: "max limit of 2097152
+/// bytes"); requests are cut at half that so they stay well under it.
+const BODY_BUDGET: usize = 1 << 20;
+/// At most 2,000 updates per request (MPD:reference/limits-1.mdx).
+const MAX_UPDATES: usize = super::MAX_BATCH;
+
+/// Reserved traits renamed to Mixpanel's reserved properties (MPD:docs/data-structure/
+/// property-reference/reserved-properties.mdx; the same names AJSI-MP and AD:mixpanel use).
+const RENAMED: &[(&str, &str)] = &[
+    ("name", "$name"),
+    ("createdAt", "$created"),
+    ("email", "$email"),
+    ("phone", "$phone"),
+    ("avatar", "$avatar"),
+];
+
+/// Serialized updates waiting to be packed into requests, with the batch index each carries.
+type Updates = Vec<(usize, Vec<u8>)>;
+
+pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
+    let mut t = Translation::default();
+    let mut groups: Updates = Vec::new();
+    let mut engage: Updates = Vec::new();
+    let growth = token_growth(mp);
+    for (i, item) in batch.iter().enumerate() {
+        let m = item.message;
+        let group_id = m.get("groupId").and_then(Value::as_str);
+        let (Some("group"), Some(group_id)) = (m.get("type").and_then(Value::as_str), group_id)
+        else {
+            t.settled.push((
+                i,
+                Verdict::permanent("Mixpanel takes group calls with a groupId only"),
+            ));
+            continue;
+        };
+        let traits = m
+            .get("traits")
+            .and_then(Value::as_object)
+            .filter(|t| !t.is_empty());
+        if let Some(traits) = traits {
+            let update = serialize(&group_update(mp, group_id, traits));
+            if update.len() + growth > MAX_UPDATE_BYTES {
+                let why = format!(
+                    "the group update is {} bytes; Mixpanel takes at most 1 MB",
+                    update.len() + growth
+                );
+                t.settled.push((i, Verdict::permanent(why)));
+                continue;
+            }
+            groups.push((i, update));
+        }
+        let user_id = m.get("userId").and_then(Value::as_str);
+        match user_id.filter(|_| mp.associate_user) {
+            Some(user_id) => engage.push((i, serialize(&engage_update(mp, user_id, group_id)))),
+            // Empty traits and no user to associate: nothing to send, and nothing lost.
+            None if traits.is_none() => t.settled.push((i, Verdict::Delivered)),
+            None => {}
+        }
+    }
+    pack(
+        &mut t,
+        &format!("{}/groups?verbose=1", mp.host),
+        groups,
+        growth,
+    );
+    pack(
+        &mut t,
+        &format!("{}/engage?verbose=1", mp.host),
+        engage,
+        growth,
+    );
+    t
+}
+
+/// `{"$token","$group_key","$group_id","$set"|"$set_once"}` (MPD openapi `/groups#group-set`).
+/// The id is always the call's `groupId`: unlike Segment's action (AD:mixpanel/groupIdentifyUser),
+/// a trait named like the group key does not replace it.
+fn group_update(mp: &Mixpanel, group_id: &str, traits: &Map<String, Value>) -> Value {
+    let op = match mp.operation {
+        Operation::Set => "$set",
+        Operation::SetOnce => "$set_once",
+    };
+    let mut update = Map::new();
+    update.insert(
+        "$token".into(),
+        Value::String(super::TOKEN_PLACEHOLDER.into()),
+    );
+    update.insert("$group_key".into(), Value::String(mp.group_key.clone()));
+    update.insert("$group_id".into(), Value::String(group_id.to_string()));
+    update.insert(op.into(), Value::Object(properties(traits)));
+    Value::Object(update)
+}
+
+/// Traits as profile properties: reserved ones renamed, every other one under its own key,
+/// values as given except `createdAt`.
+pub(super) fn properties(traits: &Map<String, Value>) -> Map<String, Value> {
+    traits
+        .iter()
+        .map(|(key, value)| {
+            let renamed = RENAMED
+                .iter()
+                .find(|(from, _)| from == key)
+                .map(|(_, to)| *to);
+            let value = if key == "createdAt" {
+                created(value)
+            } else {
+                value.clone()
+            };
+            (renamed.unwrap_or(key).to_string(), value)
+        })
+        .collect()
+}
+
+/// Mixpanel reads dates as UTC `YYYY-MM-DDTHH:MM:SS` and would store a Unix number as a plain
+/// number (MPD:docs/data-structure/property-reference/data-type.mdx), so every readable form
+/// becomes that string; `null` and unreadable values pass as given.
+fn created(value: &Value) -> Value {
+    match time::parse_any(value) {
+        Some(dt) => Value::String(dt.format("%Y-%m-%dT%H:%M:%S").to_string()),
+        None => value.clone(),
+    }
+}
+
+/// `{"$token","$distinct_id","$union": {group_key: [groupId]}}`: the user's profile lists its
+/// groups under the group key (MPD openapi `/engage#profile-union`; AJSI-MP `set_group`).
+fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Value {
+    let mut union = Map::new();
+    union.insert(
+        mp.group_key.clone(),
+        Value::Array(vec![Value::String(group_id.to_string())]),
+    );
+    let mut update = Map::new();
+    update.insert(
+        "$token".into(),
+        Value::String(super::TOKEN_PLACEHOLDER.into()),
+    );
+    update.insert("$distinct_id".into(), Value::String(user_id.to_string()));
+    update.insert("$union".into(), Value::Object(union));
+    Value::Object(update)
+}
+
+fn serialize(update: &Value) -> Vec<u8> {
+    // A `Value` always serializes: its map keys are strings and it holds no floats that JSON
+    // cannot write (serde_json refuses NaN when parsing, so none can be in a message).
+    serde_json::to_vec(update).unwrap_or_default()
+}
+
+/// How many bytes each update grows when `authorize` puts the token in place of the placeholder.
+fn token_growth(mp: &Mixpanel) -> usize {
+    let quoted = serde_json::to_string(mp.token.expose()).map_or(0, |q| q.len());
+    quoted.saturating_sub(super::TOKEN_PLACEHOLDER.len() + 2)
+}
+
+/// Pack updates into JSON-array bodies of at most `MAX_UPDATES` and, unless one update alone
+/// is larger, `BODY_BUDGET` bytes once the token is in (`growth` bytes more per update).
+fn pack(t: &mut Translation, url: &str, updates: Updates, growth: usize) {
+    let mut body: Vec<u8> = Vec::new();
+    let mut items: Vec<usize> = Vec::new();
+    for (i, update) in updates {
+        let sent = body.len() + growth * items.len();
+        let full = items.len() == MAX_UPDATES || sent + 1 + update.len() + growth + 1 > BODY_BUDGET;
+        if !items.is_empty() && full {
+            t.requests.push(finish(
+                url,
+                std::mem::take(&mut body),
+                std::mem::take(&mut items),
+            ));
+        }
+        body.push(if items.is_empty() { b'[' } else { b',' });
+        body.extend_from_slice(&update);
+        items.push(i);
+    }
+    if !items.is_empty() {
+        t.requests.push(finish(url, body, items));
+    }
+}
+
+fn finish(url: &str, mut body: Vec<u8>, items: Vec<usize>) -> OutRequest {
+    body.push(b']');
+    OutRequest::json(Method::POST, url, body, items)
+}

@@ -1,0 +1,264 @@
+//! Salesforce: group calls upsert records (an Account by default) by an external-id field,
+//! up to 200 per sObject Collections request, with an OAuth 2.0 token fetched and cached.
+//!
+//! Wire facts are cited by the source keys of `reference/destinations.md` §4.
+
+mod auth;
+mod classify;
+#[cfg(test)]
+mod tests;
+mod translate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, DestinationConfig, Settings};
+use crate::destination::{
+    AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
+};
+use crate::message::MessageType;
+use crate::secret::Secret;
+
+/// A Salesforce destination's own keys in its `[[destination]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SalesforceConfig {
+    /// The org's base URL, e.g. `https://acme.my.salesforce.com`; the token answer's
+    /// `instance_url` replaces it when present (SF-TOK).
+    instance_url: String,
+    /// REST API version; collections upsert needs v46.0 or later (SF-COLL).
+    #[serde(default = "default_api_version")]
+    api_version: String,
+    /// The sObject written.
+    #[serde(default = "default_object")]
+    object: String,
+    /// The external-id field that holds the `groupId` and keys the upsert.
+    external_id_field: String,
+    /// Trait path → field, adding to or overriding the default mapping.
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+    /// How a token is obtained.
+    auth: AuthConfig,
+    /// How long the destination rests after `REQUEST_LIMIT_EXCEEDED`: the daily allocation
+    /// can stay exhausted for hours (SF-LIM), so retrying sooner only burns attempts.
+    #[serde(
+        default = "default_request_limit_pause",
+        with = "crate::config::duration"
+    )]
+    request_limit_pause: Duration,
+}
+
+fn default_api_version() -> String {
+    "v62.0".into()
+}
+fn default_object() -> String {
+    "Account".into()
+}
+fn default_request_limit_pause() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// The `auth` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthConfig {
+    /// `client_credentials` (SF-CC) or `refresh_token` (AD:salesforce/index).
+    flow: auth::Flow,
+    /// Defaults to `{instance_url}/services/oauth2/token`: client credentials needs the org's
+    /// My Domain host (§7 of the reference), and the same path serves the refresh flow.
+    token_url: Option<String>,
+    /// The connected app's consumer key.
+    client_id: String,
+    /// The connected app's consumer secret.
+    client_secret: Secret,
+    /// Required by, and only used by, the `refresh_token` flow.
+    refresh_token: Option<Secret>,
+}
+
+/// The default mapping: trait path → field (Account standard fields; AD:salesforce/account,
+/// SD-SF). `address.postalCode` is the spec's spelling (SD-GROUP).
+const DEFAULT_FIELDS: &[(&str, &str)] = &[
+    ("name", "Name"),
+    ("description", "Description"),
+    ("industry", "Industry"),
+    ("employees", "NumberOfEmployees"),
+    ("phone", "Phone"),
+    ("website", "Website"),
+    ("address.street", "BillingStreet"),
+    ("address.city", "BillingCity"),
+    ("address.state", "BillingState"),
+    ("address.postalCode", "BillingPostalCode"),
+    ("address.country", "BillingCountry"),
+];
+
+/// A configured Salesforce destination.
+pub struct Salesforce {
+    /// Base URL from the config, without a trailing slash.
+    instance_url: String,
+    api_version: String,
+    object: String,
+    external_id_field: String,
+    /// Trait path (split at dots) → field, defaults first, in a stable order.
+    mapping: Vec<(Vec<String>, String)>,
+    request_limit_pause: Duration,
+    tokens: auth::Tokens,
+}
+
+/// sObject Collections take at most 200 records (SF-COLL); one item makes at most one record.
+const MAX_BATCH: usize = 200;
+
+pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
+    Ok(Arc::new(Salesforce::new(config)?))
+}
+
+/// API names are letters, digits and underscores; they go into URL paths and JSON keys.
+fn api_name(s: &Settings, key: &str, dest: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(s.error(
+            key,
+            format!("destination `{dest}`: `{value}` is not a Salesforce API name"),
+        ))
+    }
+}
+
+fn http_url(s: &Settings, key: &str, dest: &str, value: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(value).map_err(|e| {
+        s.error(
+            key,
+            format!("destination `{dest}`: {key} `{value}` is not a URL: {e}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(s.error(
+            key,
+            format!("destination `{dest}`: {key} must be http or https"),
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+impl Salesforce {
+    fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
+        let s = &config.settings;
+        let c: SalesforceConfig = s.parse()?;
+        let name = config.name.as_str();
+        let instance_url = http_url(s, "instance_url", name, &c.instance_url)?;
+        // `vNN.N`, from v46.0 on (collections upsert by external id, SF-COLL).
+        let version_ok = c
+            .api_version
+            .strip_prefix('v')
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                major.parse::<u32>().is_ok_and(|n| n >= 46) && minor.parse::<u32>().is_ok()
+            });
+        if !version_ok {
+            return Err(s.error(
+                "api_version",
+                format!(
+                    "destination `{name}`: api_version must look like `v62.0` and be v46.0 or later"
+                ),
+            ));
+        }
+        api_name(s, "object", name, &c.object)?;
+        api_name(s, "external_id_field", name, &c.external_id_field)?;
+        if let Some(types) = &config.types
+            && types.iter().any(|t| *t != MessageType::Group)
+        {
+            return Err(s.error(
+                "types",
+                format!("destination `{name}`: a salesforce destination takes group calls only"),
+            ));
+        }
+        let mapping = mapping(s, name, &c.fields)?;
+        let token_url = match &c.auth.token_url {
+            Some(url) => http_url(s, "auth", name, url)?,
+            None => format!("{instance_url}/services/oauth2/token"),
+        };
+        let tokens = auth::Tokens::new(token_url, c.auth)
+            .map_err(|why| s.error("auth", format!("destination `{name}`: {why}")))?;
+        Ok(Self {
+            instance_url,
+            api_version: c.api_version,
+            object: c.object,
+            external_id_field: c.external_id_field,
+            mapping,
+            request_limit_pause: c.request_limit_pause,
+            tokens,
+        })
+    }
+}
+
+/// The defaults with `fields` laid over them: a configured path replaces its default field.
+fn mapping(
+    s: &Settings,
+    dest: &str,
+    fields: &BTreeMap<String, String>,
+) -> Result<Vec<(Vec<String>, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = DEFAULT_FIELDS
+        .iter()
+        .map(|(p, f)| (p.to_string(), f.to_string()))
+        .collect();
+    for (path, field) in fields {
+        api_name(s, "fields", dest, field)?;
+        // sObject Collections refuse `Id` in a record (SF-COLL).
+        if field.eq_ignore_ascii_case("id") {
+            return Err(s.error("fields", format!("destination `{dest}`: records are matched by external id; `Id` cannot be mapped")));
+        }
+        if path.split('.').any(str::is_empty) {
+            return Err(s.error("fields", format!("destination `{dest}`: `{path}` is not a trait path like `plan` or `address.street`")));
+        }
+        match out.iter_mut().find(|(p, _)| p == path) {
+            Some(slot) => slot.1 = field.clone(),
+            None => out.push((path.clone(), field.clone())),
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(p, f)| (p.split('.').map(str::to_string).collect(), f))
+        .collect())
+}
+
+#[async_trait]
+impl Destination for Salesforce {
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn default_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn default_types(&self) -> &'static [MessageType] {
+        &[MessageType::Group]
+    }
+
+    fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {
+        translate::translate(self, batch)
+    }
+
+    fn classify(
+        &self,
+        request: &OutRequest,
+        response: &Response,
+        now: SystemTime,
+    ) -> Classification {
+        classify::classify(self, request, response, now)
+    }
+
+    async fn authorize(
+        &self,
+        request: &mut OutRequest,
+        transport: &Transport,
+        refresh: bool,
+    ) -> Result<(), AuthError> {
+        let token = self.tokens.get(transport, refresh).await?;
+        auth::apply(request, &token)
+    }
+}
