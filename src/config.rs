@@ -311,14 +311,18 @@ impl Source {
         (line, col)
     }
 
-    fn error(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             at: span.map(|s| self.line_col(s.start)),
             message: message.into(),
         }
     }
 
-    fn from_toml(&self, e: &toml::de::Error) -> ConfigError {
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         self.error(e.span(), e.message().trim_end().to_string())
     }
 }
@@ -335,7 +339,7 @@ impl Settings {
     /// Deserialize the adapter's config struct (which should `deny_unknown_fields`).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let de = toml::de::Deserializer::from(Spanned::new(self.span.clone(), self.table.clone()));
-        T::deserialize(de).map_err(|e| self.source.from_toml(&e))
+        T::deserialize(de).map_err(|e| self.source.toml_error(&e))
     }
 
     /// An error placed at `key`'s line when present, else at the destination's table.
@@ -355,13 +359,16 @@ pub fn load(text: &str) -> Result<Config, ConfigErrors> {
     load_with_env(text, &|name| std::env::var(name).ok())
 }
 
-pub fn load_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub fn load_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     // The parsed document borrows its text, and each destination keeps its spanned table for
     // its adapter to deserialize later; a config is loaded once per process, so the text is
     // given a static lifetime rather than re-parsed.
     let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
     let source = Source(Arc::from(text));
-    let mut doc = DeTable::parse(text).map_err(|e| ConfigErrors(vec![source.from_toml(&e)]))?;
+    let mut doc = DeTable::parse(text).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
     let mut errors = Vec::new();
     for (_, value) in doc.get_mut().iter_mut() {
         expand_env(value, &source, env, &mut errors);
@@ -371,7 +378,8 @@ pub fn load_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
     }
     let owned = doc.clone();
     let de = toml::de::Deserializer::from(doc);
-    let mut config = Config::deserialize(de).map_err(|e| ConfigErrors(vec![source.from_toml(&e)]))?;
+    let mut config =
+        Config::deserialize(de).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
     attach_settings(&mut config, owned, &source);
     config.validate()?;
     Ok(config)
@@ -476,7 +484,10 @@ impl Config {
         let mut keys = HashSet::new();
         for s in &self.sources {
             if s.name.trim().is_empty() {
-                errors.push(ConfigError { at: None, message: "a [[source]] has an empty name".into() });
+                errors.push(ConfigError {
+                    at: None,
+                    message: "a [[source]] has an empty name".into(),
+                });
             }
             if !names.insert(s.name.to_lowercase()) {
                 errors.push(ConfigError {
@@ -500,7 +511,10 @@ impl Config {
         for d in &self.destinations {
             for key in std::iter::once(&d.name).chain(&d.aliases) {
                 if key.trim().is_empty() {
-                    errors.push(d.settings.error("name", "a destination name or alias is empty"));
+                    errors.push(
+                        d.settings
+                            .error("name", "a destination name or alias is empty"),
+                    );
                 } else if key.eq_ignore_ascii_case("all") {
                     errors.push(d.settings.error(
                         "name",
@@ -520,30 +534,46 @@ impl Config {
                 if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
                     errors.push(d.settings.error(
                         "rate_limit",
-                        format!("destination `{}`: rate_limit.requests_per_second must be > 0", d.name),
+                        format!(
+                            "destination `{}`: rate_limit.requests_per_second must be > 0",
+                            d.name
+                        ),
                     ));
                 }
                 if rl.burst == 0 {
                     errors.push(d.settings.error(
                         "rate_limit",
-                        format!("destination `{}`: rate_limit.burst must be at least 1", d.name),
+                        format!(
+                            "destination `{}`: rate_limit.burst must be at least 1",
+                            d.name
+                        ),
                     ));
                 }
             }
             if d.batch.max_events == Some(0) {
                 errors.push(d.settings.error(
                     "batch",
-                    format!("destination `{}`: batch.max_events must be at least 1", d.name),
+                    format!(
+                        "destination `{}`: batch.max_events must be at least 1",
+                        d.name
+                    ),
                 ));
             }
             if d.retry.initial_backoff > d.retry.max_backoff {
                 errors.push(d.settings.error(
                     "retry",
-                    format!("destination `{}`: retry.initial_backoff is above retry.max_backoff", d.name),
+                    format!(
+                        "destination `{}`: retry.initial_backoff is above retry.max_backoff",
+                        d.name
+                    ),
                 ));
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 }
 

@@ -28,7 +28,10 @@ pub struct Item<'a> {
 
 impl Item<'_> {
     pub fn message_id(&self) -> &str {
-        self.message.get("messageId").and_then(Value::as_str).unwrap_or_default()
+        self.message
+            .get("messageId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -48,7 +51,10 @@ pub struct OutRequest {
 impl OutRequest {
     pub fn json(method: Method, url: impl Into<String>, body: Vec<u8>, items: Vec<usize>) -> Self {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(
             http::header::USER_AGENT,
             HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
@@ -85,7 +91,11 @@ pub fn redacted_headers(headers: &HeaderMap) -> Vec<String> {
     headers
         .iter()
         .map(|(k, v)| {
-            let shown = if v.is_sensitive() { "***" } else { v.to_str().unwrap_or("<binary>") };
+            let shown = if v.is_sensitive() {
+                "***"
+            } else {
+                v.to_str().unwrap_or("<binary>")
+            };
             format!("{k}: {shown}")
         })
         .collect()
@@ -104,18 +114,28 @@ pub struct Response {
 pub enum Verdict {
     Delivered,
     /// Try again later; `after` is a floor from the destination (Retry-After).
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// Resending cannot help: dead-letter with the reason.
-    Permanent { reason: String },
+    Permanent {
+        reason: String,
+    },
 }
 
 impl Verdict {
     pub fn retry(reason: impl Into<String>) -> Self {
-        Verdict::Retry { after: None, reason: reason.into() }
+        Verdict::Retry {
+            after: None,
+            reason: reason.into(),
+        }
     }
 
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Verdict::Permanent { reason: reason.into() }
+        Verdict::Permanent {
+            reason: reason.into(),
+        }
     }
 
     /// Of two verdicts for the same item, the one that decides: permanent over retry over delivered.
@@ -127,7 +147,11 @@ impl Verdict {
                 Verdict::Permanent { .. } => 2,
             }
         }
-        if rank(&other) > rank(&self) { other } else { self }
+        if rank(&other) > rank(&self) {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -199,23 +223,40 @@ pub trait Destination: Send + Sync + 'static {
     fn translate(&self, batch: &[Item<'_>], now: SystemTime) -> Translation;
 
     /// Read a response into one verdict per item of `request`. Pure.
-    fn classify(&self, request: &OutRequest, response: &Response, now: SystemTime) -> Classification;
+    fn classify(
+        &self,
+        request: &OutRequest,
+        response: &Response,
+        now: SystemTime,
+    ) -> Classification;
 
     /// Add credentials to a request; `refresh` asks for a new one after a refusal.
-    async fn authorize(&self, _request: &mut OutRequest, _transport: &Transport, _refresh: bool) -> Result<(), AuthError> {
+    async fn authorize(
+        &self,
+        _request: &mut OutRequest,
+        _transport: &Transport,
+        _refresh: bool,
+    ) -> Result<(), AuthError> {
         Ok(())
     }
 }
 
 /// The verdict most HTTP APIs deserve: 2xx delivered; 408, 429 and 5xx (but 501) retried,
 /// honouring `Retry-After`; any other status permanent.
-pub fn classify_status(request: &OutRequest, response: &Response, now: SystemTime) -> Classification {
+pub fn classify_status(
+    request: &OutRequest,
+    response: &Response,
+    now: SystemTime,
+) -> Classification {
     let status = response.status;
     let after = retry_after(&response.headers, now);
     let reason = || format!("HTTP {status}: {}", excerpt(&response.body));
     let verdict = match status {
         200..=299 => Verdict::Delivered,
-        408 | 429 | 500 | 502..=599 => Verdict::Retry { after, reason: reason() },
+        408 | 429 | 500 | 502..=599 => Verdict::Retry {
+            after,
+            reason: reason(),
+        },
         _ => Verdict::Permanent { reason: reason() },
     };
     let mut c = Classification::all(request, verdict);
@@ -227,7 +268,11 @@ pub fn classify_status(request: &OutRequest, response: &Response, now: SystemTim
 
 /// `Retry-After` as seconds or an HTTP date, relative to `now`.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let text = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = text.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -239,7 +284,11 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 pub fn excerpt(body: &[u8]) -> String {
     const MAX: usize = 500;
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]).into_owned();
-    if body.len() > MAX { format!("{text}…") } else { text }
+    if body.len() > MAX {
+        format!("{text}…")
+    } else {
+        text
+    }
 }
 
 /// Builds an adapter from its config; errors name the key and line.
@@ -278,7 +327,10 @@ mod tests {
         h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(2)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_str(&later).unwrap(),
+        );
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
         h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, now), None);
@@ -289,7 +341,11 @@ mod tests {
         let req = OutRequest::json(Method::POST, "http://x", vec![], vec![0]);
         let now = SystemTime::now();
         let v = |status: u16| {
-            let r = Response { status, headers: HeaderMap::new(), body: Bytes::new() };
+            let r = Response {
+                status,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            };
             classify_status(&req, &r, now).verdicts[0].clone()
         };
         assert_eq!(v(200), Verdict::Delivered);

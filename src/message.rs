@@ -49,7 +49,11 @@ impl FromStr for MessageType {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        MessageType::ALL.iter().copied().find(|t| t.as_str() == s).ok_or(())
+        MessageType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.as_str() == s)
+            .ok_or(())
     }
 }
 

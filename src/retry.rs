@@ -36,11 +36,19 @@ impl From<&RetryConfig> for RetryPolicy {
 impl RetryPolicy {
     /// After `attempts` failed attempts, the first `elapsed` ago: wait how long, or give up.
     /// `jitter` is a uniform draw from [0, 1); `floor` is the destination's Retry-After.
-    pub fn decide(&self, attempts: u32, elapsed: Duration, floor: Option<Duration>, jitter: f64) -> Decision {
-        if let Some(max) = self.max_attempts {
-            if attempts >= max {
-                return Decision::GiveUp(format!("gave up after {attempts} attempts (retry.max_attempts)"));
-            }
+    pub fn decide(
+        &self,
+        attempts: u32,
+        elapsed: Duration,
+        floor: Option<Duration>,
+        jitter: f64,
+    ) -> Decision {
+        if let Some(max) = self.max_attempts
+            && attempts >= max
+        {
+            return Decision::GiveUp(format!(
+                "gave up after {attempts} attempts (retry.max_attempts)"
+            ));
         }
         if elapsed >= self.give_up_after {
             return Decision::GiveUp(format!(
@@ -49,8 +57,13 @@ impl RetryPolicy {
             ));
         }
         let exp = attempts.saturating_sub(1).min(32);
-        let ceiling = self.initial.saturating_mul(1u32 << exp.min(31)).min(self.max);
-        let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0)).max(Duration::from_millis(1));
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32 << exp.min(31))
+            .min(self.max);
+        let jittered = ceiling
+            .mul_f64(jitter.clamp(0.0, 1.0))
+            .max(Duration::from_millis(1));
         let wait = match floor {
             Some(f) => jittered.max(f.min(MAX_RETRY_AFTER)),
             None => jittered,
@@ -72,11 +85,17 @@ mod tests {
     #[test]
     fn doubles_from_initial_with_full_jitter() {
         let p = policy();
-        assert_eq!(p.decide(1, S(0), None, 0.999_999), Decision::RetryIn(S(1).mul_f64(0.999_999)));
+        assert_eq!(
+            p.decide(1, S(0), None, 0.999_999),
+            Decision::RetryIn(S(1).mul_f64(0.999_999))
+        );
         assert_eq!(p.decide(2, S(0), None, 0.5), Decision::RetryIn(S(1)));
         assert_eq!(p.decide(4, S(0), None, 0.5), Decision::RetryIn(S(4)));
         // Full jitter may draw zero; a floor of 1 ms keeps the loop from spinning.
-        assert_eq!(p.decide(3, S(0), None, 0.0), Decision::RetryIn(Duration::from_millis(1)));
+        assert_eq!(
+            p.decide(3, S(0), None, 0.0),
+            Decision::RetryIn(Duration::from_millis(1))
+        );
     }
 
     #[test]
@@ -89,22 +108,41 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor_clamped_to_an_hour() {
         let p = policy();
-        assert_eq!(p.decide(1, S(0), Some(S(30)), 0.5), Decision::RetryIn(S(30)));
-        assert_eq!(p.decide(12, S(0), Some(S(2)), 0.5), Decision::RetryIn(S(300)));
-        assert_eq!(p.decide(1, S(0), Some(S(86_400)), 0.5), Decision::RetryIn(MAX_RETRY_AFTER));
+        assert_eq!(
+            p.decide(1, S(0), Some(S(30)), 0.5),
+            Decision::RetryIn(S(30))
+        );
+        assert_eq!(
+            p.decide(12, S(0), Some(S(2)), 0.5),
+            Decision::RetryIn(S(300))
+        );
+        assert_eq!(
+            p.decide(1, S(0), Some(S(86_400)), 0.5),
+            Decision::RetryIn(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn gives_up_after_the_horizon() {
         let p = policy();
-        assert!(matches!(p.decide(5, S(4 * 3600), None, 0.5), Decision::GiveUp(r) if r.contains("give_up_after")));
-        assert!(matches!(p.decide(5, S(4 * 3600 - 1), None, 0.5), Decision::RetryIn(_)));
+        assert!(
+            matches!(p.decide(5, S(4 * 3600), None, 0.5), Decision::GiveUp(r) if r.contains("give_up_after"))
+        );
+        assert!(matches!(
+            p.decide(5, S(4 * 3600 - 1), None, 0.5),
+            Decision::RetryIn(_)
+        ));
     }
 
     #[test]
     fn gives_up_at_max_attempts() {
-        let p = RetryPolicy { max_attempts: Some(3), ..policy() };
+        let p = RetryPolicy {
+            max_attempts: Some(3),
+            ..policy()
+        };
         assert!(matches!(p.decide(2, S(0), None, 0.5), Decision::RetryIn(_)));
-        assert!(matches!(p.decide(3, S(0), None, 0.5), Decision::GiveUp(r) if r.contains("max_attempts")));
+        assert!(
+            matches!(p.decide(3, S(0), None, 0.5), Decision::GiveUp(r) if r.contains("max_attempts"))
+        );
     }
 }

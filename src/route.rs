@@ -19,7 +19,11 @@ pub struct RouteKey {
 }
 
 impl RouteKey {
-    pub fn new<'a>(name: &str, aliases: impl IntoIterator<Item = &'a String>, types: Vec<MessageType>) -> Self {
+    pub fn new<'a>(
+        name: &str,
+        aliases: impl IntoIterator<Item = &'a String>,
+        types: Vec<MessageType>,
+    ) -> Self {
         let keys = std::iter::once(name.to_lowercase())
             .chain(aliases.into_iter().map(|a| a.to_lowercase()))
             .collect();
@@ -36,7 +40,11 @@ impl RouteKey {
 }
 
 /// Indexes of the destinations a message of type `ty` with this `integrations` map goes to.
-pub fn route(ty: MessageType, integrations: Option<&Map<String, Value>>, destinations: &[RouteKey]) -> Vec<usize> {
+pub fn route(
+    ty: MessageType,
+    integrations: Option<&Map<String, Value>>,
+    destinations: &[RouteKey],
+) -> Vec<usize> {
     let default_on = integrations
         .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("all")))
         .map(|(_, v)| v.as_bool() != Some(false))
@@ -56,8 +64,13 @@ pub fn route(ty: MessageType, integrations: Option<&Map<String, Value>>, destina
 }
 
 /// The per-message options for a destination: the object its `integrations` key holds.
-pub fn options<'m>(integrations: Option<&'m Map<String, Value>>, destination: &RouteKey) -> Option<&'m Map<String, Value>> {
-    integrations.and_then(|m| destination.entry(m)).and_then(Value::as_object)
+pub fn options<'m>(
+    integrations: Option<&'m Map<String, Value>>,
+    destination: &RouteKey,
+) -> Option<&'m Map<String, Value>> {
+    integrations
+        .and_then(|m| destination.entry(m))
+        .and_then(Value::as_object)
 }
 
 #[cfg(test)]
@@ -79,14 +92,38 @@ mod tests {
             (json!(null), MessageType::Group, &[0, 1, 2]),
             (json!({}), MessageType::Track, &[0, 1]),
             (json!({"All": false}), MessageType::Group, &[]),
-            (json!({"all": false, "Hook A": true}), MessageType::Group, &[0]),
+            (
+                json!({"all": false, "Hook A": true}),
+                MessageType::Group,
+                &[0],
+            ),
             (json!({"Hook A": false}), MessageType::Group, &[1, 2]),
-            (json!({"hook a": {"x": 1}, "ALL": false}), MessageType::Group, &[0]),
+            (
+                json!({"hook a": {"x": 1}, "ALL": false}),
+                MessageType::Group,
+                &[0],
+            ),
             (json!({"alpha": false}), MessageType::Group, &[1, 2]),
-            (json!({"All": false, "ALPHA": true}), MessageType::Identify, &[0]),
-            (json!({"All": false, "Groups Only": true}), MessageType::Track, &[]),
-            (json!({"All": true, "Hook B": null}), MessageType::Group, &[0, 1, 2]),
-            (json!({"All": false, "Hook B": null}), MessageType::Group, &[]),
+            (
+                json!({"All": false, "ALPHA": true}),
+                MessageType::Identify,
+                &[0],
+            ),
+            (
+                json!({"All": false, "Groups Only": true}),
+                MessageType::Track,
+                &[],
+            ),
+            (
+                json!({"All": true, "Hook B": null}),
+                MessageType::Group,
+                &[0, 1, 2],
+            ),
+            (
+                json!({"All": false, "Hook B": null}),
+                MessageType::Group,
+                &[],
+            ),
             (json!({"Unknown": true}), MessageType::Group, &[0, 1, 2]),
         ];
         let d = dests();

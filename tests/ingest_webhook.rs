@@ -41,7 +41,11 @@ fn canonical_traits() -> Value {
 #[tokio::test]
 async fn group_call_arrives_normalized_and_signed() {
     let rx = Receiver::start().await;
-    let config = format!("{}{}", source(), hook("Hook", &rx, "/hook", "signing_secret = \"s3cret\""));
+    let config = format!(
+        "{}{}",
+        source(),
+        hook("Hook", &rx, "/hook", "signing_secret = \"s3cret\"")
+    );
     let d = Daemon::start("", &config).await;
 
     let (status, body) = d
@@ -67,13 +71,27 @@ async fn group_call_arrives_normalized_and_signed() {
     let (status, body) = d.post("/v1/batch", Some(KEY), &batch).await;
     assert_eq!((status, body), (200, json!({"success": true})));
     let got = rx.wait_for("/hook", 4).await;
-    let by_group = |g: &str| got.iter().map(|c| c.json()).find(|m| m["groupId"] == g).unwrap();
-    assert_eq!(by_group("g-s")["traits"]["createdAt"], "2024-05-01T10:00:00.000Z");
-    assert_eq!(by_group("g-ms")["traits"]["createdAt"], "2024-05-01T10:00:00.000Z");
+    let by_group = |g: &str| {
+        got.iter()
+            .map(|c| c.json())
+            .find(|m| m["groupId"] == g)
+            .unwrap()
+    };
+    assert_eq!(
+        by_group("g-s")["traits"]["createdAt"],
+        "2024-05-01T10:00:00.000Z"
+    );
+    assert_eq!(
+        by_group("g-ms")["traits"]["createdAt"],
+        "2024-05-01T10:00:00.000Z"
+    );
     assert_eq!(by_group("g-all")["traits"], canonical_traits());
     assert_eq!(by_group("g-all")["sentAt"], "2024-05-01T12:00:00Z");
     for c in &got {
-        assert_eq!(c.header("x-signature").unwrap(), hmac_sha1_hex(b"s3cret", &c.body));
+        assert_eq!(
+            c.header("x-signature").unwrap(),
+            hmac_sha1_hex(b"s3cret", &c.body)
+        );
     }
 }
 

@@ -13,7 +13,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, DestinationConfig};
-use crate::destination::{Classification, Destination, Item, OutRequest, Response, Translation, classify_status};
+use crate::destination::{
+    Classification, Destination, Item, OutRequest, Response, Translation, classify_status,
+};
 use crate::secret::Secret;
 
 /// A webhook's own keys in its `[[destination]]` table.
@@ -70,40 +72,67 @@ impl Webhook {
         let s = &config.settings;
         let c: WebhookConfig = s.parse()?;
         let name = &config.name;
-        let url = reqwest::Url::parse(&c.url)
-            .map_err(|e| s.error("url", format!("destination `{name}`: url `{}` is not a URL: {e}", c.url)))?;
+        let url = reqwest::Url::parse(&c.url).map_err(|e| {
+            s.error(
+                "url",
+                format!("destination `{name}`: url `{}` is not a URL: {e}", c.url),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(s.error("url", format!("destination `{name}`: url must be http or https")));
+            return Err(s.error(
+                "url",
+                format!("destination `{name}`: url must be http or https"),
+            ));
         }
         let method = match c.method.to_ascii_uppercase().as_str() {
             "POST" => Method::POST,
             "PUT" => Method::PUT,
             "PATCH" => Method::PATCH,
             other => {
-                return Err(s.error("method", format!("destination `{name}`: method `{other}` is not POST, PUT or PATCH")));
+                return Err(s.error(
+                    "method",
+                    format!("destination `{name}`: method `{other}` is not POST, PUT or PATCH"),
+                ));
             }
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &c.headers {
-            let key = HeaderName::try_from(k.as_str())
-                .map_err(|_| s.error("headers", format!("destination `{name}`: `{k}` is not a valid header name")))?;
-            let mut value = HeaderValue::try_from(v.as_str())
-                .map_err(|_| s.error("headers", format!("destination `{name}`: header `{k}` has a value that is not valid in HTTP")))?;
+            let key = HeaderName::try_from(k.as_str()).map_err(|_| {
+                s.error(
+                    "headers",
+                    format!("destination `{name}`: `{k}` is not a valid header name"),
+                )
+            })?;
+            let mut value = HeaderValue::try_from(v.as_str()).map_err(|_| {
+                s.error(
+                    "headers",
+                    format!(
+                        "destination `{name}`: header `{k}` has a value that is not valid in HTTP"
+                    ),
+                )
+            })?;
             value.set_sensitive(looks_secret(k));
             headers.insert(key, value);
         }
         let scheme = match (&c.signing_secret, c.signature) {
             (None, Some(_)) => {
-                return Err(s.error("signature", format!("destination `{name}`: signature is set but signing_secret is not")));
+                return Err(s.error(
+                    "signature",
+                    format!("destination `{name}`: signature is set but signing_secret is not"),
+                ));
             }
             (None, None) => None,
             (Some(_), scheme) => Some(scheme.unwrap_or(Scheme::Segment)),
         };
         let standard_key = match (scheme, &c.signing_secret) {
-            (Some(Scheme::Standard | Scheme::Both), Some(secret)) => Some(
-                sign::standard_key(secret.expose())
-                    .map_err(|e| s.error("signing_secret", format!("destination `{name}`: signing_secret: {e}")))?,
-            ),
+            (Some(Scheme::Standard | Scheme::Both), Some(secret)) => {
+                Some(sign::standard_key(secret.expose()).map_err(|e| {
+                    s.error(
+                        "signing_secret",
+                        format!("destination `{name}`: signing_secret: {e}"),
+                    )
+                })?)
+            }
             _ => None,
         };
         let segment_key = match scheme {
@@ -131,10 +160,15 @@ impl Webhook {
             request.headers.insert("x-signature", header(&sig));
         }
         if let Some(key) = &self.standard_key {
-            let ts = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let ts = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
             let sig = sign::standard(key, &id, ts, &request.body);
             request.headers.insert("webhook-id", header(&id));
-            request.headers.insert("webhook-timestamp", header(&ts.to_string()));
+            request
+                .headers
+                .insert("webhook-timestamp", header(&ts.to_string()));
             request.headers.insert("webhook-signature", header(&sig));
         }
         request
@@ -149,7 +183,9 @@ fn header(text: &str) -> HeaderValue {
 /// Custom headers whose values are likely credentials print as `***` in logs.
 fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["auth", "token", "key", "secret", "cookie", "password"].iter().any(|w| n.contains(w))
+    ["auth", "token", "key", "secret", "cookie", "password"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 impl Destination for Webhook {
@@ -163,7 +199,8 @@ impl Destination for Webhook {
             let body = serde_json::to_vec(&batch.iter().map(|i| i.message).collect::<Vec<_>>())
                 .unwrap_or_default();
             let id = sign::webhook_id(batch.iter().map(|i| i.message_id()), true);
-            t.requests.push(self.request(body, (0..batch.len()).collect(), id, now));
+            t.requests
+                .push(self.request(body, (0..batch.len()).collect(), id, now));
         } else {
             for (i, item) in batch.iter().enumerate() {
                 let body = serde_json::to_vec(item.message).unwrap_or_default();
@@ -174,7 +211,12 @@ impl Destination for Webhook {
         t
     }
 
-    fn classify(&self, request: &OutRequest, response: &Response, now: SystemTime) -> Classification {
+    fn classify(
+        &self,
+        request: &OutRequest,
+        response: &Response,
+        now: SystemTime,
+    ) -> Classification {
         classify_status(request, response, now)
     }
 }

@@ -44,7 +44,12 @@ pub fn standard(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 /// A `webhook-id`: stable across retries, free of `.` (the spec's separator).
 pub fn webhook_id<'a>(message_ids: impl Iterator<Item = &'a str>, batch: bool) -> String {
     let ids: Vec<&str> = message_ids.collect();
-    if !batch && ids.len() == 1 && !ids[0].is_empty() && !ids[0].contains('.') && !ids[0].contains(' ') {
+    if !batch
+        && ids.len() == 1
+        && !ids[0].is_empty()
+        && !ids[0].contains('.')
+        && !ids[0].contains(' ')
+    {
         return ids[0].to_string();
     }
     let mut h = Sha256::new();
@@ -63,14 +68,22 @@ mod tests {
     #[test]
     fn segment_vector() {
         // reference/destinations.md §5.1: key `secret`, body `{"a":1}`.
-        assert_eq!(segment(b"secret", br#"{"a":1}"#), "f8446672f033e4b2beafc5ca3a71eafcd2cafb6e");
+        assert_eq!(
+            segment(b"secret", br#"{"a":1}"#),
+            "f8446672f033e4b2beafc5ca3a71eafcd2cafb6e"
+        );
     }
 
     #[test]
     fn standard_webhooks_published_vector() {
         // standard-webhooks libraries/javascript webhook.test.ts, "sign function works".
         let key = standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = standard(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        let sig = standard(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 

@@ -24,15 +24,26 @@ fn fixture() -> Vec<Map<String, Value>> {
 }
 
 fn header(r: &OutRequest, name: &str) -> String {
-    r.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    r.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 #[test]
 fn one_request_per_message_signed_both_ways() {
-    let w = webhook("signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nsignature = \"both\"\nheaders = { \"X-Team\" = \"growth\", \"X-Api-Key\" = \"k\" }");
+    let w = webhook(
+        "signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nsignature = \"both\"\nheaders = { \"X-Team\" = \"growth\", \"X-Api-Key\" = \"k\" }",
+    );
     let messages = fixture();
     let empty = Map::new();
-    let items: Vec<Item<'_>> = messages.iter().map(|m| Item { message: m, options: &empty }).collect();
+    let items: Vec<Item<'_>> = messages
+        .iter()
+        .map(|m| Item {
+            message: m,
+            options: &empty,
+        })
+        .collect();
     let t = w.translate(&items, at());
     assert!(t.settled.is_empty());
     assert_eq!(t.requests.len(), messages.len());
@@ -46,15 +57,27 @@ fn one_request_per_message_signed_both_ways() {
         assert!(header(r, "user-agent").starts_with("switchyard/"));
         assert_eq!(header(r, "x-team"), "growth");
         assert!(r.headers.get("x-api-key").unwrap().is_sensitive());
-        assert_eq!(header(r, "webhook-id"), messages[i]["messageId"].as_str().unwrap());
+        assert_eq!(
+            header(r, "webhook-id"),
+            messages[i]["messageId"].as_str().unwrap()
+        );
         assert_eq!(header(r, "webhook-timestamp"), "1714564800");
         let key = sign::standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        assert_eq!(header(r, "webhook-signature"), sign::standard(&key, &header(r, "webhook-id"), 1714564800, &r.body));
-        assert_eq!(header(r, "x-signature"), sign::segment(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &r.body));
+        assert_eq!(
+            header(r, "webhook-signature"),
+            sign::standard(&key, &header(r, "webhook-id"), 1714564800, &r.body)
+        );
+        assert_eq!(
+            header(r, "x-signature"),
+            sign::segment(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &r.body)
+        );
     }
     // The exact bytes of the first request, as a golden file.
     let golden = include_str!("../../tests/fixtures/webhook/first_request_body.json");
-    assert_eq!(String::from_utf8_lossy(&t.requests[0].body), golden.trim_end());
+    assert_eq!(
+        String::from_utf8_lossy(&t.requests[0].body),
+        golden.trim_end()
+    );
 }
 
 #[test]
@@ -62,7 +85,13 @@ fn batching_sends_one_signed_array() {
     let w = webhook("signing_secret = \"s3cret\"\nbatch = { max_events = 10 }");
     let messages = fixture();
     let empty = Map::new();
-    let items: Vec<Item<'_>> = messages.iter().map(|m| Item { message: m, options: &empty }).collect();
+    let items: Vec<Item<'_>> = messages
+        .iter()
+        .map(|m| Item {
+            message: m,
+            options: &empty,
+        })
+        .collect();
     let t = w.translate(&items, at());
     assert_eq!(t.requests.len(), 1);
     let r = &t.requests[0];
@@ -78,9 +107,19 @@ fn batching_sends_one_signed_array() {
 fn answers() {
     let w = webhook("");
     let r = OutRequest::json(Method::POST, "http://x", vec![], vec![0]);
-    let resp = |status| Response { status, headers: HeaderMap::new(), body: bytes::Bytes::from_static(b"nope") };
-    assert_eq!(w.classify(&r, &resp(200), at()).verdicts, vec![Verdict::Delivered]);
-    assert!(matches!(w.classify(&r, &resp(503), at()).verdicts[0], Verdict::Retry { .. }));
+    let resp = |status| Response {
+        status,
+        headers: HeaderMap::new(),
+        body: bytes::Bytes::from_static(b"nope"),
+    };
+    assert_eq!(
+        w.classify(&r, &resp(200), at()).verdicts,
+        vec![Verdict::Delivered]
+    );
+    assert!(matches!(
+        w.classify(&r, &resp(503), at()).verdicts[0],
+        Verdict::Retry { .. }
+    ));
     let c = w.classify(&r, &resp(400), at());
     assert_eq!(c.verdicts, vec![Verdict::permanent("HTTP 400: nope")]);
 }
@@ -88,14 +127,27 @@ fn answers() {
 #[test]
 fn config_errors_name_the_key() {
     let load = |extra: &str| {
-        let text = format!("[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\n{extra}");
+        let text = format!(
+            "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\n{extra}"
+        );
         let config = config::load(&text).unwrap();
-        Webhook::new(&config.destinations[0]).err().unwrap().to_string()
+        Webhook::new(&config.destinations[0])
+            .err()
+            .unwrap()
+            .to_string()
     };
-    assert_eq!(load("url = \"ftp://x\""), "line 6, column 1: destination `Hook`: url must be http or https");
-    assert!(load("url = \"http://x\"\nurll = 1").starts_with("line 7, column 1: unknown field `urll`"));
+    assert_eq!(
+        load("url = \"ftp://x\""),
+        "line 6, column 1: destination `Hook`: url must be http or https"
+    );
+    assert!(
+        load("url = \"http://x\"\nurll = 1").starts_with("line 7, column 1: unknown field `urll`")
+    );
     assert!(load("url = \"http://x\"\nsignature = \"standard\"").contains("signing_secret is not"));
-    assert!(load("url = \"http://x\"\nsigning_secret = \"plain\"\nsignature = \"standard\"").contains("whsec_"));
+    assert!(
+        load("url = \"http://x\"\nsigning_secret = \"plain\"\nsignature = \"standard\"")
+            .contains("whsec_")
+    );
     assert!(load("url = \"http://x\"\nmethod = \"GET\"").contains("method `GET`"));
     assert!(load("").contains("missing field `url`"));
 }

@@ -70,10 +70,10 @@ pub fn normalize(
     }
     merge_object(&mut msg, "context", defaults.context.as_ref());
     merge_object(&mut msg, "integrations", defaults.integrations.as_ref());
-    if !msg.contains_key("sentAt") {
-        if let Some(sent_at) = &defaults.sent_at {
-            msg.insert("sentAt".into(), sent_at.clone());
-        }
+    if !msg.contains_key("sentAt")
+        && let Some(sent_at) = &defaults.sent_at
+    {
+        msg.insert("sentAt".into(), sent_at.clone());
     }
 
     let user = id_field(&mut msg, "userId")?;
@@ -107,24 +107,31 @@ pub fn normalize(
     };
 
     let mut unparsed_created_at = false;
-    if matches!(ty, MessageType::Group | MessageType::Identify) {
-        if let Some(Value::Object(t)) = msg.get_mut("traits") {
-            let (normalized, report) = traits::normalize(std::mem::take(t));
-            *t = normalized;
-            unparsed_created_at = report.unparsed_created_at;
-        }
+    if matches!(ty, MessageType::Group | MessageType::Identify)
+        && let Some(Value::Object(t)) = msg.get_mut("traits")
+    {
+        let (normalized, report) = traits::normalize(std::mem::take(t));
+        *t = normalized;
+        unparsed_created_at = report.unparsed_created_at;
     }
     timestamps(&mut msg, received_at)?;
     Ok(Normalized {
         ty,
         message_id,
-        group_id: if ty == MessageType::Group { group_id } else { None },
+        group_id: if ty == MessageType::Group {
+            group_id
+        } else {
+            None
+        },
         message: msg,
         unparsed_created_at,
     })
 }
 
-fn message_type(msg: &Map<String, Value>, implied: Option<MessageType>) -> Result<MessageType, Invalid> {
+fn message_type(
+    msg: &Map<String, Value>,
+    implied: Option<MessageType>,
+) -> Result<MessageType, Invalid> {
     if let Some(ty) = implied {
         return Ok(ty);
     }
@@ -186,7 +193,10 @@ fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Resul
     };
     let timestamp = date(msg, "timestamp")?;
     let sent_at = date(msg, "sentAt")?;
-    msg.insert("receivedAt".into(), Value::String(time::format(received_at)));
+    msg.insert(
+        "receivedAt".into(),
+        Value::String(time::format(received_at)),
+    );
     let corrected = match (timestamp, sent_at) {
         (None, _) => received_at,
         (Some(ts), None) => ts,

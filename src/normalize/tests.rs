@@ -17,8 +17,14 @@ fn group(v: Value) -> Result<Normalized, Invalid> {
 
 #[test]
 fn group_needs_group_id_and_an_identity() {
-    assert_eq!(group(json!({"userId": "u"})).unwrap_err().0, "groupId is required");
-    assert_eq!(group(json!({"userId": "u", "groupId": ""})).unwrap_err().0, "groupId is required");
+    assert_eq!(
+        group(json!({"userId": "u"})).unwrap_err().0,
+        "groupId is required"
+    );
+    assert_eq!(
+        group(json!({"userId": "u", "groupId": ""})).unwrap_err().0,
+        "groupId is required"
+    );
     assert_eq!(
         group(json!({"groupId": "g"})).unwrap_err().0,
         "userId or anonymousId is required"
@@ -33,10 +39,22 @@ fn group_needs_group_id_and_an_identity() {
 #[test]
 fn field_shapes_are_checked() {
     let bad = |v: Value| group(v).unwrap_err().0;
-    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "traits": []})), "traits must be an object");
-    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "context": "x"})), "context must be an object");
-    assert_eq!(bad(json!({"userId": "u", "groupId": "g", "integrations": 1})), "integrations must be an object");
-    assert_eq!(bad(json!({"userId": {}, "groupId": "g"})), "userId must be a string or a number");
+    assert_eq!(
+        bad(json!({"userId": "u", "groupId": "g", "traits": []})),
+        "traits must be an object"
+    );
+    assert_eq!(
+        bad(json!({"userId": "u", "groupId": "g", "context": "x"})),
+        "context must be an object"
+    );
+    assert_eq!(
+        bad(json!({"userId": "u", "groupId": "g", "integrations": 1})),
+        "integrations must be an object"
+    );
+    assert_eq!(
+        bad(json!({"userId": {}, "groupId": "g"})),
+        "userId must be a string or a number"
+    );
     assert_eq!(
         bad(json!({"userId": "u", "groupId": "g", "messageId": "x".repeat(101)})),
         "messageId is longer than 100 characters"
@@ -48,10 +66,30 @@ fn field_shapes_are_checked() {
 #[test]
 fn batch_messages_need_a_known_type() {
     let d = BatchDefaults::default();
-    assert_eq!(run(json!({"userId": "u"}), None, &d).unwrap_err().0, "type is required on each message in a batch");
-    assert!(run(json!({"userId": "u", "type": "bogus"}), None, &d).unwrap_err().0.starts_with("type `bogus`"));
-    assert_eq!(run(json!({"userId": "u", "type": "track"}), None, &d).unwrap_err().0, "event is required on a track call");
-    assert!(run(json!({"userId": "u", "type": "track", "event": "x"}), None, &d).is_ok());
+    assert_eq!(
+        run(json!({"userId": "u"}), None, &d).unwrap_err().0,
+        "type is required on each message in a batch"
+    );
+    assert!(
+        run(json!({"userId": "u", "type": "bogus"}), None, &d)
+            .unwrap_err()
+            .0
+            .starts_with("type `bogus`")
+    );
+    assert_eq!(
+        run(json!({"userId": "u", "type": "track"}), None, &d)
+            .unwrap_err()
+            .0,
+        "event is required on a track call"
+    );
+    assert!(
+        run(
+            json!({"userId": "u", "type": "track", "event": "x"}),
+            None,
+            &d
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -65,8 +103,18 @@ fn message_id_generated_and_write_key_dropped() {
 #[test]
 fn batch_defaults_merge_with_message_keys_winning() {
     let d = BatchDefaults {
-        context: Some(json!({"ip": "1.1.1.1", "library": {"name": "batch"}}).as_object().cloned().unwrap()),
-        integrations: Some(json!({"All": false, "Hook": true}).as_object().cloned().unwrap()),
+        context: Some(
+            json!({"ip": "1.1.1.1", "library": {"name": "batch"}})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ),
+        integrations: Some(
+            json!({"All": false, "Hook": true})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ),
         sent_at: Some(json!("2024-05-01T12:00:10Z")),
     };
     let n = run(
@@ -76,8 +124,14 @@ fn batch_defaults_merge_with_message_keys_winning() {
         &d,
     )
     .unwrap();
-    assert_eq!(n.message["context"], json!({"ip": "2.2.2.2", "library": {"name": "batch"}}));
-    assert_eq!(n.message["integrations"], json!({"Hook": false, "All": false}));
+    assert_eq!(
+        n.message["context"],
+        json!({"ip": "2.2.2.2", "library": {"name": "batch"}})
+    );
+    assert_eq!(
+        n.message["integrations"],
+        json!({"Hook": false, "All": false})
+    );
     assert_eq!(n.message["sentAt"], "2024-05-01T12:00:10Z");
     // The client clock is 10 s ahead of ours: the event happened 10 s before we received it.
     assert_eq!(n.message["timestamp"], "2024-05-01T11:59:50.000Z");
@@ -90,20 +144,35 @@ fn timestamps_without_skew_information() {
     let n = group(json!({"userId": "u", "groupId": "g"})).unwrap();
     assert_eq!(n.message["timestamp"], "2024-05-01T12:00:00.000Z");
     assert!(!n.message.contains_key("originalTimestamp"));
-    let n = group(json!({"userId": "u", "groupId": "g", "timestamp": "2020-01-01T00:00:00+01:00"})).unwrap();
+    let n = group(json!({"userId": "u", "groupId": "g", "timestamp": "2020-01-01T00:00:00+01:00"}))
+        .unwrap();
     assert_eq!(n.message["timestamp"], "2019-12-31T23:00:00.000Z");
-    assert_eq!(group(json!({"userId": "u", "groupId": "g", "sentAt": "nope"})).unwrap_err().0, "sentAt is not an ISO-8601 date");
+    assert_eq!(
+        group(json!({"userId": "u", "groupId": "g", "sentAt": "nope"}))
+            .unwrap_err()
+            .0,
+        "sentAt is not an ISO-8601 date"
+    );
 }
 
 #[test]
 fn group_traits_are_normalized_and_counted() {
     let n = group(json!({"userId": "u", "groupId": "g", "traits": {"Created At": 1700000000, "EMPLOYEES": "12"}})).unwrap();
-    assert_eq!(n.message["traits"], json!({"createdAt": "2023-11-14T22:13:20.000Z", "employees": 12}));
+    assert_eq!(
+        n.message["traits"],
+        json!({"createdAt": "2023-11-14T22:13:20.000Z", "employees": 12})
+    );
     assert!(!n.unparsed_created_at);
-    let n = group(json!({"userId": "u", "groupId": "g", "traits": {"created_at": "whenever"}})).unwrap();
+    let n = group(json!({"userId": "u", "groupId": "g", "traits": {"created_at": "whenever"}}))
+        .unwrap();
     assert!(n.unparsed_created_at);
     // Track properties are not traits: untouched.
     let d = BatchDefaults::default();
-    let n = run(json!({"type": "track", "event": "e", "userId": "u", "properties": {"created_at": 1}}), None, &d).unwrap();
+    let n = run(
+        json!({"type": "track", "event": "e", "userId": "u", "properties": {"created_at": 1}}),
+        None,
+        &d,
+    )
+    .unwrap();
     assert_eq!(n.message["properties"], json!({"created_at": 1}));
 }

@@ -15,12 +15,20 @@ pub fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         return Some(dt.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M%#z",
+    ] {
         if let Ok(dt) = DateTime::parse_from_str(text, fmt) {
             return Some(dt.with_timezone(&Utc));
         }
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, fmt) {
             return Some(Utc.from_utc_datetime(&naive));
         }
@@ -82,8 +90,14 @@ mod tests {
         assert_eq!(norm(json!("2024-05-01T10:00:00")), want);
         assert_eq!(norm(json!("2024-05-01 10:00:00")), want);
         assert_eq!(norm(json!("2024-05-01T05:00:00.000-05:00")), want);
-        assert_eq!(norm(json!("2024-05-01")), Some("2024-05-01T00:00:00.000Z".into()));
-        assert_eq!(norm(json!("2024-05-01T10:00:00.123456Z")), Some("2024-05-01T10:00:00.123Z".into()));
+        assert_eq!(
+            norm(json!("2024-05-01")),
+            Some("2024-05-01T00:00:00.000Z".into())
+        );
+        assert_eq!(
+            norm(json!("2024-05-01T10:00:00.123456Z")),
+            Some("2024-05-01T10:00:00.123Z".into())
+        );
     }
 
     #[test]
@@ -93,10 +107,19 @@ mod tests {
         assert_eq!(norm(json!(1_700_000_000_000u64)), want);
         assert_eq!(norm(json!("1700000000")), want);
         assert_eq!(norm(json!("1700000000000")), want);
-        assert_eq!(norm(json!(1_700_000_000.5)), Some("2023-11-14T22:13:20.500Z".into()));
+        assert_eq!(
+            norm(json!(1_700_000_000.5)),
+            Some("2023-11-14T22:13:20.500Z".into())
+        );
         // Just under the cut-off is still seconds (year 2969); at it, milliseconds (1971).
-        assert_eq!(norm(json!(31_557_599_999u64)), Some("2970-01-07T23:59:59.000Z".into()));
-        assert_eq!(norm(json!(31_557_600_000u64)), Some("1971-01-01T06:00:00.000Z".into()));
+        assert_eq!(
+            norm(json!(31_557_599_999u64)),
+            Some("2970-01-07T23:59:59.000Z".into())
+        );
+        assert_eq!(
+            norm(json!(31_557_600_000u64)),
+            Some("1971-01-01T06:00:00.000Z".into())
+        );
     }
 
     #[test]

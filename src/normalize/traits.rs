@@ -88,10 +88,10 @@ pub fn normalize(traits: Map<String, Value>) -> (Map<String, Value>, TraitReport
             None => report.unparsed_created_at = true,
         }
     }
-    if let Some(employees) = traits.get_mut("employees") {
-        if let Some(n) = integral(employees) {
-            *employees = Value::from(n);
-        }
+    if let Some(employees) = traits.get_mut("employees")
+        && let Some(n) = integral(employees)
+    {
+        *employees = Value::from(n);
     }
     (traits, report)
 }
@@ -124,7 +124,9 @@ mod tests {
     use serde_json::json;
 
     fn run(v: Value) -> Value {
-        let Value::Object(m) = v else { panic!("object expected") };
+        let Value::Object(m) = v else {
+            panic!("object expected")
+        };
         Value::Object(normalize(m).0)
     }
 
@@ -148,34 +150,66 @@ mod tests {
 
     #[test]
     fn canonical_spelling_wins_then_first() {
-        assert_eq!(run(json!({"created_at": 1, "createdAt": "2024-01-01"}))["createdAt"], "2024-01-01T00:00:00.000Z");
-        assert_eq!(run(json!({"createdAt": "2024-01-01", "created_at": 1}))["createdAt"], "2024-01-01T00:00:00.000Z");
-        assert_eq!(run(json!({"Name": "first", "NAME": "second"})), json!({"name": "first"}));
-        assert_eq!(run(json!({"address": {"zip": "1", "postal_code": "2"}})), json!({"address": {"postalCode": "1"}}));
+        assert_eq!(
+            run(json!({"created_at": 1, "createdAt": "2024-01-01"}))["createdAt"],
+            "2024-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            run(json!({"createdAt": "2024-01-01", "created_at": 1}))["createdAt"],
+            "2024-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            run(json!({"Name": "first", "NAME": "second"})),
+            json!({"name": "first"})
+        );
+        assert_eq!(
+            run(json!({"address": {"zip": "1", "postal_code": "2"}})),
+            json!({"address": {"postalCode": "1"}})
+        );
     }
 
     #[test]
     fn values_kept_when_not_understood() {
-        let (t, report) = normalize(json!({"createdAt": "soon", "employees": "10-50"}).as_object().cloned().unwrap());
-        assert_eq!(Value::Object(t), json!({"createdAt": "soon", "employees": "10-50"}));
+        let (t, report) = normalize(
+            json!({"createdAt": "soon", "employees": "10-50"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        );
+        assert_eq!(
+            Value::Object(t),
+            json!({"createdAt": "soon", "employees": "10-50"})
+        );
         assert!(report.unparsed_created_at);
-        assert_eq!(run(json!({"employees": 12.0, "createdAt": null})), json!({"employees": 12, "createdAt": null}));
+        assert_eq!(
+            run(json!({"employees": 12.0, "createdAt": null})),
+            json!({"employees": 12, "createdAt": null})
+        );
         assert_eq!(run(json!({"employees": 12.5})), json!({"employees": 12.5}));
     }
 
     fn respell() -> impl Strategy<Value = (String, &'static str)> {
         let reserved = prop::sample::select(RESERVED.iter().map(|(_, c)| *c).collect::<Vec<_>>());
-        (reserved, prop::collection::vec((any::<bool>(), prop::sample::select(vec!["", "_", " ", "-"])), 0..12)).prop_map(
-            |(canon, noise)| {
+        (
+            reserved,
+            prop::collection::vec(
+                (any::<bool>(), prop::sample::select(vec!["", "_", " ", "-"])),
+                0..12,
+            ),
+        )
+            .prop_map(|(canon, noise)| {
                 let mut s = String::new();
                 for (i, ch) in canon.chars().enumerate() {
                     let (upper, sep) = noise.get(i).copied().unwrap_or((false, ""));
                     s.push_str(sep);
-                    if upper { s.extend(ch.to_uppercase()) } else { s.extend(ch.to_lowercase()) }
+                    if upper {
+                        s.extend(ch.to_uppercase())
+                    } else {
+                        s.extend(ch.to_lowercase())
+                    }
                 }
                 (s, canon)
-            },
-        )
+            })
     }
 
     proptest! {

@@ -32,7 +32,8 @@ pub struct Captured {
 
 impl Captured {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("receiver got non-JSON body ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("receiver got non-JSON body ({e}): {:?}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -50,7 +51,11 @@ pub struct Answer {
 
 impl Answer {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: String::new() }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
     }
 
     pub fn json(status: u16, body: Value) -> Self {
@@ -88,7 +93,9 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ReceiverState::default());
-        let app = axum::Router::new().fallback(capture).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(capture)
+            .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, state }
     }
@@ -99,11 +106,21 @@ impl Receiver {
 
     /// Answers for `path`, given in turn before the default (200 `{}` unless set).
     pub fn script(&self, path: &str, answers: Vec<Answer>) {
-        self.state.scripts.lock().unwrap().entry(path.into()).or_default().extend(answers);
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .entry(path.into())
+            .or_default()
+            .extend(answers);
     }
 
     pub fn set_default(&self, path: &str, answer: Answer) {
-        self.state.defaults.lock().unwrap().insert(path.into(), answer);
+        self.state
+            .defaults
+            .lock()
+            .unwrap()
+            .insert(path.into(), answer);
     }
 
     /// Every request whose path (without query) is `path`.
@@ -120,11 +137,17 @@ impl Receiver {
 
     /// Wait until `path` has had at least `n` requests; panics at the deadline.
     pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Captured> {
-        self.wait_until(path, |got| got.len() >= n, &format!("{n} requests")).await
+        self.wait_until(path, |got| got.len() >= n, &format!("{n} requests"))
+            .await
     }
 
     /// Wait until the requests to `path` satisfy `done`.
-    pub async fn wait_until(&self, path: &str, done: impl Fn(&[Captured]) -> bool, what: &str) -> Vec<Captured> {
+    pub async fn wait_until(
+        &self,
+        path: &str,
+        done: impl Fn(&[Captured]) -> bool,
+        what: &str,
+    ) -> Vec<Captured> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let notified = self.state.arrived.notified();
@@ -134,24 +157,44 @@ impl Receiver {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("timed out waiting for {what} at {path}; got {}: {:#?}", got.len(), got.iter().map(|c| String::from_utf8_lossy(&c.body).into_owned()).collect::<Vec<_>>());
+                panic!(
+                    "timed out waiting for {what} at {path}; got {}: {:#?}",
+                    got.len(),
+                    got.iter()
+                        .map(|c| String::from_utf8_lossy(&c.body).into_owned())
+                        .collect::<Vec<_>>()
+                );
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
         }
     }
 }
 
-async fn capture(State(state): State<Arc<ReceiverState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+async fn capture(
+    State(state): State<Arc<ReceiverState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     let path = uri.path().to_string();
     state.captured.lock().unwrap().push(Captured {
         method,
-        path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers,
         body,
         at: Instant::now(),
     });
     state.arrived.notify_waiters();
-    let scripted = state.scripts.lock().unwrap().get_mut(&path).and_then(|q| q.pop_front());
+    let scripted = state
+        .scripts
+        .lock()
+        .unwrap()
+        .get_mut(&path)
+        .and_then(|q| q.pop_front());
     let answer = scripted
         .or_else(|| state.defaults.lock().unwrap().get(&path).cloned())
         .unwrap_or_else(|| Answer::json(200, serde_json::json!({})));
@@ -197,7 +240,11 @@ impl Daemon {
 
     async fn spawn(dir: tempfile::TempDir, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary());
-        cmd.arg("run").arg("--config").arg(config).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         cmd.env("SWITCHYARD_LOG", "info,switchyard=debug");
         for (k, v) in env {
             cmd.env(k, v);
@@ -211,7 +258,11 @@ impl Daemon {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("listening address=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
                 let mut l = sink.lock().unwrap();
@@ -219,12 +270,20 @@ impl Daemon {
                 l.push('\n');
             }
         });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE)).await.unwrap();
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
+            .await
+            .unwrap();
         let addr = match addr {
             Ok(a) => a.parse().unwrap(),
             Err(_) => panic!("daemon did not start; logs:\n{}", logs.lock().unwrap()),
         };
-        Self { child, addr, dir, logs, client: reqwest::Client::new() }
+        Self {
+            child,
+            addr,
+            dir,
+            logs,
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -244,8 +303,18 @@ impl Daemon {
         Self::answer(req.send().await.unwrap()).await
     }
 
-    pub async fn post_raw(&self, path: &str, key: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = self.client.post(self.url(path)).body(body).header("content-type", "application/json");
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .body(body)
+            .header("content-type", "application/json");
         if let Some(k) = key {
             req = req.basic_auth(k, Some(""));
         }
@@ -258,7 +327,8 @@ impl Daemon {
     async fn answer(resp: reqwest::Response) -> (u16, Value) {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("daemon answered non-JSON: {text}"));
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("daemon answered non-JSON: {text}"));
         (status, value)
     }
 
@@ -268,13 +338,19 @@ impl Daemon {
 
     /// Send SIGTERM and wait for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
