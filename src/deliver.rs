@@ -12,10 +12,13 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::config::DestinationConfig;
-use crate::destination::{Classification, Destination, Item, OutRequest, Response, Transport, Verdict, redacted_headers};
+use crate::destination::{
+    Classification, Destination, Item, OutRequest, Response, Transport, Verdict, redacted_headers,
+};
 use crate::retry::{Decision, RetryPolicy};
 use crate::route::{self, RouteKey};
 use crate::spool::{Attempt, Leased, Spool};
+use crate::telemetry;
 
 /// What operators see of a destination (`GET /v1/destinations`).
 #[derive(Debug, Default)]
@@ -37,11 +40,17 @@ impl Status {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn unhealthy(&self) -> Option<String> {
-        self.unhealthy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn pause(&self, until: SystemTime) {
@@ -89,7 +98,10 @@ impl Worker {
             adapter,
             route,
             spool,
-            transport: Transport { client, timeout: config.timeout },
+            transport: Transport {
+                client,
+                timeout: config.timeout,
+            },
             limiter,
             policy: RetryPolicy::from(&config.retry),
             batch_max,
@@ -145,7 +157,11 @@ impl Worker {
                 break;
             }
             self.spool.wait(&self.name, left).await;
-            batch.extend(self.spool.lease(&self.name, self.batch_max - batch.len()).await?);
+            batch.extend(
+                self.spool
+                    .lease(&self.name, self.batch_max - batch.len())
+                    .await?,
+            );
         }
         Ok(batch)
     }
@@ -158,7 +174,9 @@ impl Worker {
             match serde_json::from_str::<Map<String, Value>>(&leased.body) {
                 Ok(m) => messages.push(m),
                 Err(e) => {
-                    verdicts[i] = Some(Verdict::permanent(format!("stored message is not valid JSON: {e}")));
+                    verdicts[i] = Some(Verdict::permanent(format!(
+                        "stored message is not valid JSON: {e}"
+                    )));
                     messages.push(Map::new());
                 }
             }
@@ -171,10 +189,15 @@ impl Worker {
                 route::options(integrations, &self.route).unwrap_or(&empty)
             })
             .collect();
-        let live: Vec<usize> = (0..batch.len()).filter(|i| verdicts[*i].is_none()).collect();
+        let live: Vec<usize> = (0..batch.len())
+            .filter(|i| verdicts[*i].is_none())
+            .collect();
         let items: Vec<Item<'_>> = live
             .iter()
-            .map(|&i| Item { message: &messages[i], options: options[i] })
+            .map(|&i| Item {
+                message: &messages[i],
+                options: options[i],
+            })
             .collect();
         let translation = self.adapter.translate(&items, now);
         for (j, v) in translation.settled {
@@ -185,7 +208,14 @@ impl Worker {
             if let Some(until) = self.status.paused_until() {
                 let after = until.duration_since(SystemTime::now()).ok();
                 for &j in &request.items {
-                    merge(&mut verdicts, live[j], Verdict::Retry { after, reason: "destination paused".into() });
+                    merge(
+                        &mut verdicts,
+                        live[j],
+                        Verdict::Retry {
+                            after,
+                            reason: "destination paused".into(),
+                        },
+                    );
                 }
                 continue;
             }
@@ -206,9 +236,10 @@ impl Worker {
                 continue;
             }
             for (k, &j) in request.items.iter().enumerate() {
-                let v = c.verdicts.get(k).cloned().unwrap_or_else(|| {
-                    Verdict::retry("the adapter gave no verdict for this item")
-                });
+                let v =
+                    c.verdicts.get(k).cloned().unwrap_or_else(|| {
+                        Verdict::retry("the adapter gave no verdict for this item")
+                    });
                 merge(&mut verdicts, live[j], v);
             }
         }
@@ -222,7 +253,11 @@ impl Worker {
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
-            if let Err(e) = self.adapter.authorize(&mut request, &self.transport, refreshed).await {
+            if let Err(e) = self
+                .adapter
+                .authorize(&mut request, &self.transport, refreshed)
+                .await
+            {
                 let reason = format!("authorization failed: {e}");
                 Status::set(&self.status.unhealthy, Some(reason.clone()));
                 return Classification::all(&request, Verdict::retry(reason));
@@ -242,7 +277,9 @@ impl Worker {
                 Ok(r) => r,
                 Err(reason) => return Classification::all(&request, Verdict::retry(reason)),
             };
-            let c = self.adapter.classify(&request, &response, SystemTime::now());
+            let c = self
+                .adapter
+                .classify(&request, &response, SystemTime::now());
             if c.refresh_auth && !refreshed {
                 refreshed = true;
                 continue;
@@ -260,6 +297,13 @@ impl Worker {
     }
 
     async fn http(&self, request: &OutRequest) -> Result<Response, String> {
+        let started = Instant::now();
+        let answer = self.http_inner(request).await;
+        telemetry::delivery_latency(&self.name, started.elapsed());
+        answer
+    }
+
+    async fn http_inner(&self, request: &OutRequest) -> Result<Response, String> {
         let sent = self
             .transport
             .client
@@ -272,20 +316,35 @@ impl Worker {
         let response = sent.map_err(|e| describe(e, self.transport.timeout))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| describe(e, self.transport.timeout))?;
-        Ok(Response { status, headers, body })
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| describe(e, self.transport.timeout))?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
-    async fn settle(&self, batch: &[Leased], verdicts: Vec<Option<Verdict>>) -> Result<(), crate::spool::SpoolError> {
+    async fn settle(
+        &self,
+        batch: &[Leased],
+        verdicts: Vec<Option<Verdict>>,
+    ) -> Result<(), crate::spool::SpoolError> {
         let now = SystemTime::now();
         let mut delivered = Vec::new();
         for (leased, verdict) in batch.iter().zip(verdicts) {
-            let verdict = verdict.unwrap_or_else(|| Verdict::permanent("the adapter produced no request for this message"));
+            let verdict = verdict.unwrap_or_else(|| {
+                Verdict::permanent("the adapter produced no request for this message")
+            });
             let attempt = |reason: String| Attempt {
                 attempts: leased.attempts + 1,
                 first_attempt: leased.first_attempt.unwrap_or(now),
                 last_attempt: now,
                 status: status_of(&reason),
+                response: response_of(&reason),
+                gave_up: false,
                 reason,
             };
             match verdict {
@@ -293,15 +352,25 @@ impl Worker {
                 Verdict::Retry { after, reason } => {
                     let a = attempt(reason);
                     let elapsed = now.duration_since(a.first_attempt).unwrap_or_default();
-                    match self.policy.decide(a.attempts, elapsed, after, rand::random::<f64>()) {
+                    match self
+                        .policy
+                        .decide(a.attempts, elapsed, after, rand::random::<f64>())
+                    {
                         Decision::RetryIn(wait) => {
                             tracing::warn!(destination = %self.name, seq = leased.seq, attempt = a.attempts,
                                 retry_in = ?wait, reason = %a.reason, "delivery failed; will retry");
                             Status::set(&self.status.last_error, Some(a.reason.clone()));
-                            self.spool.retry_at(&self.name, leased.seq, now + wait, &a).await?;
+                            self.spool
+                                .retry_at(&self.name, leased.seq, now + wait, &a)
+                                .await?;
+                            telemetry::deliveries(&self.name, "retry", 1);
                         }
                         Decision::GiveUp(why) => {
-                            let a = Attempt { reason: format!("{why}; last error: {}", a.reason), ..a };
+                            let a = Attempt {
+                                reason: format!("{why}; last error: {}", a.reason),
+                                gave_up: true,
+                                ..a
+                            };
                             self.dead_letter(leased, a).await?;
                         }
                     }
@@ -311,15 +380,22 @@ impl Worker {
         }
         if !delivered.is_empty() {
             self.spool.ack(&self.name, &delivered).await?;
+            telemetry::deliveries(&self.name, "delivered", delivered.len());
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, leased: &Leased, a: Attempt) -> Result<(), crate::spool::SpoolError> {
+    async fn dead_letter(
+        &self,
+        leased: &Leased,
+        a: Attempt,
+    ) -> Result<(), crate::spool::SpoolError> {
         tracing::error!(destination = %self.name, seq = leased.seq, attempts = a.attempts,
             reason = %a.reason, "delivery failed for good; dead-lettered");
         Status::set(&self.status.last_error, Some(a.reason.clone()));
-        self.spool.dead_letter(&self.name, leased.seq, &a).await
+        self.spool.dead_letter(&self.name, leased.seq, &a).await?;
+        telemetry::deliveries(&self.name, "dead_letter", 1);
+        Ok(())
     }
 }
 
@@ -333,6 +409,13 @@ fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
 /// The HTTP status a reason starts with (`HTTP 503: …`), for the dead-letter record.
 fn status_of(reason: &str) -> Option<u16> {
     reason.strip_prefix("HTTP ")?.get(..3)?.parse().ok()
+}
+
+/// The answer's body excerpt after the status (`HTTP 400: {excerpt}`), for the dead-letter record.
+fn response_of(reason: &str) -> Option<String> {
+    status_of(reason)?;
+    let rest = reason.get(9..)?;
+    Some(rest.strip_prefix(' ').unwrap_or(rest).to_string()).filter(|r| !r.is_empty())
 }
 
 /// A transport error in words, without the URL (it may carry a token).

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -23,6 +24,7 @@ use crate::normalize::{self, BatchDefaults};
 use crate::route::{self, RouteKey};
 use crate::secret::Secret;
 use crate::spool::{Appended, Rejected, Spool, SpoolError};
+use crate::telemetry;
 
 /// Everything a request handler needs; built once at start.
 pub struct AppState {
@@ -48,10 +50,24 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/import", post(batch))
         .route("/v1/{kind}", post(single))
         .route("/v1/destinations", get(destinations))
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .layer(RequestDecompressionLayer::new().gzip(true).pass_through_unaccepted(false))
+        .route("/metrics", get(metrics))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/ready",
+            get(|| async { axum::Json(json!({"status": "ready"})) }),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .route_layer(middleware::from_fn(measure))
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .pass_through_unaccepted(false),
+        )
         .with_state(state)
 }
 
@@ -65,7 +81,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
@@ -75,10 +95,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = axum::Json(json!({"success": false, "code": self.code, "message": self.message}));
+        let body =
+            axum::Json(json!({"success": false, "code": self.code, "message": self.message}));
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response
     }
@@ -87,27 +110,62 @@ impl IntoResponse for ApiError {
 impl From<SpoolError> for ApiError {
     fn from(e: SpoolError) -> Self {
         match e {
-            SpoolError::Full { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", e.to_string()),
+            SpoolError::Full { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", e.to_string())
+            }
             SpoolError::Storage(_) => {
                 tracing::error!(error = %e, "could not store accepted messages");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not store the messages")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "could not store the messages",
+                )
             }
         }
     }
 }
 
-async fn read_body(body: Body, limit: usize, what: &str, key: &str) -> Result<bytes::Bytes, ApiError> {
+/// Record how long each ingest call took (storage included), by route.
+async fn measure(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route.filter(|r| r.starts_with("/v1/") && r != "/v1/destinations") {
+        telemetry::ingest_latency(&route, started.elapsed());
+    }
+    response
+}
+
+async fn read_body(
+    body: Body,
+    limit: usize,
+    what: &str,
+    key: &str,
+) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source())
+        let too_large =
+            std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
             .any(|e| e.is::<http_body_util::LengthLimitError>());
         if too_large {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                if key == "max_message_bytes" { "message_too_large" } else { "request_too_large" },
+                if key == "max_message_bytes" {
+                    "message_too_large"
+                } else {
+                    "request_too_large"
+                },
                 format!("{what} is larger than {key} ({limit} bytes)"),
             )
         } else {
-            ApiError::bad("unreadable_body", format!("could not read the request body: {e}"))
+            ApiError::bad(
+                "unreadable_body",
+                format!("could not read the request body: {e}"),
+            )
         }
     })
 }
@@ -115,7 +173,11 @@ async fn read_body(body: Body, limit: usize, what: &str, key: &str) -> Result<by
 fn json_error(e: &serde_json::Error) -> ApiError {
     ApiError::bad(
         "invalid_json",
-        format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column()),
+        format!(
+            "malformed JSON at line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        ),
     )
 }
 
@@ -124,21 +186,37 @@ fn not_an_object() -> ApiError {
 }
 
 /// The source a request speaks for: the Basic-auth user name, else `writeKey` in the body.
-fn authenticate(state: &AppState, headers: &HeaderMap, body_key: Option<&str>) -> Result<String, ApiError> {
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    body_key: Option<&str>,
+) -> Result<String, ApiError> {
     let header_key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
         .map(|b64| {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_write_key", "the Basic Authorization header is not valid base64")
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_write_key",
+                        "the Basic Authorization header is not valid base64",
+                    )
                 })?;
             // `key:` as the docs say, or a bare `key` as some clients send.
-            Ok::<_, ApiError>(decoded.split_once(':').map(|(u, _)| u.to_string()).unwrap_or(decoded))
+            Ok::<_, ApiError>(
+                decoded
+                    .split_once(':')
+                    .map(|(u, _)| u.to_string())
+                    .unwrap_or(decoded),
+            )
         })
         .transpose()?;
     let key = header_key.as_deref().or(body_key).filter(|k| !k.is_empty());
@@ -148,7 +226,13 @@ fn authenticate(state: &AppState, headers: &HeaderMap, body_key: Option<&str>) -
             .iter()
             .find(|(_, secret)| secret.expose() == key)
             .map(|(name, _)| name.clone())
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_write_key", "unknown write key")),
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_write_key",
+                    "unknown write key",
+                )
+            }),
         None if state.limits.allow_unauthenticated => Ok("unauthenticated".into()),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -164,26 +248,54 @@ async fn single(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ty: MessageType = kind
-        .parse()
-        .map_err(|()| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint /v1/{kind}")))?;
+    let ty: MessageType = kind.parse().map_err(|()| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint /v1/{kind}"),
+        )
+    })?;
     let max = state.limits.max_message_bytes;
     let bytes = read_body(body, max, "the message", "max_message_bytes").await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     let Value::Object(_) = &value else {
         return Err(not_an_object());
     };
-    let source = authenticate(&state, &headers, value.get("writeKey").and_then(Value::as_str))?;
-    let normalized = normalize::normalize(value, Some(ty), &BatchDefaults::default(), chrono::Utc::now(), new_message_id)
-        .map_err(|e| ApiError::bad("invalid_message", e.0))?;
+    let source = authenticate(
+        &state,
+        &headers,
+        value.get("writeKey").and_then(Value::as_str),
+    )?;
+    let normalized = normalize::normalize(
+        value,
+        Some(ty),
+        &BatchDefaults::default(),
+        chrono::Utc::now(),
+        new_message_id,
+    )
+    .map_err(|e| {
+        telemetry::messages_in(&source, "rejected", 1);
+        ApiError::bad("invalid_message", e.0)
+    })?;
     let accepted = accept(&state, &source, normalized);
-    state.spool.append(vec![accepted]).await?;
+    let appended = state.spool.append(vec![accepted]).await?;
+    count_appended(&source, &appended);
     Ok(axum::Json(json!({"success": true})).into_response())
 }
 
-async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let limits = &state.limits;
-    let bytes = read_body(body, limits.max_request_bytes, "the request body", "max_request_bytes").await?;
+    let bytes = read_body(
+        body,
+        limits.max_request_bytes,
+        "the request body",
+        "max_request_bytes",
+    )
+    .await?;
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         // Report malformed JSON as such, with its position; anything else is not an object.
         return Err(match serde_json::from_slice::<&RawValue>(&bytes) {
@@ -191,7 +303,8 @@ async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
             Ok(_) => not_an_object(),
         });
     }
-    let envelope: BTreeMap<String, &RawValue> = serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
+    let envelope: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(&bytes).map_err(|e| json_error(&e))?;
     let field = |name: &str| -> Result<Option<Value>, ApiError> {
         envelope
             .get(name)
@@ -202,7 +315,10 @@ async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         match field(name)? {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m)),
-            Some(_) => Err(ApiError::bad("invalid_batch", format!("{name} must be an object"))),
+            Some(_) => Err(ApiError::bad(
+                "invalid_batch",
+                format!("{name} must be an object"),
+            )),
         }
     };
     let body_key = field("writeKey")?;
@@ -210,7 +326,12 @@ async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     let messages: Vec<&RawValue> = match envelope.get("batch") {
         Some(raw) => serde_json::from_str(raw.get())
             .map_err(|_| ApiError::bad("invalid_batch", "batch must be an array of messages"))?,
-        None => return Err(ApiError::bad("invalid_batch", "batch is required: {\"batch\": [ … ]}")),
+        None => {
+            return Err(ApiError::bad(
+                "invalid_batch",
+                "batch is required: {\"batch\": [ … ]}",
+            ));
+        }
     };
     if messages.len() > limits.max_batch_messages {
         return Err(ApiError::bad(
@@ -232,31 +353,63 @@ async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     let mut rejected = Vec::new();
     for (index, raw) in messages.into_iter().enumerate() {
         let outcome = if raw.get().len() > limits.max_message_bytes {
-            Err(format!("message is larger than max_message_bytes ({} bytes)", limits.max_message_bytes))
+            Err(format!(
+                "message is larger than max_message_bytes ({} bytes)",
+                limits.max_message_bytes
+            ))
         } else {
             serde_json::from_str::<Value>(raw.get())
                 .map_err(|e| e.to_string())
-                .and_then(|v| normalize::normalize(v, None, &defaults, now, new_message_id).map_err(|e| e.0))
+                .and_then(|v| {
+                    normalize::normalize(v, None, &defaults, now, new_message_id).map_err(|e| e.0)
+                })
         };
         match outcome {
             Ok(n) => accepted.push(accept(&state, &source, n)),
             Err(error) => {
                 tracing::warn!(source = %source, index, error = %error, "message refused in a batch");
-                rejected.push(Rejected { source: source.clone(), index, error, raw: raw.get().to_string(), at: SystemTime::now() });
+                rejected.push(Rejected {
+                    source: source.clone(),
+                    index,
+                    error,
+                    raw: raw.get().to_string(),
+                    at: SystemTime::now(),
+                });
             }
         }
     }
-    let appended = if accepted.is_empty() { Vec::new() } else { state.spool.append(accepted).await? };
-    let duplicates = appended.iter().filter(|a| **a == Appended::Duplicate).count();
+    let appended = if accepted.is_empty() {
+        Vec::new()
+    } else {
+        state.spool.append(accepted).await?
+    };
+    count_appended(&source, &appended);
+    telemetry::messages_in(&source, "rejected", rejected.len());
+    let duplicates = appended
+        .iter()
+        .filter(|a| **a == Appended::Duplicate)
+        .count();
     if duplicates > 0 {
         tracing::debug!(source = %source, duplicates, "duplicate messages not enqueued again");
     }
     if rejected.is_empty() {
         return Ok(axum::Json(json!({"success": true})).into_response());
     }
-    let listed: Vec<Value> = rejected.iter().map(|r| json!({"index": r.index, "error": r.error})).collect();
+    let listed: Vec<Value> = rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "error": r.error}))
+        .collect();
     state.spool.reject(rejected).await?;
     Ok(axum::Json(json!({"success": true, "rejected": listed})).into_response())
+}
+
+fn count_appended(source: &str, appended: &[Appended]) {
+    let duplicates = appended
+        .iter()
+        .filter(|a| **a == Appended::Duplicate)
+        .count();
+    telemetry::messages_in(source, "accepted", appended.len() - duplicates);
+    telemetry::messages_in(source, "duplicate", duplicates);
 }
 
 fn new_message_id() -> String {
@@ -281,6 +434,21 @@ fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Accepted 
         body: Value::Object(n.message).to_string(),
         destinations,
     }
+}
+
+/// Prometheus text; per-destination gauges are read from the spool at scrape time.
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    for d in &state.destinations {
+        telemetry::destination_gauges(
+            &d.name,
+            &state.spool.depth(&d.name),
+            d.status.paused_until().is_some(),
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::render(),
+    )
 }
 
 async fn destinations(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -14,7 +14,8 @@ use crate::destination::{self, Destination};
 use crate::ingest::{self, AppState, DestinationView};
 use crate::route::RouteKey;
 use crate::spool::Spool;
-use crate::spool::memory::MemorySpool;
+use crate::spool::sqlite::SqliteSpool;
+use crate::telemetry;
 
 /// A config with its adapters built: what `check` prints and `run` runs.
 pub struct Plan {
@@ -32,7 +33,10 @@ impl Plan {
         for d in &config.destinations {
             match destination::build(d) {
                 Ok(adapter) => {
-                    let types = d.types.clone().unwrap_or_else(|| adapter.default_types().to_vec());
+                    let types = d
+                        .types
+                        .clone()
+                        .unwrap_or_else(|| adapter.default_types().to_vec());
                     routes.push(RouteKey::new(&d.name, &d.aliases, types));
                     adapters.push(adapter);
                 }
@@ -40,7 +44,11 @@ impl Plan {
             }
         }
         if errors.is_empty() {
-            Ok(Self { config, adapters, routes })
+            Ok(Self {
+                config,
+                adapters,
+                routes,
+            })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -49,7 +57,11 @@ impl Plan {
     /// Human summary for `switchyard check`.
     pub fn describe(&self) -> String {
         let c = &self.config;
-        let mut out = format!("listen: {}\nspool: {}\nsources:\n", c.server.listen, c.spool.path.display());
+        let mut out = format!(
+            "listen: {}\nspool: {}\nsources:\n",
+            c.server.listen,
+            c.spool.path.display()
+        );
         if c.sources.is_empty() {
             out.push_str("  (none: unauthenticated calls are accepted)\n");
         }
@@ -58,7 +70,10 @@ impl Plan {
         }
         out.push_str("destinations:\n");
         for (d, adapter) in c.destinations.iter().zip(&self.adapters) {
-            let types = d.types.clone().unwrap_or_else(|| adapter.default_types().to_vec());
+            let types = d
+                .types
+                .clone()
+                .unwrap_or_else(|| adapter.default_types().to_vec());
             let types: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
             out.push_str(&format!(
                 "  {} ({}{}) takes: {}\n",
@@ -74,17 +89,35 @@ impl Plan {
 
 /// Serve until `shutdown` completes, then stop accepting, let in-flight requests and batches
 /// finish within `server.shutdown_grace`, and return.
-pub async fn run(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let Plan { config, adapters, routes } = plan;
+pub async fn run(
+    plan: Plan,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Plan {
+        config,
+        adapters,
+        routes,
+    } = plan;
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
-    std::fs::create_dir_all(&config.spool.path)
-        .map_err(|e| anyhow::anyhow!("cannot create spool directory {}: {e}", config.spool.path.display()))?;
-    let spool: Arc<dyn Spool> = Arc::new(MemorySpool::new(
+    telemetry::install();
+    let (dir, max_bytes, window) = (
         config.spool.path.clone(),
-        &names,
         config.spool.max_bytes,
         config.spool.dedupe_window,
-    ));
+    );
+    let spool_names = names.clone();
+    let spool = tokio::task::spawn_blocking(move || {
+        SqliteSpool::open(&dir, &spool_names, max_bytes, window)
+    })
+    .await?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the spool in {}: {e}",
+            config.spool.path.display()
+        )
+    })?;
+    let spool: Arc<dyn Spool> = Arc::new(spool);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -93,13 +126,22 @@ pub async fn run(plan: Plan, listener: TcpListener, shutdown: impl Future<Output
     let mut workers = Vec::new();
     for ((d, adapter), route) in config.destinations.iter().zip(adapters).zip(routes) {
         let worker = Worker::new(d, adapter, route.clone(), spool.clone(), client.clone());
-        views.push(DestinationView { name: d.name.clone(), kind: d.kind.clone(), route, status: worker.status.clone() });
+        views.push(DestinationView {
+            name: d.name.clone(),
+            kind: d.kind.clone(),
+            route,
+            status: worker.status.clone(),
+        });
         workers.push(tokio::spawn(worker.run(stop_rx.clone())));
     }
     let grace = config.server.shutdown_grace;
     let state = Arc::new(AppState {
         limits: config.server,
-        sources: config.sources.into_iter().map(|s| (s.name, s.write_key)).collect(),
+        sources: config
+            .sources
+            .into_iter()
+            .map(|s| (s.name, s.write_key))
+            .collect(),
         destinations: views,
         spool,
     });
