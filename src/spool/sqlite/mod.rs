@@ -52,6 +52,7 @@ impl SqliteSpool {
         let shared = Arc::new(Shared {
             views: Default::default(),
             wakers,
+            commits: Default::default(),
         });
         let (commands, rx) = channel();
         let for_thread = shared.clone();
@@ -137,6 +138,13 @@ impl Spool for SqliteSpool {
 }
 
 impl SqliteSpool {
+    /// Transactions committed so far (group commit makes this fewer than the calls).
+    pub fn commits(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn view(&self, destination: &str) -> writer::View {
         let views = self.shared.views.lock().unwrap_or_else(|p| p.into_inner());
         views.get(destination).copied().unwrap_or_default()

@@ -396,6 +396,11 @@ async fn concurrent_appends_share_commits_and_all_get_answers() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), [Appended::Stored]);
     }
+    let commits = spool.commits();
+    assert!(
+        commits < 50,
+        "50 concurrent appends took {commits} commits: no group commit"
+    );
     let leased = spool.lease("A", 100).await.unwrap();
     assert_eq!(leased.len(), 50);
     let seqs: Vec<Seq> = leased.iter().map(|l| l.seq).collect();

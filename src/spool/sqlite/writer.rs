@@ -2,6 +2,7 @@
 //! one fsync (group commit), and answers each caller only after that commit.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,12 +32,29 @@ pub enum Command {
     Dead(String, Seq, Box<Attempt>, Reply<()>),
 }
 
+impl Command {
+    /// Answer with `e` without applying.
+    fn fail(self, e: &SpoolError) {
+        let err = || SpoolError::Storage(e.to_string());
+        let _ = match self {
+            Command::Append(_, r) => r.send(Err(err())).is_ok(),
+            Command::Lease(_, _, r) => r.send(Err(err())).is_ok(),
+            Command::Reject(_, r)
+            | Command::Ack(_, _, r)
+            | Command::Retry(_, _, _, _, r)
+            | Command::Dead(_, _, _, r) => r.send(Err(err())).is_ok(),
+        };
+    }
+}
+
 /// What the async side reads without asking the writer.
 #[derive(Default)]
 pub struct Shared {
     pub views: Mutex<HashMap<String, View>>,
     /// One per destination: woken when something may have become due.
     pub wakers: HashMap<String, Arc<Notify>>,
+    /// Transactions committed for callers; fewer than calls when group commit works.
+    pub commits: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -122,18 +140,21 @@ fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
     let mut touched = Vec::new();
     let mut fresh = Vec::new();
     let mut done = Vec::with_capacity(batch.len());
+    let mut commands = batch.into_iter();
     let result = (|| -> Result<(), SpoolError> {
         store
             .conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(storage)?;
-        for command in batch {
+        for command in commands.by_ref() {
             done.push(apply(store, command, &mut touched, &mut fresh)?);
         }
         store.conn.execute_batch("COMMIT").map_err(storage)
     })();
     match result {
         Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("switchyard_spool_commits_total").increment(1);
             publish(store, shared, touched.iter().cloned().collect());
             for d in done {
                 d.answer();
@@ -148,10 +169,12 @@ fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
             if let Err(e) = store.reset() {
                 tracing::error!(error = %e, "cannot reload the spool state");
             }
-            // Commands never reached by the failed batch were dropped with `batch`: their
-            // callers see a closed channel, which they report as a storage error too.
+            // One transaction, one fate: applied or not, every command of it failed.
             for d in done {
                 d.fail(&e);
+            }
+            for c in commands {
+                c.fail(&e);
             }
             publish(store, shared, store.lanes.keys().cloned().collect());
         }
