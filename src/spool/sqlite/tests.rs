@@ -13,7 +13,11 @@ const DESTS: &[&str] = &["A", "B"];
 
 fn open(dir: &Path, max_bytes: u64, window: Duration) -> Store {
     let names: Vec<String> = DESTS.iter().map(|s| s.to_string()).collect();
-    Store::new(schema::open(dir, true).unwrap(), &names, max_bytes, window).unwrap()
+    let conn = schema::open(dir, true).unwrap();
+    // These tests call the store outside the writer's transactions, one autocommit per
+    // statement; fsyncing each would only make them slow (durability is tested end to end).
+    conn.pragma_update(None, "synchronous", "OFF").unwrap();
+    Store::new(conn, &names, max_bytes, window).unwrap()
 }
 
 fn store(dir: &Path) -> Store {
@@ -406,4 +410,58 @@ async fn concurrent_appends_share_commits_and_all_get_answers() {
     let seqs: Vec<Seq> = leased.iter().map(|l| l.seq).collect();
     spool.ack("A", &seqs).await.unwrap();
     assert_eq!(spool.depth("A").pending, 0);
+}
+
+#[test]
+fn rows_settled_before_a_crash_are_swept_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
+        let a = lease(&mut s, "A", 10);
+        s.ack("A", &[a[0].1, a[1].1]).unwrap();
+        // Dies before housekeeping: the in-memory list of settled rows is gone.
+    }
+    let mut s = store(dir.path());
+    s.collect_garbage().unwrap();
+    let left: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_long_backlog_of_one_busy_group_does_not_make_one_lease_unbounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v0", Some("hot"), &["A"])]);
+    let v0 = lease(&mut s, "A", 10);
+    s.retry_at(
+        "A",
+        v0[0].1,
+        SystemTime::now() + Duration::from_secs(3600),
+        &attempt(1),
+    )
+    .unwrap();
+    let hot: Vec<Accepted> = (1..1500)
+        .map(|i| msg(&format!("v{i}"), Some("hot"), &["A"]))
+        .collect();
+    append(&mut s, hot);
+    append(&mut s, vec![msg("cold", None, &["A"])]);
+    assert!(
+        lease(&mut s, "A", 10).is_empty(),
+        "the first lease stops at its budget"
+    );
+    assert_eq!(
+        s.rewake,
+        ["A"],
+        "and asks for its worker to lease again at once"
+    );
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["cold"]);
+    assert_eq!(
+        s.depth("A").pending,
+        1500,
+        "v0 and the hot group's backlog still wait"
+    );
 }

@@ -159,6 +159,7 @@ fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
             for d in done {
                 d.answer();
             }
+            fresh.append(&mut store.rewake);
             for name in fresh.iter().collect::<HashSet<_>>() {
                 wake(shared, name);
             }
@@ -166,6 +167,7 @@ fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
         Err(e) => {
             tracing::error!(error = %e, "spool transaction failed; its callers are told to retry");
             let _ = store.conn.execute_batch("ROLLBACK");
+            store.rewake.clear();
             if let Err(e) = store.reset() {
                 tracing::error!(error = %e, "cannot reload the spool state");
             }

@@ -9,31 +9,56 @@ use super::{Store, from_ms, ms};
 use crate::spool::SpoolError;
 use crate::spool::sqlite::schema::storage;
 
+/// Log rows in a seq range that no route and no retry row refers to.
+const UNOWED: &str = "FROM log WHERE seq BETWEEN ?1 AND ?2
+    AND NOT EXISTS (SELECT 1 FROM route r WHERE r.seq = log.seq)
+    AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.seq = log.seq)";
+
 impl Store {
-    /// Housekeeping between batches: forget delivered log rows and expired dedupe keys, and
-    /// refresh the oldest-pending times. Bounded work per call.
-    pub fn collect_garbage(&mut self) -> Result<(), SpoolError> {
-        const CHUNK: i64 = 5000;
-        // Rows no destination owes any more (settled items leave `route` as they settle).
-        let candidates =
-            "SELECT seq FROM log WHERE NOT EXISTS (SELECT 1 FROM route r WHERE r.seq = log.seq)
-             AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.seq = log.seq) ORDER BY seq LIMIT ?1";
+    /// Delete the unowed log rows in `from..=to` and account for their bytes.
+    fn free_unowed(&mut self, from: i64, to: i64) -> Result<(), SpoolError> {
         let freed: i64 = self
             .conn
-            .query_row(
-                &format!("SELECT COALESCE(SUM(bytes), 0) FROM log WHERE seq IN ({candidates})"),
-                [CHUNK],
-                |r| r.get(0),
-            )
+            .prepare_cached(&format!("SELECT COALESCE(SUM(bytes), 0) {UNOWED}"))
+            .and_then(|mut s| s.query_row(params![from, to], |r| r.get(0)))
             .map_err(storage)?;
         if freed > 0 {
             self.conn
-                .execute(
-                    &format!("DELETE FROM log WHERE seq IN ({candidates})"),
-                    [CHUNK],
-                )
+                .prepare_cached(&format!("DELETE {UNOWED}"))
+                .and_then(|mut s| s.execute(params![from, to]))
                 .map_err(storage)?;
             self.bytes = self.bytes.saturating_sub(freed as u64);
+        }
+        Ok(())
+    }
+
+    /// Housekeeping between batches: delete log rows no destination owes any more and
+    /// expired dedupe keys. Bounded work per call: the rows settled since the last call, plus
+    /// one slice of a slow sweep over the whole log for rows those missed (after a crash, or
+    /// after `dlq` changed the file).
+    pub fn collect_garbage(&mut self) -> Result<(), SpoolError> {
+        const CHUNK: i64 = 5000;
+        let before = self.bytes;
+        let settled = std::mem::take(&mut self.freeable);
+        for seq in settled {
+            self.free_unowed(seq as i64, seq as i64)?;
+        }
+        let slice_end: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(seq) FROM (SELECT seq FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+                params![self.sweep_from, CHUNK],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        match slice_end {
+            Some(end) => {
+                self.free_unowed(self.sweep_from + 1, end)?;
+                self.sweep_from = end;
+            }
+            None => self.sweep_from = 0,
+        }
+        if self.bytes != before {
             self.save_bytes()?;
         }
         let horizon = ms(SystemTime::now()) - self.dedupe_window.as_millis() as i64;

@@ -12,6 +12,9 @@ use super::{Flight, Lane, Store, from_ms, ms};
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Leased, Seq, SpoolError};
 
+/// Most log rows one lease looks at.
+const SCAN_BUDGET: usize = 1000;
+
 impl Store {
     /// Due retries first (they are the oldest of their groups), then the log from the scan
     /// position; an item whose group is busy moves to the retry set to wait its turn.
@@ -67,7 +70,14 @@ impl Store {
             .filter_map(|(_, f)| f.group.clone())
             .collect();
         let mut released = false;
+        // Items of busy groups are moved aside without counting towards `max`; a budget keeps
+        // one lease (and so one transaction) short when a hot group has a long backlog.
+        let mut budget = SCAN_BUDGET;
         while out.len() < max {
+            if budget == 0 {
+                self.rewake.push(destination.to_string());
+                break;
+            }
             let rows: Vec<(i64, Option<String>, String)> = {
                 let mut stmt = self
                     .conn
@@ -87,6 +97,7 @@ impl Store {
             if rows.is_empty() {
                 break;
             }
+            budget = budget.saturating_sub(rows.len());
             for (seq, group, body) in rows {
                 let seq = seq as Seq;
                 lane.scan = seq;

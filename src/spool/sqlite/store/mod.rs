@@ -57,6 +57,13 @@ pub(super) struct Store {
     bytes: u64,
     max_bytes: u64,
     dedupe_window: Duration,
+    /// Log rows settled somewhere since the last housekeeping: maybe owed by nobody now.
+    freeable: Vec<Seq>,
+    /// Where the slow sweep for rows nobody owes (missed by `freeable`, e.g. after a crash)
+    /// resumes.
+    sweep_from: i64,
+    /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
+    pub(super) rewake: Vec<String>,
 }
 
 pub fn ms(t: SystemTime) -> i64 {
@@ -82,6 +89,9 @@ impl Store {
             bytes: 0,
             max_bytes,
             dedupe_window,
+            freeable: Vec::new(),
+            sweep_from: 0,
+            rewake: Vec::new(),
         };
         for name in destinations {
             let id = store.ensure_destination(name)?;

@@ -120,6 +120,7 @@ impl Store {
         } else {
             unroute(&self.conn, lane.id, seq)?;
         }
+        self.freeable.push(seq);
         if let Some(g) = &flight.group {
             release_next(&self.conn, lane, g)?;
         }
