@@ -80,7 +80,8 @@ pub enum DlqError {
 
 /// Run a `dlq` command, writing its report to `out`.
 pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
-    let dir = spool_dir(&args.config)?;
+    let config = load(&args.config)?;
+    let dir = config.spool.path.clone();
     match &args.command {
         DlqCommand::List {
             destination,
@@ -106,7 +107,9 @@ pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
         }
         DlqCommand::Replay(which) => {
             let mut conn = dlq::open(&dir)?;
-            let done = dlq::replay(&mut conn, &which.selector())?;
+            let configured: Vec<String> =
+                config.destinations.iter().map(|d| d.name.clone()).collect();
+            let done = dlq::replay(&mut conn, &which.selector(), &configured)?;
             writeln!(out, "replayed {} dead letter(s)", done.replayed.len())?;
             for (id, why) in &done.skipped {
                 writeln!(out, "skipped {id}: {why}")?;
@@ -121,12 +124,12 @@ pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
     Ok(())
 }
 
-/// The spool directory a config names. Secrets are not needed here, so a variable missing
-/// from the environment does not stop an operator from reading dead letters.
-fn spool_dir(config: &Path) -> Result<PathBuf, DlqError> {
+/// The config, for its spool path and destination names. Secrets are not needed here, so a
+/// variable missing from the environment does not stop an operator from reading dead letters.
+fn load(config: &Path) -> Result<crate::config::Config, DlqError> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| DlqError::Config(format!("{}: cannot read: {e}", config.display())))?;
-    let loaded = crate::config::load_with_env(&text, &|name| {
+    crate::config::load_with_env(&text, &|name| {
         Some(std::env::var(name).unwrap_or_else(|_| "unset".into()))
     })
     .map_err(|errors| {
@@ -136,8 +139,7 @@ fn spool_dir(config: &Path) -> Result<PathBuf, DlqError> {
             .map(|e| format!("{}: {e}", config.display()))
             .collect();
         DlqError::Config(lines.join("\n"))
-    })?;
-    Ok(loaded.spool.path)
+    })
 }
 
 fn write_table(out: &mut dyn Write, letters: &[DeadLetter]) -> std::io::Result<()> {

@@ -145,8 +145,14 @@ pub struct Replayed {
     pub skipped: Vec<(i64, String)>,
 }
 
-/// Put dead letters back in their destination's queue, in one transaction.
-pub fn replay(conn: &mut Connection, which: &Selector) -> Result<Replayed, SpoolError> {
+/// Put dead letters back in their destination's queue, in one transaction. Only destinations
+/// in `configured` (the current config) are replayed to: a message queued for a destination
+/// the daemon does not run would wait forever.
+pub fn replay(
+    conn: &mut Connection,
+    which: &Selector,
+    configured: &[String],
+) -> Result<Replayed, SpoolError> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(storage)?;
@@ -172,6 +178,13 @@ pub fn replay(conn: &mut Connection, which: &Selector) -> Result<Replayed, Spool
             ));
             continue;
         };
+        if !configured.contains(&destination) {
+            out.skipped.push((
+                id,
+                format!("destination `{destination}` is not in the config"),
+            ));
+            continue;
+        }
         let dest: Option<i64> = tx
             .query_row(
                 "SELECT id FROM destination WHERE name = ?1",

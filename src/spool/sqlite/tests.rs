@@ -272,7 +272,9 @@ fn dead_letters_release_the_group_and_can_be_replayed() {
     );
     let shown = dlq::show(&conn, listed[0].id).unwrap().unwrap();
     assert_eq!(shown.message.unwrap()["messageId"], "v1");
-    let done = dlq::replay(&mut conn, &Selector::All).unwrap();
+    let done = dlq::replay(&mut conn, &Selector::All, &["B".into()]).unwrap();
+    assert!(done.replayed.is_empty(), "A is not configured any more");
+    let done = dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap();
     assert_eq!(done.replayed, vec![listed[0].id]);
     assert!(dlq::list(&conn, None, None).unwrap().is_empty());
     assert_eq!(
@@ -304,7 +306,7 @@ fn rejected_messages_are_dead_letters_without_a_destination() {
         ),
         (None, Some("m9"))
     );
-    let done = dlq::replay(&mut conn, &Selector::Ids(vec![listed[0].id])).unwrap();
+    let done = dlq::replay(&mut conn, &Selector::Ids(vec![listed[0].id]), &["A".into()]).unwrap();
     assert!(
         done.replayed.is_empty() && done.skipped.len() == 1,
         "nothing to replay it to"
