@@ -248,6 +248,10 @@ fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
     if let Err(e) = result {
         let _ = store.conn.execute_batch("ROLLBACK");
         tracing::warn!(error = %e, "spool housekeeping failed; will try again");
+        // The byte count may have moved with the rolled-back deletes.
+        if let Err(e) = store.recount() {
+            tracing::error!(error = %e, "cannot recount the spool");
+        }
     }
     publish(store, shared, store.lanes.keys().cloned().collect());
 }

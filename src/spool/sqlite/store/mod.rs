@@ -226,10 +226,12 @@ impl Store {
         Ok(())
     }
 
+    /// Dedupe, log and route `messages`; `fresh` gets each destination given new work. The
+    /// outer error fails the transaction; the inner one (`Full`) only answers this caller.
     pub fn append(
         &mut self,
         messages: Vec<Accepted>,
-        touched: &mut Vec<String>,
+        fresh: &mut Vec<String>,
     ) -> Result<Result<Vec<Appended>, SpoolError>, SpoolError> {
         let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
         if self.bytes + incoming > self.max_bytes {
@@ -284,7 +286,7 @@ impl Store {
                     .and_then(|mut s| s.execute(params![lane.id, seq]))
                     .map_err(storage)?;
                 lane.counts.unscanned += 1;
-                touched.push(name.clone());
+                fresh.push(name.clone());
             }
             self.bytes += bytes as u64;
         }
@@ -300,6 +302,7 @@ impl Store {
         Ok(())
     }
 
+    /// Keep messages refused at ingest as dead letters with reason `invalid`.
     pub fn reject(&mut self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {
         for r in rejected {
             let message_id = serde_json::from_str::<serde_json::Value>(&r.raw)
@@ -320,6 +323,7 @@ impl Store {
         Ok(())
     }
 
+    /// Counts for status and metrics, from memory.
     pub fn depth(&self, destination: &str) -> Depth {
         let Some(lane) = self.lanes.get(destination) else {
             return Depth::default();
