@@ -34,7 +34,10 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Show one dead letter with its message, as JSON.
-    Show { id: i64 },
+    Show {
+        /// The id `list` shows.
+        id: i64,
+    },
     /// Put dead letters back in their destination's queue; they are translated again with
     /// the current config.
     Replay(Which),

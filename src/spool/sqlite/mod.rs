@@ -31,6 +31,7 @@ pub use store::{from_ms, ms};
 pub struct SqliteSpool {
     /// To the writer thread; it stops when the last sender is dropped.
     commands: Sender<Command>,
+    /// Counts, next retry times and wakers the writer publishes, read without a round trip.
     shared: Arc<Shared>,
 }
 

@@ -50,6 +50,7 @@ impl Command {
 /// What the async side reads without asking the writer.
 #[derive(Default)]
 pub struct Shared {
+    /// Per destination, as of the last commit that touched it.
     pub views: Mutex<HashMap<String, View>>,
     /// One per destination: woken when something may have become due.
     pub wakers: HashMap<String, Arc<Notify>>,
@@ -57,9 +58,11 @@ pub struct Shared {
     pub commits: AtomicU64,
 }
 
+/// What `depth` and `wait` need of one destination.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct View {
     pub depth: Depth,
+    /// When the next retry of this destination may go; `wait` sleeps until then at most.
     pub next_due: Option<SystemTime>,
 }
 

@@ -22,9 +22,11 @@ use crate::spool::{Appended, Depth, Rejected, Seq, SpoolError};
 /// An item leased to a worker.
 #[derive(Debug, Clone)]
 struct Flight {
+    /// Holds the group back while leased: newer items of it wait.
     group: Option<Arc<str>>,
     /// Leased from the retry set (its row stays there until settled) rather than the log.
     from_retry: bool,
+    /// Attempts made before this lease, to keep `Depth::retrying` right.
     attempts: u32,
 }
 
@@ -38,13 +40,19 @@ struct Counts {
     retry_rows: u64,
     /// Of those, rows that failed at least once.
     attempted: u64,
+    /// Dead letters of this destination.
     dead: u64,
 }
 
+/// One destination's view of the spool.
 pub(super) struct Lane {
+    /// The `destination` row: routes and retry rows name destinations by it.
     id: i64,
+    /// Durable: every route at or below it is settled. A restart scans from here.
     cursor: Seq,
+    /// How far this process has read the routes; at or above `cursor`.
     scan: Seq,
+    /// Leased items by seq; ordered so the oldest one leased from the log bounds the cursor.
     in_flight: BTreeMap<Seq, Flight>,
     counts: Counts,
     /// Enqueue time of the oldest unsettled item, refreshed by `tick`.
@@ -52,10 +60,15 @@ pub(super) struct Lane {
 }
 
 pub(super) struct Store {
+    /// The only write connection of this process (the writer thread owns the store).
     pub(super) conn: Connection,
+    /// Configured destinations by name.
     pub(super) lanes: HashMap<String, Lane>,
+    /// Bytes in the log, mirrored in `stats` so `dlq replay` can add to it.
     bytes: u64,
+    /// `spool.max_bytes`: appends beyond it are refused (`Full`).
     max_bytes: u64,
+    /// `spool.dedupe_window`.
     dedupe_window: Duration,
     /// Log rows settled somewhere since the last housekeeping: maybe owed by nobody now.
     freeable: Vec<Seq>,
@@ -66,6 +79,7 @@ pub(super) struct Store {
     pub(super) rewake: Vec<String>,
 }
 
+/// Times are stored as Unix milliseconds.
 pub fn ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
