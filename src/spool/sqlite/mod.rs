@@ -44,6 +44,7 @@ impl SqliteSpool {
         max_bytes: u64,
         dedupe_window: Duration,
     ) -> Result<Self, SpoolError> {
+        let lock = lock(dir)?;
         let conn = schema::open(dir, true)?;
         let store = store::Store::new(conn, destinations, max_bytes, dedupe_window)?;
         let wakers: HashMap<String, Arc<Notify>> = destinations
@@ -59,7 +60,10 @@ impl SqliteSpool {
         let for_thread = shared.clone();
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer::run(store, rx, for_thread))
+            .spawn(move || {
+                writer::run(store, rx, for_thread);
+                drop(lock);
+            })
             .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
         Ok(Self { commands, shared })
     }
@@ -69,6 +73,32 @@ impl SqliteSpool {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Two daemons on one spool would each lease the same messages: the second is refused. The
+/// OS drops the lock with the process, so a crash never leaves it behind. (`switchyard dlq`
+/// does not take it: SQLite itself keeps its writes apart from the daemon's.)
+fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join("spool.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Storage(format!(
+            "another switchyard daemon is using the spool in {}",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(SpoolError::Storage(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -467,3 +467,23 @@ fn a_long_backlog_of_one_busy_group_does_not_make_one_lease_unbounded() {
         "v0 and the hot group's backlog still wait"
     );
 }
+
+#[test]
+fn a_second_daemon_on_the_same_spool_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["A".to_string()];
+    let window = Duration::from_secs(60);
+    let first = SqliteSpool::open(dir.path(), &names, 1 << 30, window).unwrap();
+    let second = SqliteSpool::open(dir.path(), &names, 1 << 30, window);
+    assert!(matches!(&second, Err(e) if e.to_string().contains("another switchyard daemon")));
+    drop(first);
+    // The writer thread lets go of the lock once it sees the spool dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while SqliteSpool::open(dir.path(), &names, 1 << 30, window).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never released"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
