@@ -487,3 +487,37 @@ fn a_second_daemon_on_the_same_spool_is_refused_until_the_first_stops() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn one_batch_can_be_delivered_retried_and_dead_lettered_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![
+            msg("ok", None, &["A"]),
+            msg("later", None, &["A"]),
+            msg("never", None, &["A"]),
+        ],
+    );
+    let batch = lease(&mut s, "A", 10);
+    s.retry_at("A", batch[1].1, past(), &attempt(1)).unwrap();
+    let refused = Attempt {
+        status: Some(400),
+        ..attempt(1)
+    };
+    s.dead_letter("A", batch[2].1, &refused).unwrap();
+    s.ack("A", &[batch[0].1]).unwrap();
+    let d = s.depth("A");
+    assert_eq!(
+        (d.pending, d.retrying, d.in_flight, d.dead_letters),
+        (1, 1, 0, 1)
+    );
+    drop(s);
+    let mut s = store(dir.path());
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["later"],
+        "after a restart only the retry is due"
+    );
+}
