@@ -78,22 +78,7 @@ impl Store {
                 self.rewake.push(destination.to_string());
                 break;
             }
-            let rows: Vec<(i64, Option<String>, String)> = {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT l.seq, l.group_id, l.body FROM route r JOIN log l ON l.seq = r.seq
-                         WHERE r.dest = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
-                    )
-                    .map_err(storage)?;
-                let rows = stmt
-                    .query_map(
-                        params![id, lane.scan as i64, (max - out.len()) as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .map_err(storage)?;
-                rows.collect::<Result<_, _>>().map_err(storage)?
-            };
+            let rows = routes_after(&self.conn, id, lane.scan, max - out.len())?;
             if rows.is_empty() {
                 break;
             }
@@ -108,13 +93,7 @@ impl Store {
                     // waits behind it, in the retry set, so the scan can move on.
                     let waiting = held.contains(g) || group_has_rows(&self.conn, id, g)?;
                     if waiting {
-                        self.conn
-                            .prepare_cached("INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)")
-                            .and_then(|mut s| s.execute(params![id, seq as i64, g.as_ref()]))
-                            .map_err(storage)?;
-                        unroute(&self.conn, id, seq)?;
-                        lane.counts.retry_rows += 1;
-                        released |= release_next(&self.conn, lane, g)?;
+                        released |= park(&self.conn, lane, seq, g)?;
                         continue;
                     }
                 }
@@ -211,6 +190,45 @@ impl Store {
             .first()
             .map(|(_, due)| from_ms(*due)))
     }
+}
+
+/// Up to `limit` routes of destination `dest` after `after`, with their log rows.
+fn routes_after(
+    conn: &Connection,
+    dest: i64,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<(i64, Option<String>, String)>, SpoolError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT l.seq, l.group_id, l.body FROM route r JOIN log l ON l.seq = r.seq
+             WHERE r.dest = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map(params![dest, after as i64, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(storage)?;
+    rows.collect::<Result<_, _>>().map_err(storage)
+}
+
+/// Move a log item behind its busy group: into the retry set, not due (`due_at` NULL) until
+/// `release_next` lets it go. True when that released an item of the group at once.
+fn park(
+    conn: &Connection,
+    lane: &mut Lane,
+    seq: Seq,
+    group: &Arc<str>,
+) -> Result<bool, SpoolError> {
+    conn.prepare_cached(
+        "INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)",
+    )
+    .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))
+    .map_err(storage)?;
+    unroute(conn, lane.id, seq)?;
+    lane.counts.retry_rows += 1;
+    release_next(conn, lane, group)
 }
 
 fn group_has_rows(conn: &Connection, dest: i64, group: &str) -> Result<bool, SpoolError> {
