@@ -18,6 +18,7 @@ use crate::destination::{
 use crate::retry::{Decision, RetryPolicy};
 use crate::route::{self, RouteKey};
 use crate::spool::{Attempt, Leased, Spool};
+use crate::telemetry;
 
 /// What operators see of a destination (`GET /v1/destinations`).
 #[derive(Debug, Default)]
@@ -298,6 +299,13 @@ impl Worker {
     }
 
     async fn http(&self, request: &OutRequest) -> Result<Response, String> {
+        let started = Instant::now();
+        let answer = self.http_inner(request).await;
+        telemetry::delivery_latency(&self.name, started.elapsed());
+        answer
+    }
+
+    async fn http_inner(&self, request: &OutRequest) -> Result<Response, String> {
         let sent = self
             .transport
             .client
@@ -337,6 +345,8 @@ impl Worker {
                 first_attempt: leased.first_attempt.unwrap_or(now),
                 last_attempt: now,
                 status: status_of(&reason),
+                response: response_of(&reason),
+                gave_up: false,
                 reason,
             };
             match verdict {
@@ -355,10 +365,12 @@ impl Worker {
                             self.spool
                                 .retry_at(&self.name, leased.seq, now + wait, &a)
                                 .await?;
+                            telemetry::deliveries(&self.name, "retry", 1);
                         }
                         Decision::GiveUp(why) => {
                             let a = Attempt {
                                 reason: format!("{why}; last error: {}", a.reason),
+                                gave_up: true,
                                 ..a
                             };
                             self.dead_letter(leased, a).await?;
@@ -370,6 +382,7 @@ impl Worker {
         }
         if !delivered.is_empty() {
             self.spool.ack(&self.name, &delivered).await?;
+            telemetry::deliveries(&self.name, "delivered", delivered.len());
         }
         Ok(())
     }
@@ -382,7 +395,9 @@ impl Worker {
         tracing::error!(destination = %self.name, seq = leased.seq, attempts = a.attempts,
             reason = %a.reason, "delivery failed for good; dead-lettered");
         Status::set(&self.status.last_error, Some(a.reason.clone()));
-        self.spool.dead_letter(&self.name, leased.seq, &a).await
+        self.spool.dead_letter(&self.name, leased.seq, &a).await?;
+        telemetry::deliveries(&self.name, "dead_letter", 1);
+        Ok(())
     }
 }
 
@@ -396,6 +411,13 @@ fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
 /// The HTTP status a reason starts with (`HTTP 503: …`), for the dead-letter record.
 fn status_of(reason: &str) -> Option<u16> {
     reason.strip_prefix("HTTP ")?.get(..3)?.parse().ok()
+}
+
+/// The answer's body excerpt after the status (`HTTP 400: {excerpt}`), for the dead-letter record.
+fn response_of(reason: &str) -> Option<String> {
+    status_of(reason)?;
+    let rest = reason.get(9..)?;
+    Some(rest.strip_prefix(' ').unwrap_or(rest).to_string()).filter(|r| !r.is_empty())
 }
 
 /// A transport error in words, without the URL (it may carry a token).

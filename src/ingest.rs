@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -23,6 +24,7 @@ use crate::normalize::{self, BatchDefaults};
 use crate::route::{self, RouteKey};
 use crate::secret::Secret;
 use crate::spool::{Appended, Rejected, Spool, SpoolError};
+use crate::telemetry;
 
 /// Everything a request handler needs; built once at start.
 pub struct AppState {
@@ -50,6 +52,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/import", post(batch))
         .route("/v1/{kind}", post(single))
         .route("/v1/destinations", get(destinations))
+        .route("/metrics", get(metrics))
         .route(
             "/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -61,6 +64,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .route_layer(middleware::from_fn(measure))
         .layer(
             RequestDecompressionLayer::new()
                 .gzip(true)
@@ -121,6 +125,20 @@ impl From<SpoolError> for ApiError {
             }
         }
     }
+}
+
+/// Record how long each ingest call took (storage included), by route.
+async fn measure(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route.filter(|r| r.starts_with("/v1/") && r != "/v1/destinations") {
+        telemetry::ingest_latency(&route, started.elapsed());
+    }
+    response
 }
 
 async fn read_body(
@@ -257,9 +275,13 @@ async fn single(
         chrono::Utc::now(),
         new_message_id,
     )
-    .map_err(|e| ApiError::bad("invalid_message", e.0))?;
+    .map_err(|e| {
+        telemetry::messages_in(&source, "rejected", 1);
+        ApiError::bad("invalid_message", e.0)
+    })?;
     let accepted = accept(&state, &source, normalized);
-    state.spool.append(vec![accepted]).await?;
+    let appended = state.spool.append(vec![accepted]).await?;
+    count_appended(&source, &appended);
     Ok(axum::Json(json!({"success": true})).into_response())
 }
 
@@ -363,6 +385,8 @@ async fn batch(
     } else {
         state.spool.append(accepted).await?
     };
+    count_appended(&source, &appended);
+    telemetry::messages_in(&source, "rejected", rejected.len());
     let duplicates = appended
         .iter()
         .filter(|a| **a == Appended::Duplicate)
@@ -379,6 +403,15 @@ async fn batch(
         .collect();
     state.spool.reject(rejected).await?;
     Ok(axum::Json(json!({"success": true, "rejected": listed})).into_response())
+}
+
+fn count_appended(source: &str, appended: &[Appended]) {
+    let duplicates = appended
+        .iter()
+        .filter(|a| **a == Appended::Duplicate)
+        .count();
+    telemetry::messages_in(source, "accepted", appended.len() - duplicates);
+    telemetry::messages_in(source, "duplicate", duplicates);
 }
 
 fn new_message_id() -> String {
@@ -402,6 +435,21 @@ fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Accepted 
         body: Value::Object(n.message).to_string(),
         destinations,
     }
+}
+
+/// Prometheus text; per-destination gauges are read from the spool at scrape time.
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    for d in &state.destinations {
+        telemetry::destination_gauges(
+            &d.name,
+            &state.spool.depth(&d.name),
+            d.status.paused_until().is_some(),
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::render(),
+    )
 }
 
 async fn destinations(State(state): State<Arc<AppState>>) -> impl IntoResponse {

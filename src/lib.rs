@@ -12,12 +12,15 @@
 //! - [`destinations`]: the adapters, one folder each under `destinations/`.
 //! - [`retry`]: backoff and give-up as data (pure).
 //! - [`server`]: wiring and graceful shutdown.
+//! - [`telemetry`]: Prometheus metrics names, recorder and `/metrics` text.
+//! - [`dlq`]: the `switchyard dlq` commands on the spool's dead letters.
 
 pub mod config;
 pub mod deliver;
 pub mod destination;
 #[path = "../destinations/mod.rs"]
 pub mod destinations;
+pub mod dlq;
 pub mod ingest;
 pub mod message;
 pub mod normalize;
@@ -26,3 +29,4 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod spool;
+pub mod telemetry;

@@ -1,12 +1,12 @@
-//! The `switchyard` command: `run` the daemon, `check` a config.
+//! The `switchyard` command: `run` the daemon, `check` a config, `dlq` for dead letters.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config;
 use switchyard::server::{self, Plan};
+use switchyard::{config, dlq};
 
 /// Self-hosted fan-out router for Segment-spec calls.
 #[derive(Parser)]
@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value = "switchyard.toml")]
         config: PathBuf,
     },
+    /// Dead letters: list, show, replay, purge (works while the daemon runs).
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,13 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Dlq(args) => match dlq::run(&args, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard dlq: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

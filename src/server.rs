@@ -14,7 +14,8 @@ use crate::destination::{self, Destination};
 use crate::ingest::{self, AppState, DestinationView};
 use crate::route::RouteKey;
 use crate::spool::Spool;
-use crate::spool::memory::MemorySpool;
+use crate::spool::sqlite::SqliteSpool;
+use crate::telemetry;
 
 /// A config with its adapters built: what `check` prints and `run` runs.
 pub struct Plan {
@@ -99,18 +100,24 @@ pub async fn run(
         routes,
     } = plan;
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
-    std::fs::create_dir_all(&config.spool.path).map_err(|e| {
+    telemetry::install();
+    let (dir, max_bytes, window) = (
+        config.spool.path.clone(),
+        config.spool.max_bytes,
+        config.spool.dedupe_window,
+    );
+    let spool_names = names.clone();
+    let spool = tokio::task::spawn_blocking(move || {
+        SqliteSpool::open(&dir, &spool_names, max_bytes, window)
+    })
+    .await?
+    .map_err(|e| {
         anyhow::anyhow!(
-            "cannot create spool directory {}: {e}",
+            "cannot open the spool in {}: {e}",
             config.spool.path.display()
         )
     })?;
-    let spool: Arc<dyn Spool> = Arc::new(MemorySpool::new(
-        config.spool.path.clone(),
-        &names,
-        config.spool.max_bytes,
-        config.spool.dedupe_window,
-    ));
+    let spool: Arc<dyn Spool> = Arc::new(spool);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

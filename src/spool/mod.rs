@@ -6,7 +6,7 @@
 //! the same group for the same destination are not leased. Items without a group are never
 //! held back.
 
-pub mod memory;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,10 @@ pub struct Attempt {
     pub reason: String,
     /// HTTP status of the last answer, if there was one.
     pub status: Option<u16>,
+    /// The start of the last answer's body, if there was one (kept with dead letters).
+    pub response: Option<String>,
+    /// Dead-lettered because the retry policy gave up, not because the failure was permanent.
+    pub gave_up: bool,
 }
 
 /// A message refused at ingest inside a batch: kept so nothing disappears silently.
@@ -71,6 +75,9 @@ pub struct Depth {
     /// Of `pending`, how many are waiting for a retry.
     pub retrying: u64,
     pub dead_letters: u64,
+    /// When the oldest message still waiting (leased or not) was enqueued.
+    #[serde(skip)]
+    pub oldest_pending: Option<SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]

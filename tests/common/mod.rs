@@ -28,6 +28,8 @@ pub struct Captured {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 impl Captured {
@@ -178,17 +180,7 @@ async fn capture(
     body: Bytes,
 ) -> axum::response::Response {
     let path = uri.path().to_string();
-    state.captured.lock().unwrap().push(Captured {
-        method,
-        path: uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        headers,
-        body,
-        at: Instant::now(),
-    });
-    state.arrived.notify_waiters();
+    // Choose the answer before logging the request, so each capture knows its answer.
     let scripted = state
         .scripts
         .lock()
@@ -198,6 +190,18 @@ async fn capture(
     let answer = scripted
         .or_else(|| state.defaults.lock().unwrap().get(&path).cloned())
         .unwrap_or_else(|| Answer::json(200, serde_json::json!({})));
+    state.captured.lock().unwrap().push(Captured {
+        method,
+        path: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers,
+        body,
+        at: Instant::now(),
+        status: answer.status,
+    });
+    state.arrived.notify_waiters();
     let mut response = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
     for (k, v) in answer.headers {
         response.headers_mut().insert(
@@ -246,7 +250,11 @@ impl Daemon {
         Self::spawn(dir, &path, &[]).await
     }
 
-    async fn spawn(dir: tempfile::TempDir, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    pub async fn spawn(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(binary());
         cmd.arg("run")
             .arg("--config")
@@ -384,5 +392,68 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Crashes, restarts and the `dlq` command, for tests/durable.rs.
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    /// SIGKILL: no shutdown, no flush; the process is reaped before returning.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Start again on the same config and spool (after `kill9` or `terminate`).
+    pub async fn restart(mut self) -> Daemon {
+        let config = self.config_path();
+        let placeholder = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self.dir, placeholder);
+        drop(self);
+        Daemon::spawn(dir, &config, &[]).await
+    }
+
+    /// Run `switchyard dlq ARGS --config <this config>`; panics unless it succeeds.
+    pub fn dlq(&self, args: &[&str]) -> String {
+        let out = Command::new(binary())
+            .arg("dlq")
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "dlq {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// GET a text answer (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }

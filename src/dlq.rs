@@ -1,0 +1,179 @@
+//! `switchyard dlq`: list, show, replay and purge the dead letters of the spool a config
+//! names. Safe to run next to the daemon: the spool is SQLite in WAL mode, and the daemon
+//! picks replayed messages up on its own.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use crate::spool::SpoolError;
+use crate::spool::sqlite::dlq::{self, DeadLetter, Selector};
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// The config file; only its `[spool] path` is used.
+    #[arg(long, default_value = "switchyard.toml", global = true)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this destination's.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this reason: invalid, permanent or exhausted.
+        #[arg(long)]
+        reason: Option<String>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its message, as JSON.
+    Show {
+        /// The id `list` shows.
+        id: i64,
+    },
+    /// Put dead letters back in their destination's queue; they are translated again with
+    /// the current config.
+    Replay(Which),
+    /// Delete dead letters for good.
+    Purge(Which),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Which {
+    /// These ids (repeat or list).
+    #[arg(long = "id", num_args = 1..)]
+    pub ids: Vec<i64>,
+    /// Every dead letter of this destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl Which {
+    fn selector(&self) -> Selector {
+        match (&self.destination, self.all) {
+            (Some(d), _) => Selector::Destination(d.clone()),
+            (None, true) => Selector::All,
+            (None, false) => Selector::Ids(self.ids.clone()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("no dead letter with id {0}")]
+    NotFound(i64),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Run a `dlq` command, writing its report to `out`.
+pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
+    let config = load(&args.config)?;
+    let dir = config.spool.path.clone();
+    match &args.command {
+        DlqCommand::List {
+            destination,
+            reason,
+            json,
+        } => {
+            let conn = dlq::open(&dir)?;
+            let letters = dlq::list(&conn, destination.as_deref(), reason.as_deref())?;
+            if *json {
+                let text = serde_json::to_string_pretty(&letters)
+                    .map_err(|e| DlqError::Config(e.to_string()))?;
+                writeln!(out, "{text}")?;
+            } else {
+                write_table(out, &letters)?;
+            }
+        }
+        DlqCommand::Show { id } => {
+            let conn = dlq::open(&dir)?;
+            let letter = dlq::show(&conn, *id)?.ok_or(DlqError::NotFound(*id))?;
+            let text = serde_json::to_string_pretty(&letter)
+                .map_err(|e| DlqError::Config(e.to_string()))?;
+            writeln!(out, "{text}")?;
+        }
+        DlqCommand::Replay(which) => {
+            let mut conn = dlq::open(&dir)?;
+            let configured: Vec<String> =
+                config.destinations.iter().map(|d| d.name.clone()).collect();
+            let done = dlq::replay(&mut conn, &which.selector(), &configured)?;
+            writeln!(out, "replayed {} dead letter(s)", done.replayed.len())?;
+            for (id, why) in &done.skipped {
+                writeln!(out, "skipped {id}: {why}")?;
+            }
+        }
+        DlqCommand::Purge(which) => {
+            let mut conn = dlq::open(&dir)?;
+            let n = dlq::purge(&mut conn, &which.selector())?;
+            writeln!(out, "purged {n} dead letter(s)")?;
+        }
+    }
+    Ok(())
+}
+
+/// The config, for its spool path and destination names. Secrets are not needed here, so a
+/// variable missing from the environment does not stop an operator from reading dead letters.
+fn load(config: &Path) -> Result<crate::config::Config, DlqError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| DlqError::Config(format!("{}: cannot read: {e}", config.display())))?;
+    crate::config::load_with_env(&text, &|name| {
+        Some(std::env::var(name).unwrap_or_else(|_| "unset".into()))
+    })
+    .map_err(|errors| {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", config.display()))
+            .collect();
+        DlqError::Config(lines.join("\n"))
+    })
+}
+
+fn write_table(out: &mut dyn Write, letters: &[DeadLetter]) -> std::io::Result<()> {
+    if letters.is_empty() {
+        return writeln!(out, "no dead letters");
+    }
+    writeln!(
+        out,
+        "{:<6} {:<16} {:<10} {:>8} {:<25} {:<6} {:<24} ERROR",
+        "ID", "DESTINATION", "REASON", "ATTEMPTS", "LAST ATTEMPT", "STATUS", "MESSAGE ID"
+    )?;
+    for l in letters {
+        let last = chrono::DateTime::<chrono::Utc>::from(l.last_attempt)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let status = l
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into());
+        let error: String = l.error.chars().take(80).collect();
+        writeln!(
+            out,
+            "{:<6} {:<16} {:<10} {:>8} {:<25} {:<6} {:<24} {}",
+            l.id,
+            l.destination.as_deref().unwrap_or("-"),
+            l.reason,
+            l.attempts,
+            last,
+            status,
+            l.message_id.as_deref().unwrap_or("-"),
+            error.replace('\n', " ")
+        )?;
+    }
+    Ok(())
+}

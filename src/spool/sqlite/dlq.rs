@@ -1,0 +1,241 @@
+//! Dead letters as a person sees them: list, show, replay and purge, on the spool file.
+//!
+//! These run in the `switchyard dlq` process, next to a running daemon (WAL allows it). A
+//! replay appends the message to the log again, routed to its destination only; the daemon's
+//! worker finds it on its next lease, at most about a second later when idle.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::schema::{self, storage};
+use super::store::{from_ms, ms};
+use crate::spool::SpoolError;
+
+/// One dead letter.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    /// `None` for a message refused at ingest (it was never routed).
+    pub destination: Option<String>,
+    pub source: String,
+    pub message_id: Option<String>,
+    pub group_id: Option<String>,
+    /// `invalid` (refused at ingest), `permanent` (the destination refused it, or it cannot
+    /// be translated) or `exhausted` (the retry policy gave up).
+    pub reason: String,
+    /// The last error in words.
+    pub error: String,
+    pub attempts: u32,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub first_attempt: Option<SystemTime>,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_attempt: SystemTime,
+    /// HTTP status of the last answer.
+    pub status: Option<u16>,
+    /// The start of the last answer's body.
+    pub response: Option<String>,
+    /// The message (JSON); only filled by `show`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<serde_json::Value>,
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Ids(Vec<i64>),
+    Destination(String),
+    All,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&chrono::DateTime::<chrono::Utc>::from(*t).to_rfc3339())
+}
+
+fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Open an existing spool (never creates one: a wrong path should be an error).
+pub fn open(dir: &Path) -> Result<Connection, SpoolError> {
+    schema::open(dir, false)
+}
+
+const COLUMNS: &str = "id, destination, source, message_id, group_id, reason, error, attempts, first_attempt, last_attempt, status, response, body";
+
+fn from_row(r: &Row<'_>, with_body: bool) -> rusqlite::Result<DeadLetter> {
+    let body: String = r.get(12)?;
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        destination: r.get(1)?,
+        source: r.get(2)?,
+        message_id: r.get(3)?,
+        group_id: r.get(4)?,
+        reason: r.get(5)?,
+        error: r.get(6)?,
+        attempts: r.get(7)?,
+        first_attempt: r.get::<_, Option<i64>>(8)?.map(from_ms),
+        last_attempt: from_ms(r.get(9)?),
+        status: r.get(10)?,
+        response: r.get(11)?,
+        message: with_body
+            .then(|| serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))),
+    })
+}
+
+/// Dead letters, oldest first, optionally only one destination's or one reason's.
+pub fn list(
+    conn: &Connection,
+    destination: Option<&str>,
+    reason: Option<&str>,
+) -> Result<Vec<DeadLetter>, SpoolError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM dead_letter WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR reason = ?2) ORDER BY id"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(storage)?;
+    let rows = stmt
+        .query_map(params![destination, reason], |r| from_row(r, false))
+        .map_err(storage)?;
+    rows.collect::<Result<_, _>>().map_err(storage)
+}
+
+pub fn show(conn: &Connection, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
+    let sql = format!("SELECT {COLUMNS} FROM dead_letter WHERE id = ?1");
+    conn.query_row(&sql, [id], |r| from_row(r, true))
+        .optional()
+        .map_err(storage)
+}
+
+fn selected_ids(conn: &Connection, which: &Selector) -> Result<Vec<i64>, SpoolError> {
+    let (sql, arg): (&str, Option<&str>) = match which {
+        Selector::Ids(ids) => return Ok(ids.clone()),
+        Selector::Destination(d) => (
+            "SELECT id FROM dead_letter WHERE destination = ?1 ORDER BY id",
+            Some(d),
+        ),
+        Selector::All => (
+            "SELECT id FROM dead_letter WHERE ?1 IS NULL ORDER BY id",
+            None,
+        ),
+    };
+    let mut stmt = conn.prepare(sql).map_err(storage)?;
+    let rows = stmt.query_map([arg], |r| r.get(0)).map_err(storage)?;
+    rows.collect::<Result<_, _>>().map_err(storage)
+}
+
+/// A dead letter's (destination, source, message id, group id, body).
+type Stored = (
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// What a replay did.
+#[derive(Debug, Default, Serialize)]
+pub struct Replayed {
+    pub replayed: Vec<i64>,
+    /// Ids left in place, with why (not found, refused at ingest).
+    pub skipped: Vec<(i64, String)>,
+}
+
+/// Put dead letters back in their destination's queue, in one transaction. Only destinations
+/// in `configured` (the current config) are replayed to: a message queued for a destination
+/// the daemon does not run would wait forever.
+pub fn replay(
+    conn: &mut Connection,
+    which: &Selector,
+    configured: &[String],
+) -> Result<Replayed, SpoolError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    let mut out = Replayed::default();
+    let now = ms(SystemTime::now());
+    for id in selected_ids(&tx, which)? {
+        let row: Option<Stored> = tx
+            .query_row(
+                "SELECT destination, source, message_id, group_id, body FROM dead_letter WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+        let Some((destination, source, message_id, group_id, body)) = row else {
+            out.skipped.push((id, "no such dead letter".into()));
+            continue;
+        };
+        let Some(destination) = destination else {
+            out.skipped.push((
+                id,
+                "refused at ingest (invalid): there is no destination to replay to".into(),
+            ));
+            continue;
+        };
+        if !configured.contains(&destination) {
+            out.skipped.push((
+                id,
+                format!("destination `{destination}` is not in the config"),
+            ));
+            continue;
+        }
+        let dest: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM destination WHERE name = ?1",
+                [&destination],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        let Some(dest) = dest else {
+            out.skipped.push((
+                id,
+                format!("destination `{destination}` is unknown to the spool"),
+            ));
+            continue;
+        };
+        let bytes = body.len() as i64;
+        tx.execute(
+            "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![source, message_id.unwrap_or_default(), group_id, body, bytes, now],
+        )
+        .map_err(storage)?;
+        let seq = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO route (dest, seq) VALUES (?1, ?2)",
+            params![dest, seq],
+        )
+        .map_err(storage)?;
+        tx.execute(
+            "UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0",
+            [bytes],
+        )
+        .map_err(storage)?;
+        tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])
+            .map_err(storage)?;
+        out.replayed.push(id);
+    }
+    tx.commit().map_err(storage)?;
+    Ok(out)
+}
+
+/// Delete dead letters for good; returns how many.
+pub fn purge(conn: &mut Connection, which: &Selector) -> Result<usize, SpoolError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    let mut n = 0;
+    for id in selected_ids(&tx, which)? {
+        n += tx
+            .execute("DELETE FROM dead_letter WHERE id = ?1", [id])
+            .map_err(storage)?;
+    }
+    tx.commit().map_err(storage)?;
+    Ok(n)
+}

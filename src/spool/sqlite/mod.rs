@@ -1,0 +1,183 @@
+//! The durable spool: one SQLite file (WAL, fsync on every commit) holding an append-only
+//! message log, one cursor per destination, a retry set, dead letters and a dedupe index.
+//!
+//! Every write goes through one thread that owns the connection and gathers concurrent
+//! commands into one transaction (group commit); async callers wait on a oneshot answer, so
+//! the tokio runtime never blocks on SQLite. Leases live in that thread's memory only: after
+//! a crash, whatever was leased and not settled is due again (at-least-once).
+
+pub mod dlq;
+pub mod schema;
+mod store;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, oneshot};
+
+use self::writer::{Command, Reply, Shared};
+use super::{Appended, Attempt, Depth, Leased, Rejected, Seq, Spool, SpoolError};
+use crate::message::Accepted;
+
+pub use store::{from_ms, ms};
+
+pub struct SqliteSpool {
+    /// To the writer thread; it stops when the last sender is dropped.
+    commands: Sender<Command>,
+    /// Counts, next retry times and wakers the writer publishes, read without a round trip.
+    shared: Arc<Shared>,
+}
+
+impl SqliteSpool {
+    /// Open (or create) the spool in `dir` for these destinations and start its writer.
+    /// Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(
+        dir: &Path,
+        destinations: &[String],
+        max_bytes: u64,
+        dedupe_window: Duration,
+    ) -> Result<Self, SpoolError> {
+        let lock = lock(dir)?;
+        let conn = schema::open(dir, true)?;
+        let store = store::Store::new(conn, destinations, max_bytes, dedupe_window)?;
+        let wakers: HashMap<String, Arc<Notify>> = destinations
+            .iter()
+            .map(|d| (d.clone(), Arc::new(Notify::new())))
+            .collect();
+        let shared = Arc::new(Shared {
+            views: Default::default(),
+            wakers,
+            commits: Default::default(),
+        });
+        let (commands, rx) = channel();
+        let for_thread = shared.clone();
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                writer::run(store, rx, for_thread);
+                drop(lock);
+            })
+            .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
+        Ok(Self { commands, shared })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SpoolError> {
+        let stopped = || SpoolError::Storage("the spool writer has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Two daemons on one spool would each lease the same messages: the second is refused. The
+/// OS drops the lock with the process, so a crash never leaves it behind. (`switchyard dlq`
+/// does not take it: SQLite itself keeps its writes apart from the daemon's.)
+fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join("spool.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Storage(format!(
+            "another switchyard daemon is using the spool in {}",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(SpoolError::Storage(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[async_trait]
+impl Spool for SqliteSpool {
+    async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError> {
+        self.call(|r| Command::Append(messages, r)).await
+    }
+
+    async fn reject(&self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {
+        self.call(|r| Command::Reject(rejected, r)).await
+    }
+
+    async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        self.call(|r| Command::Lease(destination.to_string(), max, r))
+            .await
+    }
+
+    async fn ack(&self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError> {
+        self.call(|r| Command::Ack(destination.to_string(), seqs.to_vec(), r))
+            .await
+    }
+
+    async fn retry_at(
+        &self,
+        destination: &str,
+        seq: Seq,
+        at: SystemTime,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError> {
+        self.call(|r| {
+            Command::Retry(
+                destination.to_string(),
+                seq,
+                at,
+                Box::new(attempt.clone()),
+                r,
+            )
+        })
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        destination: &str,
+        seq: Seq,
+        attempt: &Attempt,
+    ) -> Result<(), SpoolError> {
+        self.call(|r| Command::Dead(destination.to_string(), seq, Box::new(attempt.clone()), r))
+            .await
+    }
+
+    async fn wait(&self, destination: &str, max: Duration) {
+        let Some(notify) = self.shared.wakers.get(destination).cloned() else {
+            tokio::time::sleep(max).await;
+            return;
+        };
+        let next_due = self.view(destination).next_due;
+        let until_due = next_due
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(max);
+        let _ = tokio::time::timeout(max.min(until_due), notify.notified()).await;
+    }
+
+    fn depth(&self, destination: &str) -> Depth {
+        self.view(destination).depth
+    }
+}
+
+impl SqliteSpool {
+    /// Transactions committed so far (group commit makes this fewer than the calls).
+    pub fn commits(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn view(&self, destination: &str) -> writer::View {
+        let views = self.shared.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.get(destination).copied().unwrap_or_default()
+    }
+}

@@ -1,0 +1,185 @@
+//! The spool's SQLite file: connection settings and the versioned schema.
+//!
+//! The schema version lives in `PRAGMA user_version`; `migrate` applies every step above the
+//! file's version in one transaction, so a file is always at one known version.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::spool::SpoolError;
+
+/// The file inside `spool.path`.
+pub const FILE: &str = "spool.sqlite3";
+
+/// Version 1: the log, one cursor per destination, routes, the retry set, dead letters and
+/// the dedupe index. Later versions append a step; existing steps never change.
+const STEPS: &[&str] = &[r#"
+CREATE TABLE destination (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    -- Every route of this destination at or below the cursor is settled (delivered, in the
+    -- retry set, or dead-lettered).
+    cursor INTEGER NOT NULL
+);
+-- AUTOINCREMENT: a seq is never reused, even once the log is emptied, so cursors stay valid.
+CREATE TABLE log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    group_id TEXT,
+    body TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    enqueued_at INTEGER NOT NULL
+);
+-- What each destination still owes from the log: a row goes once its item is settled or
+-- moved to the retry set, so a restart rescans only what was leased.
+CREATE TABLE route (
+    dest INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (dest, seq)
+) WITHOUT ROWID;
+CREATE INDEX route_seq ON route (seq);
+-- Items out of log order: in backoff (due_at set), or waiting behind an older item of their
+-- group (due_at NULL, attempts 0).
+CREATE TABLE retry (
+    dest INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    group_id TEXT,
+    due_at INTEGER,
+    attempts INTEGER NOT NULL,
+    first_attempt INTEGER,
+    last_attempt INTEGER,
+    reason TEXT,
+    status INTEGER,
+    PRIMARY KEY (dest, seq)
+) WITHOUT ROWID;
+CREATE INDEX retry_due ON retry (dest, due_at, seq);
+CREATE INDEX retry_group ON retry (dest, group_id, seq);
+CREATE INDEX retry_seq ON retry (seq);
+CREATE TABLE dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT,
+    source TEXT NOT NULL,
+    message_id TEXT,
+    group_id TEXT,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt INTEGER,
+    last_attempt INTEGER NOT NULL,
+    status INTEGER,
+    response TEXT
+);
+CREATE INDEX dead_letter_destination ON dead_letter (destination, id);
+CREATE TABLE seen (
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (source, message_id)
+) WITHOUT ROWID;
+CREATE INDEX seen_at ON seen (at);
+-- Bytes in the log, kept in the file so another process (dlq replay) can update it too.
+CREATE TABLE stats (id INTEGER PRIMARY KEY CHECK (id = 0), log_bytes INTEGER NOT NULL);
+INSERT INTO stats VALUES (0, 0);
+"#];
+
+/// The version this build writes.
+pub const VERSION: i64 = STEPS.len() as i64;
+
+pub fn storage(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Storage(e.to_string())
+}
+
+pub fn file(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// Open (creating when `create`) and bring the schema up to date.
+pub fn open(dir: &Path, create: bool) -> Result<Connection, SpoolError> {
+    let path = file(dir);
+    if !create && !path.exists() {
+        return Err(SpoolError::Storage(format!(
+            "no spool at {}",
+            path.display()
+        )));
+    }
+    if create {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| storage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut conn = Connection::open(&path)
+        .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+    // The daemon and `switchyard dlq` may write at the same time; each waits its turn.
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(storage)?;
+    // WAL lets `dlq` read while the daemon writes; synchronous=FULL fsyncs the WAL on every
+    // commit, which is what makes a 200 from ingest mean "on disk".
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(storage)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(storage)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Apply every step above the file's `user_version`.
+pub fn migrate(conn: &mut Connection) -> Result<(), SpoolError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    let current: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(storage)?;
+    if current > VERSION {
+        return Err(SpoolError::Storage(format!(
+            "the spool was written by a newer switchyard (schema {current}; this build knows {VERSION})"
+        )));
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(step)
+            .map_err(|e| storage(format!("migrating the spool to schema {}: {e}", i + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)
+        .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_then_reopens_at_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            open(dir.path(), false).is_err(),
+            "no file yet and create = false"
+        );
+        drop(open(dir.path(), true).unwrap());
+        let conn = open(dir.path(), false).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(dir.path(), true).unwrap();
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = open(dir.path(), false).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! Leasing: due retries first, then the log from the scan position, keeping each group's
+//! items in order for each destination.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+
+use super::settle::unroute;
+use super::{Flight, Lane, Store, from_ms, ms};
+use crate::spool::sqlite::schema::storage;
+use crate::spool::{Leased, Seq, SpoolError};
+
+/// Most log rows one lease looks at.
+const SCAN_BUDGET: usize = 1000;
+
+impl Store {
+    /// Due retries first (they are the oldest of their groups), then the log from the scan
+    /// position; an item whose group is busy moves to the retry set to wait its turn.
+    pub fn lease(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        let mut out = self.lease_retries(destination, max)?;
+        let released = self.scan_log(destination, max, &mut out)?;
+        // The scan can release an item that only waited behind a crash's lost lease.
+        if released && out.len() < max {
+            let more = self.lease_retries(destination, max - out.len())?;
+            out.extend(more);
+        }
+        Ok(out)
+    }
+
+    fn lease_retries(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        let out: Vec<Leased> = self
+            .due_retries(destination, max, Some(ms(SystemTime::now())))?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        if let Some(lane) = self.lanes.get_mut(destination) {
+            for l in &out {
+                let attempts = l.attempts;
+                lane.in_flight.insert(
+                    l.seq,
+                    Flight {
+                        group: l.group_id.clone(),
+                        from_retry: true,
+                        attempts,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lease from the log into `out`; true when an item waiting in the retry set was released.
+    fn scan_log(
+        &mut self,
+        destination: &str,
+        max: usize,
+        out: &mut Vec<Leased>,
+    ) -> Result<bool, SpoolError> {
+        let Some(lane) = self.lanes.get_mut(destination) else {
+            return Ok(false);
+        };
+        let id = lane.id;
+        // Groups leased before this call: items of one group leased together stay together.
+        let held: HashSet<Arc<str>> = lane
+            .in_flight
+            .iter()
+            .filter(|(seq, _)| !out.iter().any(|l| l.seq == **seq))
+            .filter_map(|(_, f)| f.group.clone())
+            .collect();
+        let mut released = false;
+        // Items of busy groups are moved aside without counting towards `max`; a budget keeps
+        // one lease (and so one transaction) short when a hot group has a long backlog.
+        let mut budget = SCAN_BUDGET;
+        while out.len() < max {
+            if budget == 0 {
+                self.rewake.push(destination.to_string());
+                break;
+            }
+            let rows = routes_after(&self.conn, id, lane.scan, max - out.len())?;
+            if rows.is_empty() {
+                break;
+            }
+            budget = budget.saturating_sub(rows.len());
+            for (seq, group, body) in rows {
+                let seq = seq as Seq;
+                lane.scan = seq;
+                lane.counts.unscanned = lane.counts.unscanned.saturating_sub(1);
+                let group: Option<Arc<str>> = group.map(Arc::from);
+                if let Some(g) = &group {
+                    // An older item of this group is leased or waits in the retry set: this one
+                    // waits behind it, in the retry set, so the scan can move on.
+                    let waiting = held.contains(g) || group_has_rows(&self.conn, id, g)?;
+                    if waiting {
+                        released |= park(&self.conn, lane, seq, g)?;
+                        continue;
+                    }
+                }
+                lane.in_flight.insert(
+                    seq,
+                    Flight {
+                        group: group.clone(),
+                        from_retry: false,
+                        attempts: 0,
+                    },
+                );
+                out.push(Leased {
+                    seq,
+                    body: Arc::from(body),
+                    group_id: group,
+                    attempts: 0,
+                    first_attempt: None,
+                });
+            }
+        }
+        Ok(released)
+    }
+
+    /// Retry-set rows due by `before` (any due time when `None`) that may go now: the oldest
+    /// row of its group, not leased, and its group not leased.
+    fn due_retries(
+        &self,
+        destination: &str,
+        max: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<(Leased, i64)>, SpoolError> {
+        let Some(lane) = self.lanes.get(destination) else {
+            return Ok(Vec::new());
+        };
+        let held: HashSet<Arc<str>> = lane
+            .in_flight
+            .values()
+            .filter_map(|f| f.group.clone())
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at FROM retry r JOIN log l ON l.seq = r.seq
+                 WHERE r.dest = ?1 AND r.due_at IS NOT NULL AND r.due_at <= ?2
+                   AND (r.group_id IS NULL OR NOT EXISTS
+                        (SELECT 1 FROM retry e WHERE e.dest = ?1 AND e.group_id = r.group_id AND e.seq < r.seq))
+                 ORDER BY r.due_at, r.seq",
+            )
+            .map_err(storage)?;
+        let mut rows = stmt
+            .query(params![lane.id, before.unwrap_or(i64::MAX)])
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        // Skipped rows are bounded by what is in flight: each group has one candidate row.
+        while out.len() < max {
+            let Some(row) = rows.next().map_err(storage)? else {
+                break;
+            };
+            let seq = row.get::<_, i64>(0).map_err(storage)? as Seq;
+            let group: Option<Arc<str>> = row
+                .get::<_, Option<String>>(1)
+                .map_err(storage)?
+                .map(Arc::from);
+            if lane.in_flight.contains_key(&seq) || group.as_ref().is_some_and(|g| held.contains(g))
+            {
+                continue;
+            }
+            let attempts = row.get::<_, i64>(2).map_err(storage)? as u32;
+            let first = row.get::<_, Option<i64>>(3).map_err(storage)?.map(from_ms);
+            let body: String = if before.is_some() {
+                row.get(4).map_err(storage)?
+            } else {
+                String::new()
+            };
+            let due = row.get::<_, i64>(5).map_err(storage)?;
+            out.push((
+                Leased {
+                    seq,
+                    body: Arc::from(body),
+                    group_id: group,
+                    attempts,
+                    first_attempt: first,
+                },
+                due,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// When the next retry may be due: what `wait` sleeps towards.
+    pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, SpoolError> {
+        Ok(self
+            .due_retries(destination, 1, None)?
+            .first()
+            .map(|(_, due)| from_ms(*due)))
+    }
+}
+
+/// Up to `limit` routes of destination `dest` after `after`, with their log rows.
+fn routes_after(
+    conn: &Connection,
+    dest: i64,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<(i64, Option<String>, String)>, SpoolError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT l.seq, l.group_id, l.body FROM route r JOIN log l ON l.seq = r.seq
+             WHERE r.dest = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map(params![dest, after as i64, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(storage)?;
+    rows.collect::<Result<_, _>>().map_err(storage)
+}
+
+/// Move a log item behind its busy group: into the retry set, not due (`due_at` NULL) until
+/// `release_next` lets it go. True when that released an item of the group at once.
+fn park(
+    conn: &Connection,
+    lane: &mut Lane,
+    seq: Seq,
+    group: &Arc<str>,
+) -> Result<bool, SpoolError> {
+    conn.prepare_cached(
+        "INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)",
+    )
+    .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))
+    .map_err(storage)?;
+    unroute(conn, lane.id, seq)?;
+    lane.counts.retry_rows += 1;
+    release_next(conn, lane, group)
+}
+
+fn group_has_rows(conn: &Connection, dest: i64, group: &str) -> Result<bool, SpoolError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2)")
+        .and_then(|mut s| s.query_row(params![dest, group], |r| r.get(0)))
+        .map_err(storage)
+}
+
+/// When nothing of `group` is leased or in backoff any more, make its oldest waiting item due.
+/// One at a time: the next is released when that one settles, so a group never overtakes
+/// itself.
+pub(super) fn release_next(
+    conn: &Connection,
+    lane: &Lane,
+    group: &Arc<str>,
+) -> Result<bool, SpoolError> {
+    if lane
+        .in_flight
+        .values()
+        .any(|f| f.group.as_ref() == Some(group))
+    {
+        return Ok(false);
+    }
+    let busy: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NOT NULL)")
+        .and_then(|mut s| s.query_row(params![lane.id, group.as_ref()], |r| r.get(0)))
+        .map_err(storage)?;
+    if busy {
+        return Ok(false);
+    }
+    let n = conn
+        .prepare_cached(
+            "UPDATE retry SET due_at = ?3 WHERE dest = ?1 AND seq =
+           (SELECT MIN(seq) FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NULL)",
+        )
+        .and_then(|mut s| s.execute(params![lane.id, group.as_ref(), ms(SystemTime::now())]))
+        .map_err(storage)?;
+    Ok(n > 0)
+}

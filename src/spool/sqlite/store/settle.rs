@@ -1,0 +1,159 @@
+//! Settling a leased item: delivered, retry later, or dead letter; then the group's next item
+//! may go and the cursor moves.
+
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+
+use super::lease::release_next;
+use super::{Store, ms};
+use crate::spool::sqlite::schema::storage;
+use crate::spool::{Attempt, Seq, SpoolError};
+
+impl Store {
+    pub fn ack(&mut self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError> {
+        for &seq in seqs {
+            self.settle(destination, seq, |_, _| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    pub fn retry_at(
+        &mut self,
+        destination: &str,
+        seq: Seq,
+        at: SystemTime,
+        a: &Attempt,
+    ) -> Result<(), SpoolError> {
+        let Some(lane) = self.lanes.get_mut(destination) else {
+            return Ok(());
+        };
+        let Some(flight) = lane.in_flight.remove(&seq) else {
+            return Ok(());
+        };
+        let p = params![
+            lane.id,
+            seq as i64,
+            flight.group.as_deref(),
+            ms(at),
+            a.attempts,
+            ms(a.first_attempt),
+            ms(a.last_attempt),
+            a.reason,
+            a.status
+        ];
+        if flight.from_retry {
+            self.conn
+                .prepare_cached(
+                    "UPDATE retry SET group_id = ?3, due_at = ?4, attempts = ?5, first_attempt = ?6, last_attempt = ?7, reason = ?8, status = ?9
+                     WHERE dest = ?1 AND seq = ?2",
+                )
+                .and_then(|mut s| s.execute(p))
+                .map_err(storage)?;
+            if flight.attempts == 0 {
+                lane.counts.attempted += 1;
+            }
+        } else {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO retry (dest, seq, group_id, due_at, attempts, first_attempt, last_attempt, reason, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .and_then(|mut s| s.execute(p))
+                .map_err(storage)?;
+            unroute(&self.conn, lane.id, seq)?;
+            lane.counts.retry_rows += 1;
+            lane.counts.attempted += 1;
+        }
+        self.advance(destination)
+    }
+
+    pub fn dead_letter(
+        &mut self,
+        destination: &str,
+        seq: Seq,
+        a: &Attempt,
+    ) -> Result<(), SpoolError> {
+        self.settle(destination, seq, |conn, seq| {
+            let reason = if a.gave_up { "exhausted" } else { "permanent" };
+            conn.prepare_cached(
+                "INSERT INTO dead_letter (destination, source, message_id, group_id, body, reason, error, attempts, first_attempt, last_attempt, status, response)
+                 SELECT ?1, source, message_id, group_id, body, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM log WHERE seq = ?9",
+            )
+            .and_then(|mut s| {
+                s.execute(params![destination, reason, a.reason, a.attempts, ms(a.first_attempt), ms(a.last_attempt), a.status, a.response, seq as i64])
+            })
+            .map_err(storage)?;
+            Ok(())
+        })?;
+        if let Some(lane) = self.lanes.get_mut(destination) {
+            lane.counts.dead += 1;
+        }
+        Ok(())
+    }
+
+    /// The item is done for this destination: record it (`then`), drop its retry row, let the
+    /// next item of its group go, and move the cursor.
+    fn settle(
+        &mut self,
+        destination: &str,
+        seq: Seq,
+        then: impl FnOnce(&Connection, Seq) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
+        let Some(lane) = self.lanes.get_mut(destination) else {
+            return Ok(());
+        };
+        // Not leased (e.g. forgotten by a reset after a failed commit): it will be leased again.
+        let Some(flight) = lane.in_flight.remove(&seq) else {
+            return Ok(());
+        };
+        then(&self.conn, seq)?;
+        if flight.from_retry {
+            self.conn
+                .prepare_cached("DELETE FROM retry WHERE dest = ?1 AND seq = ?2")
+                .and_then(|mut s| s.execute(params![lane.id, seq as i64]))
+                .map_err(storage)?;
+            lane.counts.retry_rows = lane.counts.retry_rows.saturating_sub(1);
+            if flight.attempts > 0 {
+                lane.counts.attempted = lane.counts.attempted.saturating_sub(1);
+            }
+        } else {
+            unroute(&self.conn, lane.id, seq)?;
+        }
+        self.freeable.push(seq);
+        if let Some(g) = &flight.group {
+            release_next(&self.conn, lane, g)?;
+        }
+        self.advance(destination)
+    }
+
+    /// Move the durable cursor up to the oldest item still leased from the log.
+    fn advance(&mut self, destination: &str) -> Result<(), SpoolError> {
+        let Some(lane) = self.lanes.get_mut(destination) else {
+            return Ok(());
+        };
+        let oldest_leased = lane
+            .in_flight
+            .iter()
+            .find(|(_, f)| !f.from_retry)
+            .map(|(s, _)| *s);
+        let cursor = oldest_leased.map(|s| s - 1).unwrap_or(lane.scan);
+        if cursor != lane.cursor {
+            lane.cursor = cursor;
+            self.conn
+                .prepare_cached("UPDATE destination SET cursor = ?1 WHERE id = ?2")
+                .and_then(|mut s| s.execute(params![cursor as i64, lane.id]))
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
+/// The log item is no longer owed from the log to this destination (settled, or moved to the
+/// retry set).
+pub(super) fn unroute(conn: &Connection, dest: i64, seq: Seq) -> Result<(), SpoolError> {
+    conn.prepare_cached("DELETE FROM route WHERE dest = ?1 AND seq = ?2")
+        .and_then(|mut s| s.execute(params![dest, seq as i64]))
+        .map_err(storage)?;
+    Ok(())
+}

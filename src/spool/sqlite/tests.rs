@@ -1,0 +1,523 @@
+//! The SQLite spool's rules: ordering per group, retries, dedupe, backpressure, dead letters,
+//! garbage collection and what survives a crash (dropping the store without settling).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::dlq::{self, Selector};
+use super::schema;
+use super::store::Store;
+use super::*;
+
+const DESTS: &[&str] = &["A", "B"];
+
+fn open(dir: &Path, max_bytes: u64, window: Duration) -> Store {
+    let names: Vec<String> = DESTS.iter().map(|s| s.to_string()).collect();
+    let conn = schema::open(dir, true).unwrap();
+    // These tests call the store outside the writer's transactions, one autocommit per
+    // statement; fsyncing each would only make them slow (durability is tested end to end).
+    conn.pragma_update(None, "synchronous", "OFF").unwrap();
+    Store::new(conn, &names, max_bytes, window).unwrap()
+}
+
+fn store(dir: &Path) -> Store {
+    open(dir, 1 << 30, Duration::from_secs(3600))
+}
+
+fn msg(id: &str, group: Option<&str>, dests: &[&str]) -> Accepted {
+    Accepted {
+        source: "web".into(),
+        message_id: id.into(),
+        group_id: group.map(str::to_string),
+        body: format!("{{\"messageId\":\"{id}\"}}"),
+        destinations: dests.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn append(s: &mut Store, messages: Vec<Accepted>) -> Vec<Appended> {
+    s.append(messages, &mut Vec::new()).unwrap().unwrap()
+}
+
+/// The message ids a lease returned, with their seqs.
+fn lease(s: &mut Store, dest: &str, max: usize) -> Vec<(String, Seq)> {
+    s.lease(dest, max)
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.body).unwrap();
+            (v["messageId"].as_str().unwrap().to_string(), l.seq)
+        })
+        .collect()
+}
+
+fn ids(leased: &[(String, Seq)]) -> Vec<&str> {
+    leased.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+fn attempt(n: u32) -> Attempt {
+    let now = SystemTime::now();
+    Attempt {
+        attempts: n,
+        first_attempt: now,
+        last_attempt: now,
+        reason: "HTTP 500: boom".into(),
+        status: Some(500),
+        response: Some("boom".into()),
+        gave_up: false,
+    }
+}
+
+fn past() -> SystemTime {
+    SystemTime::now() - Duration::from_secs(1)
+}
+
+#[test]
+fn each_destination_gets_its_routed_messages_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![
+            msg("1", None, &["A", "B"]),
+            msg("2", None, &["A"]),
+            msg("3", None, &["B", "Z"]),
+        ],
+    );
+    let a = lease(&mut s, "A", 10);
+    assert_eq!(ids(&a), ["1", "2"]);
+    assert!(
+        lease(&mut s, "A", 10).is_empty(),
+        "leased items are not leased twice"
+    );
+    assert_eq!(ids(&lease(&mut s, "B", 10)), ["1", "3"]);
+    assert_eq!(s.depth("A").in_flight, 2);
+    s.ack("A", &[a[0].1, a[1].1]).unwrap();
+    assert_eq!(s.depth("A").in_flight, 0);
+    assert_eq!(s.depth("A").pending, 0);
+}
+
+#[test]
+fn a_crash_forgets_leases_but_not_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(
+            &mut s,
+            vec![
+                msg("1", None, &["A"]),
+                msg("2", None, &["A"]),
+                msg("3", None, &["A"]),
+            ],
+        );
+        let a = lease(&mut s, "A", 2);
+        s.ack("A", &[a[0].1]).unwrap();
+        // "2" stays leased: the process dies here.
+    }
+    let mut s = store(dir.path());
+    assert_eq!(s.depth("A").pending, 2);
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["2", "3"]);
+}
+
+#[test]
+fn an_ack_above_an_older_lease_is_kept_once_the_older_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
+        let a = lease(&mut s, "A", 2);
+        s.ack("A", &[a[1].1]).unwrap();
+        s.retry_at("A", a[0].1, past(), &attempt(1)).unwrap();
+    }
+    let mut s = store(dir.path());
+    let again = lease(&mut s, "A", 10);
+    assert_eq!(ids(&again), ["1"], "only the retried item comes back");
+}
+
+#[test]
+fn a_newer_item_of_a_group_waits_for_the_older_ones_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+    let v1 = lease(&mut s, "A", 10);
+    s.retry_at(
+        "A",
+        v1[0].1,
+        SystemTime::now() + Duration::from_secs(3600),
+        &attempt(1),
+    )
+    .unwrap();
+    append(
+        &mut s,
+        vec![msg("v2", Some("g"), &["A"]), msg("other", None, &["A"])],
+    );
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["other"],
+        "v2 waits behind v1; ungrouped items never wait"
+    );
+    assert_eq!(s.depth("A").pending, 2);
+    assert_eq!(s.depth("A").retrying, 1);
+    assert!(
+        s.next_due("A").unwrap().unwrap() > SystemTime::now(),
+        "only v1's retry time is worth waking for"
+    );
+}
+
+#[test]
+fn the_waiting_item_goes_after_the_older_one_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+    let v1 = lease(&mut s, "A", 10);
+    s.retry_at("A", v1[0].1, past(), &attempt(1)).unwrap();
+    append(&mut s, vec![msg("v2", Some("g"), &["A"])]);
+    let first = s.lease("A", 10).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].attempts, 1,
+        "the retry comes with its attempt count"
+    );
+    assert!(first[0].first_attempt.is_some());
+    assert!(
+        lease(&mut s, "A", 10).is_empty(),
+        "v2 waits while v1 is leased"
+    );
+    s.ack("A", &[first[0].seq]).unwrap();
+    let second = s.lease("A", 10).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        (second[0].attempts, second[0].first_attempt),
+        (0, None),
+        "v2 was never attempted"
+    );
+    assert!(second[0].body.contains("v2"));
+}
+
+#[test]
+fn retries_of_one_group_keep_their_order_whatever_the_jitter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![msg("v1", Some("g"), &["A"]), msg("v2", Some("g"), &["A"])],
+    );
+    let both = lease(&mut s, "A", 10);
+    assert_eq!(
+        ids(&both),
+        ["v1", "v2"],
+        "items of one group leased together stay in order"
+    );
+    // v2 drew a shorter backoff than v1.
+    s.retry_at("A", both[0].1, past(), &attempt(1)).unwrap();
+    s.retry_at("A", both[1].1, past() - Duration::from_secs(5), &attempt(1))
+        .unwrap();
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v1"]);
+}
+
+#[test]
+fn a_waiting_item_survives_a_crash_behind_its_leased_elder() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+        lease(&mut s, "A", 10);
+        append(&mut s, vec![msg("v2", Some("g"), &["A"])]);
+        assert!(
+            lease(&mut s, "A", 10).is_empty(),
+            "v2 waits while v1 is leased"
+        );
+    }
+    let mut s = store(dir.path());
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["v1"],
+        "v1 is due again and still goes first"
+    );
+    let v1 = s.lease("A", 10).unwrap();
+    assert!(v1.is_empty());
+}
+
+#[test]
+fn dead_letters_release_the_group_and_can_be_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+    let v1 = lease(&mut s, "A", 10);
+    append(&mut s, vec![msg("v2", Some("g"), &["A"])]);
+    assert!(lease(&mut s, "A", 10).is_empty());
+    let refused = Attempt {
+        status: Some(400),
+        reason: "HTTP 400: bad".into(),
+        response: Some("bad".into()),
+        ..attempt(1)
+    };
+    s.dead_letter("A", v1[0].1, &refused).unwrap();
+    assert_eq!(s.depth("A").dead_letters, 1);
+    let v2 = lease(&mut s, "A", 10);
+    assert_eq!(ids(&v2), ["v2"]);
+    s.ack("A", &[v2[0].1]).unwrap();
+
+    let mut conn = dlq::open(dir.path()).unwrap();
+    let listed = dlq::list(&conn, Some("A"), Some("permanent")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].status, listed[0].response.as_deref()),
+        (Some(400), Some("bad"))
+    );
+    assert_eq!(listed[0].message_id.as_deref(), Some("v1"));
+    assert!(
+        dlq::list(&conn, None, Some("exhausted"))
+            .unwrap()
+            .is_empty()
+    );
+    let shown = dlq::show(&conn, listed[0].id).unwrap().unwrap();
+    assert_eq!(shown.message.unwrap()["messageId"], "v1");
+    let done = dlq::replay(&mut conn, &Selector::All, &["B".into()]).unwrap();
+    assert!(done.replayed.is_empty(), "A is not configured any more");
+    let done = dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap();
+    assert_eq!(done.replayed, vec![listed[0].id]);
+    assert!(dlq::list(&conn, None, None).unwrap().is_empty());
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["v1"],
+        "the replayed item is back in A's queue"
+    );
+}
+
+#[test]
+fn rejected_messages_are_dead_letters_without_a_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    let r = Rejected {
+        source: "web".into(),
+        index: 3,
+        error: "no type".into(),
+        raw: r#"{"messageId":"m9"}"#.into(),
+        at: SystemTime::now(),
+    };
+    s.reject(vec![r]).unwrap();
+    let mut conn = dlq::open(dir.path()).unwrap();
+    let listed = dlq::list(&conn, None, Some("invalid")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].destination.as_deref(),
+            listed[0].message_id.as_deref()
+        ),
+        (None, Some("m9"))
+    );
+    let done = dlq::replay(&mut conn, &Selector::Ids(vec![listed[0].id]), &["A".into()]).unwrap();
+    assert!(
+        done.replayed.is_empty() && done.skipped.len() == 1,
+        "nothing to replay it to"
+    );
+    assert_eq!(
+        dlq::purge(&mut conn, &Selector::Destination("A".into())).unwrap(),
+        0
+    );
+    assert_eq!(dlq::purge(&mut conn, &Selector::All).unwrap(), 1);
+}
+
+#[test]
+fn duplicates_within_the_window_are_not_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    let mut other_source = msg("m", None, &["A"]);
+    other_source.source = "ios".into();
+    let answers = append(
+        &mut s,
+        vec![msg("m", None, &["A"]), msg("m", None, &["A"]), other_source],
+    );
+    assert_eq!(
+        answers,
+        [Appended::Stored, Appended::Duplicate, Appended::Stored]
+    );
+    assert_eq!(
+        append(&mut s, vec![msg("m", None, &["A"])]),
+        [Appended::Duplicate]
+    );
+    assert_eq!(lease(&mut s, "A", 10).len(), 2);
+    drop(s);
+    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
+    assert_eq!(
+        append(&mut s, vec![msg("m", None, &["A"])]),
+        [Appended::Stored],
+        "outside the window"
+    );
+}
+
+#[test]
+fn a_full_spool_refuses_until_delivered_rows_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let body_len = msg("1", None, &["A"]).body.len() as u64;
+    let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
+    append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
+    let full = s
+        .append(vec![msg("3", None, &["A"])], &mut Vec::new())
+        .unwrap();
+    assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
+    let a = lease(&mut s, "A", 10);
+    s.ack("A", &[a[0].1, a[1].1]).unwrap();
+    s.collect_garbage().unwrap();
+    let left: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(
+        append(&mut s, vec![msg("3", None, &["A"])]),
+        [Appended::Stored]
+    );
+}
+
+#[test]
+fn rows_still_owed_to_a_destination_are_not_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![msg("1", None, &["A", "B"]), msg("2", None, &["A"])],
+    );
+    let a = lease(&mut s, "A", 10);
+    s.ack("A", &[a[0].1, a[1].1]).unwrap();
+    s.collect_garbage().unwrap();
+    assert_eq!(ids(&lease(&mut s, "B", 10)), ["1"]);
+    let b = s.lease("B", 10).unwrap();
+    assert!(b.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_commits_and_all_get_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["A".to_string()];
+    let spool =
+        Arc::new(SqliteSpool::open(dir.path(), &names, 1 << 30, Duration::from_secs(60)).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            spool.append(vec![msg(&i.to_string(), None, &["A"])]).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), [Appended::Stored]);
+    }
+    let commits = spool.commits();
+    assert!(
+        commits < 50,
+        "50 concurrent appends took {commits} commits: no group commit"
+    );
+    let leased = spool.lease("A", 100).await.unwrap();
+    assert_eq!(leased.len(), 50);
+    let seqs: Vec<Seq> = leased.iter().map(|l| l.seq).collect();
+    spool.ack("A", &seqs).await.unwrap();
+    assert_eq!(spool.depth("A").pending, 0);
+}
+
+#[test]
+fn rows_settled_before_a_crash_are_swept_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
+        let a = lease(&mut s, "A", 10);
+        s.ack("A", &[a[0].1, a[1].1]).unwrap();
+        // Dies before housekeeping: the in-memory list of settled rows is gone.
+    }
+    let mut s = store(dir.path());
+    s.collect_garbage().unwrap();
+    let left: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_long_backlog_of_one_busy_group_does_not_make_one_lease_unbounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v0", Some("hot"), &["A"])]);
+    let v0 = lease(&mut s, "A", 10);
+    s.retry_at(
+        "A",
+        v0[0].1,
+        SystemTime::now() + Duration::from_secs(3600),
+        &attempt(1),
+    )
+    .unwrap();
+    let hot: Vec<Accepted> = (1..1500)
+        .map(|i| msg(&format!("v{i}"), Some("hot"), &["A"]))
+        .collect();
+    append(&mut s, hot);
+    append(&mut s, vec![msg("cold", None, &["A"])]);
+    assert!(
+        lease(&mut s, "A", 10).is_empty(),
+        "the first lease stops at its budget"
+    );
+    assert_eq!(
+        s.rewake,
+        ["A"],
+        "and asks for its worker to lease again at once"
+    );
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["cold"]);
+    assert_eq!(
+        s.depth("A").pending,
+        1500,
+        "v0 and the hot group's backlog still wait"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_spool_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["A".to_string()];
+    let window = Duration::from_secs(60);
+    let first = SqliteSpool::open(dir.path(), &names, 1 << 30, window).unwrap();
+    let second = SqliteSpool::open(dir.path(), &names, 1 << 30, window);
+    assert!(matches!(&second, Err(e) if e.to_string().contains("another switchyard daemon")));
+    drop(first);
+    // The writer thread lets go of the lock once it sees the spool dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while SqliteSpool::open(dir.path(), &names, 1 << 30, window).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never released"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn one_batch_can_be_delivered_retried_and_dead_lettered_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![
+            msg("ok", None, &["A"]),
+            msg("later", None, &["A"]),
+            msg("never", None, &["A"]),
+        ],
+    );
+    let batch = lease(&mut s, "A", 10);
+    s.retry_at("A", batch[1].1, past(), &attempt(1)).unwrap();
+    let refused = Attempt {
+        status: Some(400),
+        ..attempt(1)
+    };
+    s.dead_letter("A", batch[2].1, &refused).unwrap();
+    s.ack("A", &[batch[0].1]).unwrap();
+    let d = s.depth("A");
+    assert_eq!(
+        (d.pending, d.retrying, d.in_flight, d.dead_letters),
+        (1, 1, 0, 1)
+    );
+    drop(s);
+    let mut s = store(dir.path());
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["later"],
+        "after a restart only the retry is due"
+    );
+}

@@ -1,0 +1,452 @@
+//! At-least-once delivery through the real daemon: crashes, outages, Retry-After, ordering,
+//! dedupe, dead letters and replay, backpressure, and restarts with a backlog.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Answer, Captured, DEADLINE, Daemon, Receiver};
+use serde_json::{Value, json};
+
+const KEY: &str = "test-write-key";
+
+fn source() -> String {
+    format!("[[source]]\nname = \"web\"\nwrite_key = \"{KEY}\"\n")
+}
+
+/// A webhook destination with millisecond backoffs.
+fn hook(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[destination]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\nretry = {{ initial_backoff = \"10ms\", max_backoff = \"50ms\" }}\n{extra}\n"
+    )
+}
+
+fn group(id: &str, group: &str) -> Value {
+    json!({"type": "group", "userId": "u1", "groupId": group, "messageId": id, "traits": {"name": id}})
+}
+
+/// The messageIds the receiver answered 200 for, over all requests.
+fn delivered(got: &[Captured]) -> HashSet<String> {
+    got.iter()
+        .filter(|c| c.status == 200)
+        .flat_map(message_ids)
+        .collect()
+}
+
+/// The messageIds a request carried (one message, or an array when batching).
+fn message_ids(c: &Captured) -> Vec<String> {
+    let id = |m: &Value| m["messageId"].as_str().unwrap_or_default().to_string();
+    match c.json() {
+        Value::Array(items) => items.iter().map(id).collect(),
+        m => vec![id(&m)],
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic at the deadline.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An address nothing listens on.
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/down")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_answered_200() {
+    const TOTAL: usize = 5000;
+    const PER_REQUEST: usize = 50;
+    const BATCH: usize = 50;
+    const KILLS: usize = 3;
+    let rx = Receiver::start().await;
+    let batching = format!("batch = {{ max_events = {BATCH}, max_wait = \"5ms\" }}");
+    let config = format!(
+        "{}{}{}",
+        source(),
+        hook("A", &rx.url("/a"), &batching),
+        hook("B", &rx.url("/b"), &batching)
+    );
+    let mut daemon = Daemon::start("", &config).await;
+    let base = Arc::new(Mutex::new(daemon.url("")));
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let queue: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(
+        (0..TOTAL / PER_REQUEST)
+            .rev()
+            .map(|b| {
+                (0..PER_REQUEST)
+                    .map(|i| format!("m-{}", b * PER_REQUEST + i))
+                    .collect()
+            })
+            .collect(),
+    ));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (base, acked, queue) = (base.clone(), acked.clone(), queue.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let Some(ids) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
+                // Like an SDK: resend the same messages until a 200; dedupe absorbs repeats.
+                loop {
+                    let url = format!("{}/v1/batch", base.lock().unwrap());
+                    let sent = client
+                        .post(url)
+                        .basic_auth(KEY, Some(""))
+                        .json(&json!({"batch": batch}))
+                        .send()
+                        .await;
+                    if sent.is_ok_and(|r| r.status() == 200) {
+                        acked.lock().unwrap().extend(ids.iter().cloned());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for k in 1..=KILLS {
+        let threshold = k * TOTAL / (KILLS + 1);
+        eventually("messages to be accepted before a kill", || {
+            (acked.lock().unwrap().len() >= threshold).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..40))).await;
+        daemon.kill9();
+        daemon = daemon.restart().await;
+        *base.lock().unwrap() = daemon.url("");
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), TOTAL);
+    let mut duplicates = HashMap::new();
+    for path in ["/a", "/b"] {
+        let got = rx
+            .wait_until(
+                path,
+                |got| {
+                    let seen: HashSet<String> = got.iter().flat_map(message_ids).collect();
+                    acked.is_subset(&seen)
+                },
+                "every accepted message",
+            )
+            .await;
+        let all: Vec<String> = got.iter().flat_map(message_ids).collect();
+        let unique: HashSet<&String> = all.iter().collect();
+        duplicates.insert(path, all.len() - unique.len());
+    }
+    println!("duplicates after {KILLS} kills: {duplicates:?}");
+    for (path, d) in duplicates {
+        // Only a leased batch can be delivered and not yet acked when the process dies.
+        assert!(
+            d <= KILLS * BATCH,
+            "{path}: {d} duplicates for {KILLS} kills of batches of {BATCH}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_outage_loses_nothing_and_stalls_no_other_destination() {
+    let rx = Receiver::start().await;
+    rx.set_default("/a", Answer::status(503));
+    let config = format!(
+        "{}{}{}",
+        source(),
+        hook("A", &rx.url("/a"), ""),
+        hook("B", &rx.url("/b"), "")
+    );
+    let d = Daemon::start("", &config).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
+    let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
+    assert_eq!(
+        d.post("/v1/batch", Some(KEY), &json!({"batch": batch}))
+            .await
+            .0,
+        200
+    );
+
+    let b = rx
+        .wait_until(
+            "/b",
+            |got| got.len() >= ids.len(),
+            "B to deliver everything",
+        )
+        .await;
+    assert_eq!(delivered(&b), ids.iter().cloned().collect());
+    let tried = rx.requests("/a");
+    assert!(
+        !tried.is_empty() && delivered(&tried).is_empty(),
+        "A was tried, and refused, while B delivered"
+    );
+    let (_, status) = d.get("/v1/destinations").await;
+    let a = &status["destinations"][0];
+    assert_eq!(a["name"], "A");
+    assert!(
+        a["pending"].as_u64().unwrap() + a["in_flight"].as_u64().unwrap() > 0,
+        "{a}"
+    );
+    assert!(a["last_error"].as_str().unwrap().contains("503"), "{a}");
+    let metrics = d.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchyard_deliveries_total{destination=\"A\",outcome=\"retry\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_queue_depth{destination=\"A\"}"),
+        "{metrics}"
+    );
+
+    rx.set_default("/a", Answer::status(200));
+    let expected: HashSet<String> = ids.iter().cloned().collect();
+    rx.wait_until(
+        "/a",
+        |got| expected.is_subset(&delivered(got)),
+        "A to catch up",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_pauses_the_destination_until_then() {
+    let rx = Receiver::start().await;
+    rx.script(
+        "/a",
+        vec![Answer::status(429).with_header("retry-after", "1")],
+    );
+    let config = format!("{}{}", source(), hook("A", &rx.url("/a"), ""));
+    let d = Daemon::start("", &config).await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("r-1", "g1")).await.0,
+        200
+    );
+    let first = rx.wait_for("/a", 1).await;
+    for i in 2..5 {
+        assert_eq!(
+            d.post(
+                "/v1/group",
+                Some(KEY),
+                &group(&format!("r-{i}"), &format!("g{i}"))
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    let got = rx.wait_for("/a", 5).await;
+    let paused_at = first[0].at;
+    for c in &got[1..] {
+        // The daemon pauses from when it read the 429, which is after the receiver logged it.
+        assert!(
+            c.at.duration_since(paused_at) >= Duration::from_millis(1000),
+            "a request came {:?} after the 429",
+            c.at.duration_since(paused_at)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newer_update_never_overtakes_an_older_one_in_retry() {
+    let rx = Receiver::start().await;
+    rx.script("/a", vec![Answer::status(500)]);
+    let slow = "[[destination]]\nname = \"A\"\ntype = \"webhook\"\nurl = \"URL\"\nretry = { initial_backoff = \"300ms\", max_backoff = \"300ms\" }\n"
+        .replace("URL", &rx.url("/a"));
+    let d = Daemon::start("", &format!("{}{slow}", source())).await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("v1", "acme")).await.0,
+        200
+    );
+    rx.wait_for("/a", 1).await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("v2", "acme")).await.0,
+        200
+    );
+    let got = rx.wait_for("/a", 3).await;
+    let order: Vec<String> = got.iter().flat_map(message_ids).collect();
+    assert_eq!(
+        order,
+        ["v1", "v1", "v2"],
+        "v1 failed, was retried, and only then v2 went"
+    );
+}
+
+#[tokio::test]
+async fn the_same_message_id_twice_is_delivered_once() {
+    let rx = Receiver::start().await;
+    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    for _ in 0..2 {
+        assert_eq!(
+            d.post("/v1/group", Some(KEY), &group("dup", "g")).await,
+            (200, json!({"success": true}))
+        );
+    }
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("after", "h")).await.0,
+        200
+    );
+    let got = rx
+        .wait_until(
+            "/a",
+            |got| got.iter().flat_map(message_ids).any(|id| id == "after"),
+            "the marker",
+        )
+        .await;
+    let dup = got
+        .iter()
+        .flat_map(message_ids)
+        .filter(|id| id == "dup")
+        .count();
+    assert_eq!(dup, 1);
+    let metrics = d.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchyard_messages_in_total{source=\"web\",result=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_message_is_a_dead_letter_until_replayed() {
+    let rx = Receiver::start().await;
+    rx.script(
+        "/a",
+        vec![Answer::json(400, json!({"error": "bad field plan"}))],
+    );
+    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("dl-1", "g")).await.0,
+        200
+    );
+    let batch = json!({"batch": [{"type": "group", "messageId": "bad-1"}]});
+    assert_eq!(d.post("/v1/batch", Some(KEY), &batch).await.0, 200);
+
+    let letters = eventually("the dead letter", || {
+        let list: Vec<Value> =
+            serde_json::from_str(&d.dlq(&["list", "--destination", "A", "--json"])).unwrap();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(
+        (
+            l["reason"].as_str(),
+            l["status"].as_u64(),
+            l["message_id"].as_str()
+        ),
+        (Some("permanent"), Some(400), Some("dl-1"))
+    );
+    assert!(
+        l["response"].as_str().unwrap().contains("bad field plan"),
+        "{l}"
+    );
+    assert_eq!(l["attempts"], 1);
+    let table = d.dlq(&["list"]);
+    assert!(
+        table.contains("dl-1") && table.contains("invalid"),
+        "{table}"
+    );
+    let invalid: Vec<Value> =
+        serde_json::from_str(&d.dlq(&["list", "--reason", "invalid", "--json"])).unwrap();
+    assert_eq!(invalid[0]["message_id"], "bad-1");
+    let id = l["id"].to_string();
+    let shown: Value = serde_json::from_str(&d.dlq(&["show", &id])).unwrap();
+    assert_eq!(shown["message"]["messageId"], "dl-1");
+
+    // The receiver answers 200 from now on (the script is spent): replay delivers it.
+    assert!(d.dlq(&["replay", "--id", &id]).contains("replayed 1"));
+    rx.wait_for("/a", 2).await;
+    assert_eq!(message_ids(&rx.requests("/a")[1]), ["dl-1"]);
+    assert!(
+        d.dlq(&["list", "--destination", "A"])
+            .contains("no dead letters")
+    );
+    assert!(d.dlq(&["purge", "--all"]).contains("purged 1"));
+    assert!(d.dlq(&["list"]).contains("no dead letters"));
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_and_memory_stays_flat() {
+    let config = format!(
+        "max_bytes = 4000\n{}{}",
+        source(),
+        hook("A", &dead_url(), "")
+    );
+    let d = Daemon::start("", &config).await;
+    let client = reqwest::Client::new();
+    let post = async |i: usize| {
+        let body =
+            json!({"batch": [group(&format!("bp-{i}"), "g"), group(&format!("bp-{i}-b"), "g")]});
+        client
+            .post(d.url("/v1/batch"))
+            .basic_auth(KEY, Some(""))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut i = 0;
+    let refused = loop {
+        let r = post(i).await;
+        i += 1;
+        if r.status() == 503 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(i < 100, "never full");
+    };
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let before = d.rss_kib();
+    for _ in 0..1000 {
+        assert_eq!(post(i).await.status(), 503);
+        i += 1;
+    }
+    let after = d.rss_kib();
+    println!("RSS before {before} KiB, after 1000 refused requests {after} KiB");
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn a_backlog_survives_sigterm_and_is_delivered_after_restart() {
+    let rx = Receiver::start().await;
+    rx.set_default("/a", Answer::status(503));
+    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("t-{i}")).collect();
+    let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
+    assert_eq!(
+        d.post("/v1/batch", Some(KEY), &json!({"batch": batch}))
+            .await
+            .0,
+        200
+    );
+    rx.wait_for("/a", 1).await;
+    let mut d = d;
+    assert!(d.terminate().success());
+    rx.set_default("/a", Answer::status(200));
+    let d = d.restart().await;
+    let expected: HashSet<String> = ids.iter().cloned().collect();
+    rx.wait_until(
+        "/a",
+        |got| expected.is_subset(&delivered(got)),
+        "the backlog after restart",
+    )
+    .await;
+    drop(d);
+}
