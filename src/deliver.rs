@@ -336,6 +336,8 @@ impl Worker {
     ) -> Result<(), crate::spool::SpoolError> {
         let now = SystemTime::now();
         let mut delivered = Vec::new();
+        let mut retries = Vec::new();
+        let mut dead = Vec::new();
         for (leased, verdict) in batch.iter().zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|| {
                 Verdict::permanent("the adapter produced no request for this message")
@@ -358,32 +360,58 @@ impl Worker {
                         .policy
                         .decide(a.attempts, elapsed, after, rand::random::<f64>())
                     {
-                        Decision::RetryIn(wait) => {
-                            tracing::warn!(destination = %self.name, seq = leased.seq, attempt = a.attempts,
-                                retry_in = ?wait, reason = %a.reason, "delivery failed; will retry");
-                            Status::set(&self.status.last_error, Some(a.reason.clone()));
-                            self.spool
-                                .retry_at(&self.name, leased.seq, now + wait, &a)
-                                .await?;
-                            telemetry::deliveries(&self.name, "retry", 1);
-                        }
+                        Decision::RetryIn(wait) => retries.push((leased.seq, wait, a)),
                         Decision::GiveUp(why) => {
-                            let a = Attempt {
-                                reason: format!("{why}; last error: {}", a.reason),
-                                gave_up: true,
-                                ..a
-                            };
-                            self.dead_letter(leased, a).await?;
+                            let reason = format!("{why}; last error: {}", a.reason);
+                            dead.push((
+                                leased,
+                                Attempt {
+                                    reason,
+                                    gave_up: true,
+                                    ..a
+                                },
+                            ));
                         }
                     }
                 }
-                Verdict::Permanent { reason } => self.dead_letter(leased, attempt(reason)).await?,
+                Verdict::Permanent { reason } => dead.push((leased, attempt(reason))),
             }
+        }
+        self.schedule_retries(now, retries).await?;
+        // Issued together so the spool's writer can commit them in one transaction.
+        let dead_letters = dead
+            .into_iter()
+            .map(|(leased, a)| self.dead_letter(leased, a));
+        for result in futures_util::future::join_all(dead_letters).await {
+            result?;
         }
         if !delivered.is_empty() {
             self.spool.ack(&self.name, &delivered).await?;
             telemetry::deliveries(&self.name, "delivered", delivered.len());
         }
+        Ok(())
+    }
+
+    /// Put failed items back for later: one WARN line for the batch, not one per message.
+    async fn schedule_retries(
+        &self,
+        now: SystemTime,
+        retries: Vec<(crate::spool::Seq, Duration, Attempt)>,
+    ) -> Result<(), crate::spool::SpoolError> {
+        let Some((first_seq, first_wait, first)) = retries.first() else {
+            return Ok(());
+        };
+        tracing::warn!(destination = %self.name, messages = retries.len(), seq = first_seq,
+            attempt = first.attempts, retry_in = ?first_wait, reason = %first.reason,
+            "delivery failed; will retry");
+        Status::set(&self.status.last_error, Some(first.reason.clone()));
+        let scheduled = retries
+            .iter()
+            .map(|(seq, wait, a)| self.spool.retry_at(&self.name, *seq, now + *wait, a));
+        for result in futures_util::future::join_all(scheduled).await {
+            result?;
+        }
+        telemetry::deliveries(&self.name, "retry", retries.len());
         Ok(())
     }
 
