@@ -537,11 +537,13 @@ impl Config {
                 }
             }
             if let Some(rl) = &d.rate_limit {
-                if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
+                // Between one request a day and a million a second: outside that the limiter's
+                // period cannot be represented (or the limit would silently be none).
+                if !(1.0 / 86_400.0..=1_000_000.0).contains(&rl.requests_per_second) {
                     errors.push(d.settings.error(
                         "rate_limit",
                         format!(
-                            "destination `{}`: rate_limit.requests_per_second must be > 0",
+                            "destination `{}`: rate_limit.requests_per_second must be between 0.0000116 (one a day) and 1000000",
                             d.name
                         ),
                     ));

@@ -20,6 +20,10 @@ use crate::route::{self, RouteKey};
 use crate::spool::{Attempt, Leased, Spool};
 use crate::telemetry;
 
+/// How long items wait after their destination's credential could not be fetched (or the
+/// retry cap, when lower).
+const AUTH_RETRY: Duration = Duration::from_secs(30);
+
 /// What operators see of a destination (`GET /v1/destinations`).
 #[derive(Debug, Default)]
 pub struct Status {
@@ -211,7 +215,7 @@ impl Worker {
                     merge(
                         &mut verdicts,
                         live[j],
-                        Verdict::Retry {
+                        Verdict::Defer {
                             after,
                             reason: "destination paused".into(),
                         },
@@ -273,7 +277,9 @@ impl Worker {
             {
                 let reason = format!("authorization failed: {e}");
                 Status::set(&self.status.unhealthy, Some(reason.clone()));
-                return Classification::all(&request, Verdict::retry(reason));
+                // Never sent: wait and try again, without spending the item's attempts.
+                let after = Some(self.policy.initial.max(self.policy.max.min(AUTH_RETRY)));
+                return Classification::all(&request, Verdict::Defer { after, reason });
             }
             let response = match self.http(&request).await {
                 Ok(r) => r,
@@ -332,19 +338,25 @@ impl Worker {
     async fn settle(
         &self,
         batch: &[Leased],
-        verdicts: Vec<Option<Verdict>>,
+        mut verdicts: Vec<Option<Verdict>>,
     ) -> Result<(), crate::spool::SpoolError> {
+        keep_group_order(batch, &mut verdicts);
         let now = SystemTime::now();
         let mut delivered = Vec::new();
-        let mut retries = Vec::new();
+        let mut later = Vec::new();
         let mut dead = Vec::new();
         for (leased, verdict) in batch.iter().zip(verdicts) {
             let verdict = verdict.unwrap_or_else(|| {
                 Verdict::permanent("the adapter produced no request for this message")
             });
-            let attempt = |reason: String| Attempt {
-                attempts: leased.attempts + 1,
-                first_attempt: leased.first_attempt.unwrap_or(now),
+            // The give-up clock starts at the first real attempt.
+            let first_attempt = match leased.attempts {
+                0 => now,
+                _ => leased.first_attempt.unwrap_or(now),
+            };
+            let attempt = |reason: String, attempts: u32| Attempt {
+                attempts,
+                first_attempt,
                 last_attempt: now,
                 status: status_of(&reason),
                 response: response_of(&reason),
@@ -353,14 +365,18 @@ impl Worker {
             };
             match verdict {
                 Verdict::Delivered => delivered.push(leased.seq),
+                Verdict::Defer { after, reason } => {
+                    let wait = after.unwrap_or(self.policy.initial);
+                    later.push((leased.seq, wait, attempt(reason, leased.attempts), true));
+                }
                 Verdict::Retry { after, reason } => {
-                    let a = attempt(reason);
+                    let a = attempt(reason, leased.attempts + 1);
                     let elapsed = now.duration_since(a.first_attempt).unwrap_or_default();
                     match self
                         .policy
                         .decide(a.attempts, elapsed, after, rand::random::<f64>())
                     {
-                        Decision::RetryIn(wait) => retries.push((leased.seq, wait, a)),
+                        Decision::RetryIn(wait) => later.push((leased.seq, wait, a, false)),
                         Decision::GiveUp(why) => {
                             let reason = format!("{why}; last error: {}", a.reason);
                             dead.push((
@@ -374,10 +390,12 @@ impl Worker {
                         }
                     }
                 }
-                Verdict::Permanent { reason } => dead.push((leased, attempt(reason))),
+                Verdict::Permanent { reason } => {
+                    dead.push((leased, attempt(reason, leased.attempts + 1)))
+                }
             }
         }
-        self.schedule_retries(now, retries).await?;
+        self.schedule(now, later).await?;
         // Issued together so the spool's writer can commit them in one transaction.
         let dead_letters = dead
             .into_iter()
@@ -392,26 +410,35 @@ impl Worker {
         Ok(())
     }
 
-    /// Put failed items back for later: one WARN line for the batch, not one per message.
-    async fn schedule_retries(
+    /// Put items back for later: one WARN line per batch for retries (and one for deferrals),
+    /// not one per message.
+    async fn schedule(
         &self,
         now: SystemTime,
-        retries: Vec<(crate::spool::Seq, Duration, Attempt)>,
+        later: Vec<(crate::spool::Seq, Duration, Attempt, bool)>,
     ) -> Result<(), crate::spool::SpoolError> {
-        let Some((first_seq, first_wait, first)) = retries.first() else {
-            return Ok(());
-        };
-        tracing::warn!(destination = %self.name, messages = retries.len(), seq = first_seq,
-            attempt = first.attempts, retry_in = ?first_wait, reason = %first.reason,
-            "delivery failed; will retry");
-        Status::set(&self.status.last_error, Some(first.reason.clone()));
-        let scheduled = retries
+        for deferred in [false, true] {
+            let mut these = later.iter().filter(|(_, _, _, d)| *d == deferred);
+            let Some((seq, wait, first, _)) = these.next() else {
+                continue;
+            };
+            let messages = 1 + these.count();
+            if deferred {
+                tracing::warn!(destination = %self.name, messages, seq, retry_in = ?wait,
+                    reason = %first.reason, "delivery deferred; not attempted");
+            } else {
+                tracing::warn!(destination = %self.name, messages, seq, attempt = first.attempts,
+                    retry_in = ?wait, reason = %first.reason, "delivery failed; will retry");
+                telemetry::deliveries(&self.name, "retry", messages);
+            }
+            Status::set(&self.status.last_error, Some(first.reason.clone()));
+        }
+        let scheduled = later
             .iter()
-            .map(|(seq, wait, a)| self.spool.retry_at(&self.name, *seq, now + *wait, a));
+            .map(|(seq, wait, a, _)| self.spool.retry_at(&self.name, *seq, now + *wait, a));
         for result in futures_util::future::join_all(scheduled).await {
             result?;
         }
-        telemetry::deliveries(&self.name, "retry", retries.len());
         Ok(())
     }
 
@@ -426,6 +453,30 @@ impl Worker {
         self.spool.dead_letter(&self.name, leased.seq, &a).await?;
         telemetry::deliveries(&self.name, "dead_letter", 1);
         Ok(())
+    }
+}
+
+/// Last write wins only if a group's updates land in order: once an item of a group must be
+/// sent again, newer items of that group in the same batch are sent again after it too, even
+/// if they were delivered this time.
+fn keep_group_order(batch: &[Leased], verdicts: &mut [Option<Verdict>]) {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].seq);
+    let mut waiting: Vec<&str> = Vec::new();
+    for i in order {
+        let Some(group) = batch[i].group_id.as_deref() else {
+            continue;
+        };
+        match &verdicts[i] {
+            Some(Verdict::Retry { .. } | Verdict::Defer { .. }) => waiting.push(group),
+            Some(Verdict::Delivered) if waiting.contains(&group) => {
+                verdicts[i] = Some(Verdict::Defer {
+                    after: None,
+                    reason: "an older update of this group is waiting for a retry".into(),
+                });
+            }
+            _ => {}
+        }
     }
 }
 
@@ -465,4 +516,46 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn leased(seq: u64, group: Option<&str>) -> Leased {
+        Leased {
+            seq,
+            body: Arc::from("{}"),
+            group_id: group.map(Arc::from),
+            attempts: 0,
+            first_attempt: None,
+        }
+    }
+
+    #[test]
+    fn a_newer_delivered_update_waits_behind_an_older_retry_of_its_group() {
+        let batch = vec![
+            leased(5, Some("acme")),
+            leased(3, Some("acme")),
+            leased(4, Some("other")),
+            leased(6, None),
+            leased(2, Some("acme")),
+        ];
+        let mut v = vec![
+            Some(Verdict::Delivered),
+            Some(Verdict::retry("503")),
+            Some(Verdict::Delivered),
+            Some(Verdict::Delivered),
+            Some(Verdict::Delivered),
+        ];
+        keep_group_order(&batch, &mut v);
+        // seq 2 (older than the retry) and other groups stay delivered; seq 5 waits.
+        assert_eq!(v[4], Some(Verdict::Delivered));
+        assert!(matches!(v[0], Some(Verdict::Defer { .. })));
+        assert_eq!(v[2], Some(Verdict::Delivered));
+        assert_eq!(v[3], Some(Verdict::Delivered));
+        assert!(matches!(v[1], Some(Verdict::Retry { .. })));
+    }
 }

@@ -128,6 +128,12 @@ pub enum Verdict {
     Permanent {
         reason: String,
     },
+    /// Not attempted (the destination is paused, a credential could not be fetched): send
+    /// later without counting an attempt, so it never dead-letters for this.
+    Defer {
+        after: Option<Duration>,
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -144,13 +150,15 @@ impl Verdict {
         }
     }
 
-    /// Of two verdicts for the same item, the one that decides: permanent over retry over delivered.
+    /// Of two verdicts for the same item, the one that decides: permanent over retry over
+    /// defer over delivered.
     pub fn worst(self, other: Verdict) -> Verdict {
         fn rank(v: &Verdict) -> u8 {
             match v {
                 Verdict::Delivered => 0,
-                Verdict::Retry { .. } => 1,
-                Verdict::Permanent { .. } => 2,
+                Verdict::Defer { .. } => 1,
+                Verdict::Retry { .. } => 2,
+                Verdict::Permanent { .. } => 3,
             }
         }
         if rank(&other) > rank(&self) {
@@ -272,18 +280,21 @@ pub fn classify_status(
     c
 }
 
-/// `Retry-After` as seconds or an HTTP date, relative to `now`.
+/// `Retry-After` as seconds or an HTTP date, relative to `now`, honoured up to
+/// [`MAX_RETRY_AFTER`](crate::retry::MAX_RETRY_AFTER): a destination cannot park itself (or
+/// overflow a clock) with a huge value.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let cap = crate::retry::MAX_RETRY_AFTER;
     let text = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
     if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs >= 0.0).then(|| Duration::try_from_secs_f64(secs).unwrap_or(cap).min(cap));
     }
     let at = httpdate::parse_http_date(text).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
+    Some(at.duration_since(now).unwrap_or_default().min(cap))
 }
 
 /// The first 500 bytes of a body, for reasons and dead letters.
@@ -340,6 +351,20 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
         h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, now), None);
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("-1"));
+        assert_eq!(retry_after(&h, now), None);
+        // Huge values are clamped to an hour rather than panicking or parking the destination.
+        let cap = crate::retry::MAX_RETRY_AFTER;
+        for huge in ["86400", "99999999999999999999", "1e400", "inf"] {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static(huge));
+            assert_eq!(retry_after(&h, now), Some(cap), "{huge}");
+        }
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(10 * 86400));
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_str(&far).unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(cap));
     }
 
     #[test]
@@ -368,6 +393,12 @@ mod tests {
     fn worst_wins() {
         let r = Verdict::retry("r");
         let p = Verdict::permanent("p");
+        let d = Verdict::Defer {
+            after: None,
+            reason: "d".into(),
+        };
+        assert_eq!(Verdict::Delivered.worst(d.clone()), d);
+        assert_eq!(d.clone().worst(r.clone()), r);
         assert_eq!(Verdict::Delivered.worst(r.clone()), r);
         assert_eq!(r.clone().worst(p.clone()), p);
         assert_eq!(p.clone().worst(Verdict::Delivered), p);

@@ -157,11 +157,14 @@ pub async fn run(
     });
     let server = tokio::spawn(async move { serve.await });
     let _ = signalled_rx.wait_for(|s| *s).await;
-    if tokio::time::timeout(grace, server).await.is_err() {
+    // One deadline for everything: in-flight requests first, then the batches being delivered
+    // (workers stop leasing at once and finish what they hold).
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
     }
-    let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + grace.max(Duration::from_millis(100));
+    let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
     for w in workers {
         if tokio::time::timeout_at(deadline, w).await.is_err() {
             tracing::warn!("a delivery worker did not finish within the grace period");

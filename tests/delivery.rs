@@ -93,6 +93,27 @@ async fn client_errors_are_not_retried() {
         .count();
     assert_eq!(attempts, 1);
     d.wait_for_log("dead-lettered").await;
+    // Dead-lettered, not waiting for a retry: nothing pending, one dead letter, one attempt.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (_, status) = d.get("/v1/destinations").await;
+        let hook = &status["destinations"][0];
+        if hook["pending"] == 0 && hook["in_flight"] == 0 {
+            assert_eq!(hook["dead_letters"], 1, "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue never emptied: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bad = rx
+        .requests("/hook")
+        .iter()
+        .filter(|c| c.json()["messageId"] == "bad")
+        .count();
+    assert_eq!(bad, 1, "a 400 is never retried");
 }
 
 #[tokio::test]
@@ -134,7 +155,7 @@ async fn dry_run_logs_the_request_and_sends_nothing() {
     )
     .await;
     send_group(&d, "dry").await;
-    // The live destination got it, so the dry one has had its turn too.
+    // The live destination got it; the dry one is waited for through its log below.
     rx.wait_for("/live", 1).await;
     let logs = d.wait_for_log("dry run: would send").await;
     assert!(
@@ -195,7 +216,7 @@ async fn sigterm_stops_cleanly() {
     let mut d = Daemon::start("", &config(&rx, "")).await;
     send_group(&d, "before-stop").await;
     rx.wait_for("/hook", 1).await;
-    let status = d.terminate();
+    let status = d.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     d.wait_for_log("stopped").await;
 }

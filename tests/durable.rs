@@ -438,7 +438,7 @@ async fn a_backlog_survives_sigterm_and_is_delivered_after_restart() {
     );
     rx.wait_for("/a", 1).await;
     let mut d = d;
-    assert!(d.terminate().success());
+    assert!(d.terminate().await.success());
     rx.set_default("/a", Answer::status(200));
     let d = d.restart().await;
     let expected: HashSet<String> = ids.iter().cloned().collect();

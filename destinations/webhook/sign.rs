@@ -44,12 +44,11 @@ pub fn standard(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 /// A `webhook-id`: stable across retries, free of `.` (the spec's separator).
 pub fn webhook_id<'a>(message_ids: impl Iterator<Item = &'a str>, batch: bool) -> String {
     let ids: Vec<&str> = message_ids.collect();
-    if !batch
-        && ids.len() == 1
-        && !ids[0].is_empty()
-        && !ids[0].contains('.')
-        && !ids[0].contains(' ')
-    {
+    // Passed through only when it is a plain header-safe token without the spec's `.`.
+    let plain = |id: &str| {
+        !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'.')
+    };
+    if !batch && ids.len() == 1 && plain(ids[0]) {
         return ids[0].to_string();
     }
     let mut h = Sha256::new();
@@ -98,6 +97,13 @@ mod tests {
         assert_eq!(webhook_id(["m1"].into_iter(), false), "m1");
         let dotted = webhook_id(["a.b"].into_iter(), false);
         assert!(dotted.starts_with("msg_") && !dotted.contains('.'));
+        for odd in ["a\u{7f}1", "a b", "zürich", ""] {
+            let id = webhook_id([odd].into_iter(), false);
+            assert!(
+                id.starts_with("msg_") && id.bytes().all(|b| b.is_ascii_graphic()),
+                "{odd:?} → {id}"
+            );
+        }
         let b1 = webhook_id(["m1", "m2"].into_iter(), true);
         assert_eq!(b1, webhook_id(["m1", "m2"].into_iter(), true));
         assert_ne!(b1, webhook_id(["m2", "m1"].into_iter(), true));

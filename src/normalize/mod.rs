@@ -200,7 +200,10 @@ fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Resul
     let corrected = match (timestamp, sent_at) {
         (None, _) => received_at,
         (Some(ts), None) => ts,
-        (Some(ts), Some(sent)) => received_at - (sent - ts),
+        // Checked: dates far apart (signed years beyond 9999) must not overflow the clock.
+        (Some(ts), Some(sent)) => received_at
+            .checked_sub_signed(sent - ts)
+            .ok_or_else(|| invalid("timestamp and sentAt are too far apart to correct for skew"))?,
     };
     if let Some(original) = msg.get("timestamp").cloned() {
         msg.insert("originalTimestamp".into(), original);

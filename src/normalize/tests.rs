@@ -176,3 +176,10 @@ fn group_traits_are_normalized_and_counted() {
     .unwrap();
     assert_eq!(n.message["properties"], json!({"created_at": 1}));
 }
+
+#[test]
+fn extreme_dates_are_refused_not_a_panic() {
+    let r = group(json!({"userId": "u", "groupId": "g",
+        "timestamp": "+200000-01-01T00:00:00", "sentAt": "-200000-01-01T00:00:00"}));
+    assert!(r.is_err(), "{r:?}");
+}

@@ -82,3 +82,34 @@ async fn too_large_splits_the_batch() {
     assert_eq!(rx.requests("/groups").len(), 3);
     assert!(rx.requests("/engage").is_empty());
 }
+
+/// Two updates of one group share a batch; only the older one's engage request fails. The
+/// newer update must be sent again after the older one's retry, so it still wins.
+#[tokio::test]
+async fn a_partly_failed_batch_keeps_the_last_write_winning() {
+    let rx = Receiver::start().await;
+    accept_all(&rx);
+    rx.script("/engage", vec![Answer::status(503)]);
+    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
+    let mut older = call("acme", Some("u-1"), json!({"plan": "free"}));
+    older["messageId"] = json!("m-older");
+    let mut newer = call("acme", None, json!({"plan": "pro"}));
+    newer["messageId"] = json!("m-newer");
+    send(&d, vec![older, newer]).await;
+    wait_status(&d, "Mixpanel", settled(0), "both delivered").await;
+    let plans: Vec<String> = rx
+        .requests("/groups")
+        .iter()
+        .flat_map(|c| c.json().as_array().unwrap().clone())
+        .map(|u| u["$set"]["plan"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        plans.len() >= 3,
+        "the retry resent the group update: {plans:?}"
+    );
+    assert_eq!(
+        plans.last().map(String::as_str),
+        Some("pro"),
+        "last write must win: {plans:?}"
+    );
+}

@@ -369,7 +369,7 @@ impl Daemon {
     }
 
     /// Send SIGTERM and wait for the process to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -383,7 +383,9 @@ impl Daemon {
                 Instant::now() < deadline,
                 "daemon did not exit after SIGTERM"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            // An async sleep: the in-process receiver must keep answering while the daemon
+            // finishes its in-flight batch.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
