@@ -344,6 +344,23 @@ impl Settings {
         T::deserialize(de).map_err(|e| self.source.toml_error(&e))
     }
 
+    /// An http(s) URL from key `key` of destination `dest`, without a trailing `/`.
+    pub fn http_url(&self, key: &str, dest: &str, value: &str) -> Result<String, ConfigError> {
+        let url = reqwest::Url::parse(value).map_err(|e| {
+            self.error(
+                key,
+                format!("destination `{dest}`: {key} `{value}` is not a URL: {e}"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.error(
+                key,
+                format!("destination `{dest}`: {key} must be http or https"),
+            ));
+        }
+        Ok(value.trim_end_matches('/').to_string())
+    }
+
     /// An error placed at `key`'s line when present, else at the destination's table.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let span = self
@@ -581,16 +598,6 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigErrors(errors))
-        }
-    }
-}
-
-impl DestinationConfig {
-    /// Message types this destination takes, given its adapter's default.
-    pub fn accepts(&self, default: &[MessageType], ty: MessageType) -> bool {
-        match &self.types {
-            Some(types) => types.contains(&ty),
-            None => default.contains(&ty),
         }
     }
 }

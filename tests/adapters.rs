@@ -112,21 +112,6 @@ fn settled(dead: u64) -> impl Fn(&Value) -> bool {
     move |e: &Value| e["pending"] == 0 && e["in_flight"] == 0 && e["dead_letters"] == dead
 }
 
-async fn wait_log(d: &Daemon, needle: &str) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let logs = d.logs();
-        if logs.contains(needle) {
-            return logs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for log `{needle}`; logs:\n{logs}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 fn group_ids(c: &Captured) -> Vec<String> {
     let body = c.json();
     let records = body
@@ -234,7 +219,7 @@ async fn dry_run_logs_requests_and_sends_nothing() {
     .await;
     wait_status(&d, "Salesforce", settled(0), "dry run counted as delivered").await;
     wait_status(&d, "Mixpanel", settled(0), "dry run counted as delivered").await;
-    let logs = wait_log(&d, "/engage?verbose=1").await;
+    let logs = d.wait_for_log("/engage?verbose=1").await;
     let shown: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("dry run: would send"))

@@ -147,21 +147,7 @@ fn api_host(
                 format!("destination `{name}`: set region or api_host, not both"),
             ));
         }
-        (Some(host), None) => {
-            let url = reqwest::Url::parse(&host).map_err(|e| {
-                s.error(
-                    "api_host",
-                    format!("destination `{name}`: api_host `{host}` is not a URL: {e}"),
-                )
-            })?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(s.error(
-                    "api_host",
-                    format!("destination `{name}`: api_host must be http or https"),
-                ));
-            }
-            host.trim_end_matches('/').to_string()
-        }
+        (Some(host), None) => s.http_url("api_host", name, &host)?,
         (None, region) => region.unwrap_or(Region::Us).host().to_string(),
     })
 }

@@ -128,28 +128,12 @@ fn api_name(s: &Settings, key: &str, dest: &str, value: &str) -> Result<(), Conf
     }
 }
 
-fn http_url(s: &Settings, key: &str, dest: &str, value: &str) -> Result<String, ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| {
-        s.error(
-            key,
-            format!("destination `{dest}`: {key} `{value}` is not a URL: {e}"),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(s.error(
-            key,
-            format!("destination `{dest}`: {key} must be http or https"),
-        ));
-    }
-    Ok(value.trim_end_matches('/').to_string())
-}
-
 impl Salesforce {
     fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
         let s = &config.settings;
         let c: SalesforceConfig = s.parse()?;
         let name = config.name.as_str();
-        let instance_url = http_url(s, "instance_url", name, &c.instance_url)?;
+        let instance_url = s.http_url("instance_url", name, &c.instance_url)?;
         // `vNN.N`, from v46.0 on (collections upsert by external id, SF-COLL).
         let version_ok = c
             .api_version
@@ -178,7 +162,7 @@ impl Salesforce {
         }
         let mapping = mapping(s, name, &c.fields)?;
         let token_url = match &c.auth.token_url {
-            Some(url) => http_url(s, "auth", name, url)?,
+            Some(url) => s.http_url("auth", name, url)?,
             None => format!("{instance_url}/services/oauth2/token"),
         };
         let tokens = auth::Tokens::new(token_url, c.auth)

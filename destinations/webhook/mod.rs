@@ -72,18 +72,7 @@ impl Webhook {
         let s = &config.settings;
         let c: WebhookConfig = s.parse()?;
         let name = &config.name;
-        let url = reqwest::Url::parse(&c.url).map_err(|e| {
-            s.error(
-                "url",
-                format!("destination `{name}`: url `{}` is not a URL: {e}", c.url),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(s.error(
-                "url",
-                format!("destination `{name}`: url must be http or https"),
-            ));
-        }
+        let url = s.http_url("url", name, &c.url)?;
         let method = match c.method.to_ascii_uppercase().as_str() {
             "POST" => Method::POST,
             "PUT" => Method::PUT,
@@ -140,7 +129,7 @@ impl Webhook {
             _ => None,
         };
         Ok(Self {
-            url: url.to_string(),
+            url,
             method,
             headers,
             as_array: config.batch.max_events.unwrap_or(1) > 1,
