@@ -37,17 +37,22 @@ pub struct TraitReport {
     pub unparsed_created_at: bool,
 }
 
-/// A key by its letters and digits alone, lower-cased: `Created At`, `created_at` → `createdat`.
-pub fn fold(key: &str) -> String {
-    key.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
+/// The canonical spelling of a reserved key, recognised by its letters and digits alone,
+/// lower-cased: `Created At`, `created_at` → `createdAt`.
 fn canonical(key: &str, table: &[(&str, &'static str)]) -> Option<&'static str> {
-    let folded = fold(key);
-    table.iter().find(|(f, _)| *f == folded).map(|(_, c)| *c)
+    // Folded into a small buffer instead of a String: this runs for every trait key of every
+    // message. Reserved names are short and ASCII, so anything else matches nothing.
+    let mut buf = [0u8; 16];
+    let mut len = 0;
+    for c in key.chars().filter(|c| c.is_alphanumeric()) {
+        if !c.is_ascii() || len == buf.len() {
+            return None;
+        }
+        buf[len] = c.to_ascii_lowercase() as u8;
+        len += 1;
+    }
+    let folded = &buf[..len];
+    table.iter().find(|(f, _)| f.as_bytes() == folded).map(|(_, c)| *c)
 }
 
 /// Rename reserved keys to their canonical spelling, keeping order. The canonical spelling
