@@ -35,7 +35,7 @@ fn msg(id: &str, group: Option<&str>, dests: &[&str]) -> Accepted {
 }
 
 fn append(s: &mut Store, messages: Vec<Accepted>) -> Vec<Appended> {
-    s.append(messages, &mut Vec::new()).unwrap().unwrap()
+    s.append(&messages, &mut Vec::new()).unwrap().unwrap()
 }
 
 /// The message ids a lease returned, with their seqs.
@@ -295,7 +295,7 @@ fn rejected_messages_are_dead_letters_without_a_destination() {
         raw: r#"{"messageId":"m9"}"#.into(),
         at: SystemTime::now(),
     };
-    s.reject(vec![r]).unwrap();
+    s.reject(&[r]).unwrap();
     let mut conn = dlq::open(dir.path()).unwrap();
     let listed = dlq::list(&conn, None, Some("invalid")).unwrap();
     assert_eq!(listed.len(), 1);
@@ -353,7 +353,7 @@ fn a_full_spool_refuses_until_delivered_rows_are_collected() {
     let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
     append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
     let full = s
-        .append(vec![msg("3", None, &["A"])], &mut Vec::new())
+        .append(&[msg("3", None, &["A"])], &mut Vec::new())
         .unwrap();
     assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
     let a = lease(&mut s, "A", 10);
@@ -549,7 +549,7 @@ fn bytes_replayed_from_dead_letters_still_count_after_the_daemon_appends() {
         [Appended::Stored]
     );
     let full = s
-        .append(vec![msg("4", None, &["A"])], &mut Vec::new())
+        .append(&[msg("4", None, &["A"])], &mut Vec::new())
         .unwrap();
     assert!(
         matches!(full, Err(SpoolError::Full { .. })),
@@ -579,7 +579,7 @@ fn opening_repairs_a_byte_total_that_drifted() {
     }
     let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
     let full = s
-        .append(vec![msg("3", None, &["A"])], &mut Vec::new())
+        .append(&[msg("3", None, &["A"])], &mut Vec::new())
         .unwrap();
     assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
 }

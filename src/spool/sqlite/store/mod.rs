@@ -16,8 +16,10 @@ use super::schema::storage;
 mod housekeeping;
 mod lease;
 mod settle;
+mod snapshot;
 use crate::message::Accepted;
 use crate::spool::{Appended, Depth, Rejected, Seq, SpoolError};
+pub(super) use snapshot::Snapshot;
 
 /// An item leased to a worker.
 #[derive(Debug, Clone)]
@@ -122,7 +124,7 @@ impl Store {
             store.lanes.insert(name.clone(), lane);
         }
         store.repair_bytes()?;
-        store.reset()?;
+        store.load()?;
         store.warn_unconfigured()?;
         Ok(store)
     }
@@ -187,9 +189,9 @@ impl Store {
         Ok(())
     }
 
-    /// Forget every lease and reload from the file: at start, and after a failed transaction
-    /// (whose in-memory effects cannot be trusted). Leased items become due again.
-    pub fn reset(&mut self) -> Result<(), SpoolError> {
+    /// Cursors and counts from the file, at start, when nothing is leased yet. (A failed
+    /// transaction restores a `Snapshot` instead: reloading would forget live leases.)
+    fn load(&mut self) -> Result<(), SpoolError> {
         for lane in self.lanes.values_mut() {
             lane.cursor = self
                 .conn
@@ -260,7 +262,7 @@ impl Store {
     /// outer error fails the transaction; the inner one (`Full`) only answers this caller.
     pub fn append(
         &mut self,
-        messages: Vec<Accepted>,
+        messages: &[Accepted],
         fresh: &mut Vec<String>,
     ) -> Result<Result<Vec<Appended>, SpoolError>, SpoolError> {
         let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
@@ -340,7 +342,7 @@ impl Store {
     }
 
     /// Keep messages refused at ingest as dead letters with reason `invalid`.
-    pub fn reject(&mut self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {
+    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<(), SpoolError> {
         for r in rejected {
             let message_id = serde_json::from_str::<serde_json::Value>(&r.raw)
                 .ok()
