@@ -132,10 +132,7 @@ pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
 fn load(config: &Path) -> Result<crate::config::Config, DlqError> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| DlqError::Config(format!("{}: cannot read: {e}", config.display())))?;
-    crate::config::load_with_env(&text, &|name| {
-        Some(std::env::var(name).unwrap_or_else(|_| "unset".into()))
-    })
-    .map_err(|errors| {
+    crate::config::load_with_env(&text, &placeholder_env).map_err(|errors| {
         let lines: Vec<String> = errors
             .0
             .iter()
@@ -143,6 +140,12 @@ fn load(config: &Path) -> Result<crate::config::Config, DlqError> {
             .collect();
         DlqError::Config(lines.join("\n"))
     })
+}
+
+/// The variable's value, or a placeholder naming it. One placeholder per variable: validation
+/// refuses two sources with the same write key, and two unset variables must not look alike.
+fn placeholder_env(name: &str) -> Option<String> {
+    Some(std::env::var(name).unwrap_or_else(|_| format!("unset:{name}")))
 }
 
 fn write_table(out: &mut dyn Write, letters: &[DeadLetter]) -> std::io::Result<()> {
@@ -176,4 +179,39 @@ fn write_table(out: &mut dyn Write, letters: &[DeadLetter]) -> std::io::Result<(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_whose_keys_come_from_unset_variables_do_not_stop_dlq() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("switchyard.toml");
+        let text = format!(
+            r#"
+[[source]]
+name = "a"
+write_key = "${{SWITCHYARD_DLQ_TEST_NEVER_SET_A}}"
+
+[[source]]
+name = "b"
+write_key = "${{SWITCHYARD_DLQ_TEST_NEVER_SET_B}}"
+
+[spool]
+path = "{}"
+
+[[destination]]
+name = "Webhook"
+type = "webhook"
+url = "https://hooks.example.com/segment"
+dry_run = true
+"#,
+            dir.path().join("spool").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let loaded = load(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.destinations[0].name, "Webhook");
+    }
 }

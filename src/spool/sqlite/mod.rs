@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::{Notify, oneshot};
 
-use self::writer::{Command, Reply, Shared};
+use self::writer::{Command, Reply, Settlement, Shared};
 use super::{Appended, Attempt, Depth, Leased, Rejected, Seq, Spool, SpoolError};
 use crate::message::Accepted;
 
@@ -118,8 +118,8 @@ impl Spool for SqliteSpool {
     }
 
     async fn ack(&self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError> {
-        self.call(|r| Command::Ack(destination.to_string(), seqs.to_vec(), r))
-            .await
+        let settlement = Settlement::Ack(destination.to_string(), seqs.to_vec());
+        self.call(|r| Command::Settle(settlement, r)).await
     }
 
     async fn retry_at(
@@ -129,16 +129,9 @@ impl Spool for SqliteSpool {
         at: SystemTime,
         attempt: &Attempt,
     ) -> Result<(), SpoolError> {
-        self.call(|r| {
-            Command::Retry(
-                destination.to_string(),
-                seq,
-                at,
-                Box::new(attempt.clone()),
-                r,
-            )
-        })
-        .await
+        let settlement =
+            Settlement::Retry(destination.to_string(), seq, at, Box::new(attempt.clone()));
+        self.call(|r| Command::Settle(settlement, r)).await
     }
 
     async fn dead_letter(
@@ -147,8 +140,8 @@ impl Spool for SqliteSpool {
         seq: Seq,
         attempt: &Attempt,
     ) -> Result<(), SpoolError> {
-        self.call(|r| Command::Dead(destination.to_string(), seq, Box::new(attempt.clone()), r))
-            .await
+        let settlement = Settlement::Dead(destination.to_string(), seq, Box::new(attempt.clone()));
+        self.call(|r| Command::Settle(settlement, r)).await
     }
 
     async fn wait(&self, destination: &str, max: Duration) {

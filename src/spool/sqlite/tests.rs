@@ -35,7 +35,7 @@ fn msg(id: &str, group: Option<&str>, dests: &[&str]) -> Accepted {
 }
 
 fn append(s: &mut Store, messages: Vec<Accepted>) -> Vec<Appended> {
-    s.append(messages, &mut Vec::new()).unwrap().unwrap()
+    s.append(&messages, &mut Vec::new()).unwrap().unwrap()
 }
 
 /// The message ids a lease returned, with their seqs.
@@ -295,7 +295,7 @@ fn rejected_messages_are_dead_letters_without_a_destination() {
         raw: r#"{"messageId":"m9"}"#.into(),
         at: SystemTime::now(),
     };
-    s.reject(vec![r]).unwrap();
+    s.reject(&[r]).unwrap();
     let mut conn = dlq::open(dir.path()).unwrap();
     let listed = dlq::list(&conn, None, Some("invalid")).unwrap();
     assert_eq!(listed.len(), 1);
@@ -353,7 +353,7 @@ fn a_full_spool_refuses_until_delivered_rows_are_collected() {
     let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
     append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
     let full = s
-        .append(vec![msg("3", None, &["A"])], &mut Vec::new())
+        .append(&[msg("3", None, &["A"])], &mut Vec::new())
         .unwrap();
     assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
     let a = lease(&mut s, "A", 10);
@@ -520,4 +520,66 @@ fn one_batch_can_be_delivered_retried_and_dead_lettered_item_by_item() {
         ["later"],
         "after a restart only the retry is due"
     );
+}
+
+#[test]
+fn bytes_replayed_from_dead_letters_still_count_after_the_daemon_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let body_len = msg("1", None, &["A"]).body.len() as u64;
+    let mut s = open(dir.path(), body_len * 3, Duration::from_secs(3600));
+    append(&mut s, vec![msg("1", None, &["A"])]);
+    let one = lease(&mut s, "A", 10);
+    s.dead_letter("A", one[0].1, &attempt(1)).unwrap();
+    s.collect_garbage().unwrap();
+    let mut conn = dlq::open(dir.path()).unwrap();
+    dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap();
+    // The daemon appends before its housekeeping notices the replay, then recounts.
+    append(&mut s, vec![msg("2", None, &["A"])]);
+    s.recount().unwrap();
+    let (stored, logged): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT log_bytes FROM stats), (SELECT SUM(bytes) FROM log)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, logged, "the replayed message's bytes were erased");
+    assert_eq!(
+        append(&mut s, vec![msg("3", None, &["A"])]),
+        [Appended::Stored]
+    );
+    let full = s
+        .append(&[msg("4", None, &["A"])], &mut Vec::new())
+        .unwrap();
+    assert!(
+        matches!(full, Err(SpoolError::Full { .. })),
+        "three bodies fill the spool, the replayed one included: {full:?}"
+    );
+    let all = lease(&mut s, "A", 10);
+    let seqs: Vec<Seq> = all.iter().map(|(_, seq)| *seq).collect();
+    s.ack("A", &seqs).unwrap();
+    s.collect_garbage().unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT log_bytes FROM stats", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0, "everything delivered and collected");
+}
+
+#[test]
+fn opening_repairs_a_byte_total_that_drifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let body_len = msg("1", None, &["A"]).body.len() as u64;
+    {
+        let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
+        append(&mut s, vec![msg("1", None, &["A"]), msg("2", None, &["A"])]);
+        // What an older version could leave behind (see the test above).
+        s.conn
+            .execute("UPDATE stats SET log_bytes = 0", [])
+            .unwrap();
+    }
+    let mut s = open(dir.path(), body_len * 2, Duration::from_secs(3600));
+    let full = s
+        .append(&[msg("3", None, &["A"])], &mut Vec::new())
+        .unwrap();
+    assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
 }

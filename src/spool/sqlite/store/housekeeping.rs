@@ -27,7 +27,7 @@ impl Store {
                 .prepare_cached(&format!("DELETE {UNOWED}"))
                 .and_then(|mut s| s.execute(params![from, to]))
                 .map_err(storage)?;
-            self.bytes = self.bytes.saturating_sub(freed as u64);
+            self.add_bytes(-freed)?;
         }
         Ok(())
     }
@@ -38,7 +38,6 @@ impl Store {
     /// after `dlq` changed the file).
     pub fn collect_garbage(&mut self) -> Result<(), SpoolError> {
         const CHUNK: i64 = 5000;
-        let before = self.bytes;
         let settled = std::mem::take(&mut self.freeable);
         for seq in settled {
             self.free_unowed(seq as i64, seq as i64)?;
@@ -57,9 +56,6 @@ impl Store {
                 self.sweep_from = end;
             }
             None => self.sweep_from = 0,
-        }
-        if self.bytes != before {
-            self.save_bytes()?;
         }
         let horizon = ms(SystemTime::now()) - self.dedupe_window.as_millis() as i64;
         self.conn

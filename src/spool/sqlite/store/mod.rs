@@ -16,8 +16,10 @@ use super::schema::storage;
 mod housekeeping;
 mod lease;
 mod settle;
+mod snapshot;
 use crate::message::Accepted;
 use crate::spool::{Appended, Depth, Rejected, Seq, SpoolError};
+pub(super) use snapshot::Snapshot;
 
 /// An item leased to a worker.
 #[derive(Debug, Clone)]
@@ -64,7 +66,9 @@ pub(super) struct Store {
     pub(super) conn: Connection,
     /// Configured destinations by name.
     pub(super) lanes: HashMap<String, Lane>,
-    /// Bytes in the log, mirrored in `stats` so `dlq replay` can add to it.
+    /// Bytes in the log. `stats` holds the same total in the file; every writer (this process
+    /// and `dlq replay`) changes it by what its transaction added or removed, never by
+    /// overwriting it, so no writer erases another's change.
     bytes: u64,
     /// `spool.max_bytes`: appends beyond it are refused (`Full`).
     max_bytes: u64,
@@ -119,9 +123,23 @@ impl Store {
             };
             store.lanes.insert(name.clone(), lane);
         }
-        store.reset()?;
+        store.repair_bytes()?;
+        store.load()?;
         store.warn_unconfigured()?;
         Ok(store)
+    }
+
+    /// Recompute `stats` from the log once at start: spools written by versions that stored
+    /// the total as an absolute value may have lost `dlq replay`'s additions. One scan of the
+    /// log, in one statement so a concurrent `dlq` cannot slip in between the read and write.
+    fn repair_bytes(&self) -> Result<(), SpoolError> {
+        self.conn
+            .execute(
+                "UPDATE stats SET log_bytes = (SELECT COALESCE(SUM(bytes), 0) FROM log) WHERE id = 0",
+                [],
+            )
+            .map_err(storage)?;
+        Ok(())
     }
 
     /// The destination's row; a new destination starts after everything already logged.
@@ -171,9 +189,9 @@ impl Store {
         Ok(())
     }
 
-    /// Forget every lease and reload from the file: at start, and after a failed transaction
-    /// (whose in-memory effects cannot be trusted). Leased items become due again.
-    pub fn reset(&mut self) -> Result<(), SpoolError> {
+    /// Cursors and counts from the file, at start, when nothing is leased yet. (A failed
+    /// transaction restores a `Snapshot` instead: reloading would forget live leases.)
+    fn load(&mut self) -> Result<(), SpoolError> {
         for lane in self.lanes.values_mut() {
             lane.cursor = self
                 .conn
@@ -244,7 +262,7 @@ impl Store {
     /// outer error fails the transaction; the inner one (`Full`) only answers this caller.
     pub fn append(
         &mut self,
-        messages: Vec<Accepted>,
+        messages: &[Accepted],
         fresh: &mut Vec<String>,
     ) -> Result<Result<Vec<Appended>, SpoolError>, SpoolError> {
         let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
@@ -257,6 +275,7 @@ impl Store {
         let now = ms(SystemTime::now());
         let horizon = now - self.dedupe_window.as_millis() as i64;
         let mut answers = Vec::with_capacity(messages.len());
+        let mut added = 0;
         for m in messages {
             let seen: Option<i64> = self
                 .conn
@@ -302,22 +321,28 @@ impl Store {
                 lane.counts.unscanned += 1;
                 fresh.push(name.clone());
             }
-            self.bytes += bytes as u64;
+            added += bytes;
         }
-        self.save_bytes()?;
+        self.add_bytes(added)?;
         Ok(Ok(answers))
     }
 
-    fn save_bytes(&self) -> Result<(), SpoolError> {
+    /// Change the byte total by `delta`, in memory and in the file. A delta, not the total:
+    /// `dlq replay` adds to the file's total between our reads of it (see `bytes`).
+    fn add_bytes(&mut self, delta: i64) -> Result<(), SpoolError> {
+        if delta == 0 {
+            return Ok(());
+        }
         self.conn
-            .prepare_cached("UPDATE stats SET log_bytes = ?1 WHERE id = 0")
-            .and_then(|mut s| s.execute([self.bytes as i64]))
+            .prepare_cached("UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0")
+            .and_then(|mut s| s.execute([delta]))
             .map_err(storage)?;
+        self.bytes = self.bytes.saturating_add_signed(delta);
         Ok(())
     }
 
     /// Keep messages refused at ingest as dead letters with reason `invalid`.
-    pub fn reject(&mut self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {
+    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<(), SpoolError> {
         for r in rejected {
             let message_id = serde_json::from_str::<serde_json::Value>(&r.raw)
                 .ok()

@@ -29,6 +29,7 @@ impl Store {
             return Ok(());
         };
         let Some(flight) = lane.in_flight.remove(&seq) else {
+            not_leased(destination, seq);
             return Ok(());
         };
         let p = params![
@@ -103,8 +104,8 @@ impl Store {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
-        // Not leased (e.g. forgotten by a reset after a failed commit): it will be leased again.
         let Some(flight) = lane.in_flight.remove(&seq) else {
+            not_leased(destination, seq);
             return Ok(());
         };
         then(&self.conn, seq)?;
@@ -147,6 +148,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// An outcome for an item this process has not leased. Leases outlive failed transactions, so
+/// this is a worker's bug, not a spool failure: it is said out loud, but not turned into an
+/// error, which would fail the other callers sharing the transaction.
+fn not_leased(destination: &str, seq: Seq) {
+    tracing::warn!(destination = %destination, seq, "an outcome for an item that is not leased was ignored");
 }
 
 /// The log item is no longer owed from the log to this destination (settled, or moved to the

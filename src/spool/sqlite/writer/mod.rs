@@ -1,5 +1,10 @@
 //! The writer thread: owns the connection, gathers queued commands into one transaction and
 //! one fsync (group commit), and answers each caller only after that commit.
+//!
+//! A transaction that fails changes nothing, in the file or in memory: the store's in-memory
+//! state is restored from a snapshot taken before it began. Its appends and leases are failed
+//! back (ingest answers 503, a worker leases again); its settlements are kept and applied
+//! again, because the worker that sent one has nothing better to do with an error.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, oneshot};
 
 use super::schema::storage;
-use super::store::Store;
+use super::store::{Snapshot, Store};
 use crate::message::Accepted;
 use crate::spool::{Appended, Attempt, Depth, Leased, Rejected, Seq, SpoolError};
 
@@ -27,22 +32,31 @@ pub enum Command {
     Append(Vec<Accepted>, Reply<Vec<Appended>>),
     Reject(Vec<Rejected>, Reply<()>),
     Lease(String, usize, Reply<Vec<Leased>>),
-    Ack(String, Vec<Seq>, Reply<()>),
-    Retry(String, Seq, SystemTime, Box<Attempt>, Reply<()>),
-    Dead(String, Seq, Box<Attempt>, Reply<()>),
+    Settle(Settlement, Reply<()>),
+}
+
+/// The outcome of a delivery already made, for one destination.
+pub enum Settlement {
+    Ack(String, Vec<Seq>),
+    Retry(String, Seq, SystemTime, Box<Attempt>),
+    Dead(String, Seq, Box<Attempt>),
 }
 
 impl Command {
-    /// Answer with `e` without applying.
-    fn fail(self, e: &SpoolError) {
+    /// After a failed transaction: fail an append or a lease back to its caller, who can try
+    /// again; keep a settlement, to apply again later. Its caller (a worker) could do nothing
+    /// useful with an error: the items stay leased, so nobody would ever lease them again.
+    fn fail_or_defer(self, e: &SpoolError, deferred: &mut Deferred) {
         let err = || SpoolError::Storage(e.to_string());
+        // A caller that stopped waiting (a dropped request) needs no answer.
         let _ = match self {
             Command::Append(_, r) => r.send(Err(err())).is_ok(),
             Command::Lease(_, _, r) => r.send(Err(err())).is_ok(),
-            Command::Reject(_, r)
-            | Command::Ack(_, _, r)
-            | Command::Retry(_, _, _, _, r)
-            | Command::Dead(_, _, _, r) => r.send(Err(err())).is_ok(),
+            Command::Reject(_, r) => r.send(Err(err())).is_ok(),
+            Command::Settle(s, r) => {
+                deferred.push((s, r));
+                true
+            }
         };
     }
 }
@@ -70,38 +84,48 @@ pub struct View {
 enum Done {
     Append(Reply<Vec<Appended>>, Result<Vec<Appended>, SpoolError>),
     Lease(Reply<Vec<Leased>>, Vec<Leased>),
-    Unit(Reply<()>),
+    Reject(Reply<()>),
+    /// Kept whole, to be applied again if the transaction fails.
+    Settle(Settlement, Reply<()>),
 }
 
 impl Done {
     fn answer(self) {
-        // A caller that stopped waiting (a dropped request) needs no answer.
         let _ = match self {
             Done::Append(r, v) => r.send(v).is_ok(),
             Done::Lease(r, v) => r.send(Ok(v)).is_ok(),
-            Done::Unit(r) => r.send(Ok(())).is_ok(),
+            Done::Reject(r) | Done::Settle(_, r) => r.send(Ok(())).is_ok(),
         };
     }
 
-    fn fail(self, e: &SpoolError) {
+    /// The transaction failed: nothing of this command was kept (see `Command::fail_or_defer`).
+    fn fail_or_defer(self, e: &SpoolError, deferred: &mut Deferred) {
         let err = || SpoolError::Storage(e.to_string());
         let _ = match self {
             Done::Append(r, _) => r.send(Err(err())).is_ok(),
             Done::Lease(r, _) => r.send(Err(err())).is_ok(),
-            Done::Unit(r) => r.send(Err(err())).is_ok(),
+            Done::Reject(r) => r.send(Err(err())).is_ok(),
+            Done::Settle(s, r) => {
+                deferred.push((s, r));
+                true
+            }
         };
     }
 }
 
+/// Settlements whose transaction failed, waiting to be applied again.
+type Deferred = Vec<(Settlement, Reply<()>)>;
+
 pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     let mut last_tick = Instant::now();
     let mut data_version = data_version(&store);
+    let mut deferred = Deferred::new();
     publish(&store, &shared, store.lanes.keys().cloned().collect());
     loop {
         match rx.recv_timeout(TICK) {
             Ok(first) => {
                 let batch = gather(first, &rx);
-                execute(&mut store, &shared, batch);
+                execute(&mut store, &shared, batch, &mut deferred);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -109,9 +133,30 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             tick(&mut store, &shared, &mut data_version);
+            retry_deferred(&mut store, &shared, &mut deferred);
         }
     }
+    retry_deferred(&mut store, &shared, &mut deferred);
+    if !deferred.is_empty() {
+        tracing::error!(
+            outcomes = deferred.len(),
+            "spool writer stopped with delivery outcomes it could not record; those items will be delivered again"
+        );
+    }
     tracing::debug!("spool writer stopped");
+}
+
+/// Settlements get a transaction of their own, at most once per tick: if one keeps failing,
+/// it must not take the callers of every other transaction down with it.
+fn retry_deferred(store: &mut Store, shared: &Shared, deferred: &mut Deferred) {
+    if deferred.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(deferred)
+        .into_iter()
+        .map(|(s, r)| Command::Settle(s, r))
+        .collect();
+    execute(store, shared, batch, deferred);
 }
 
 /// The first command plus whatever is queued; after an append, linger briefly so concurrent
@@ -139,21 +184,31 @@ fn gather(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
     batch
 }
 
-fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
+fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>, deferred: &mut Deferred) {
+    // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
+    let snapshot = store.snapshot();
+    if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE").map_err(storage) {
+        // Nothing was applied (e.g. SQLITE_BUSY while `dlq replay` holds the write lock).
+        tracing::warn!(error = %e, "cannot start a spool transaction; its callers are told to retry");
+        for c in batch {
+            c.fail_or_defer(&e, deferred);
+        }
+        return;
+    }
     let mut touched = Vec::new();
     let mut fresh = Vec::new();
     let mut done = Vec::with_capacity(batch.len());
     let mut commands = batch.into_iter();
-    let result = (|| -> Result<(), SpoolError> {
-        store
-            .conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(storage)?;
-        for command in commands.by_ref() {
-            done.push(apply(store, command, &mut touched, &mut fresh)?);
+    let mut result = Ok(());
+    for command in commands.by_ref() {
+        let (d, applied) = apply(store, command, &mut touched, &mut fresh);
+        done.push(d);
+        if applied.is_err() {
+            result = applied;
+            break;
         }
-        store.conn.execute_batch("COMMIT").map_err(storage)
-    })();
+    }
+    let result = result.and_then(|()| store.conn.execute_batch("COMMIT").map_err(storage));
     match result {
         Ok(()) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -168,63 +223,74 @@ fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "spool transaction failed; its callers are told to retry");
-            let _ = store.conn.execute_batch("ROLLBACK");
-            store.rewake.clear();
-            if let Err(e) = store.reset() {
-                tracing::error!(error = %e, "cannot reload the spool state");
-            }
+            roll_back(store, snapshot);
+            let kept = done.len() + commands.len();
             // One transaction, one fate: applied or not, every command of it failed.
             for d in done {
-                d.fail(&e);
+                d.fail_or_defer(&e, deferred);
             }
             for c in commands {
-                c.fail(&e);
+                c.fail_or_defer(&e, deferred);
             }
+            tracing::error!(error = %e, commands = kept, deferred = deferred.len(),
+                "spool transaction failed; appends and leases are told to retry, delivery outcomes will be applied again");
             publish(store, shared, store.lanes.keys().cloned().collect());
         }
     }
 }
 
+/// Undo an open transaction in the file and in memory.
+fn roll_back(store: &mut Store, snapshot: Snapshot) {
+    // It may already be gone: SQLite rolls back by itself on some errors (disk full, I/O).
+    let _ = store.conn.execute_batch("ROLLBACK");
+    if !store.conn.is_autocommit() {
+        // Still open: the next BEGIN fails, so every later call fails loudly; nothing of
+        // this transaction can be committed by a later one.
+        tracing::error!("the spool transaction could not be rolled back");
+    }
+    store.restore(snapshot);
+}
+
 /// Apply one command; `touched` lanes get their view republished, `fresh` lanes (new
-/// messages) get their worker woken.
+/// messages) get their worker woken. The command comes back whatever happened, to be
+/// answered after the commit or failed or deferred with the transaction.
 fn apply(
     store: &mut Store,
     command: Command,
     touched: &mut Vec<String>,
     fresh: &mut Vec<String>,
-) -> Result<Done, SpoolError> {
-    Ok(match command {
-        Command::Append(messages, reply) => {
-            let answer = store.append(messages, fresh)?;
-            touched.extend(fresh.iter().cloned());
-            Done::Append(reply, answer)
+) -> (Done, Result<(), SpoolError>) {
+    match command {
+        Command::Append(messages, reply) => match store.append(&messages, fresh) {
+            Ok(answer) => {
+                touched.extend(fresh.iter().cloned());
+                (Done::Append(reply, answer), Ok(()))
+            }
+            Err(e) => (Done::Append(reply, Ok(Vec::new())), Err(e)),
+        },
+        Command::Reject(rejected, reply) => (Done::Reject(reply), store.reject(&rejected)),
+        Command::Lease(dest, max, reply) => match store.lease(&dest, max) {
+            Ok(leased) => {
+                touched.push(dest);
+                (Done::Lease(reply, leased), Ok(()))
+            }
+            Err(e) => (Done::Lease(reply, Vec::new()), Err(e)),
+        },
+        Command::Settle(settlement, reply) => {
+            let result = match &settlement {
+                Settlement::Ack(dest, seqs) => store.ack(dest, seqs),
+                Settlement::Retry(dest, seq, at, attempt) => {
+                    store.retry_at(dest, *seq, *at, attempt)
+                }
+                Settlement::Dead(dest, seq, attempt) => store.dead_letter(dest, *seq, attempt),
+            };
+            let dest = match &settlement {
+                Settlement::Ack(d, _) | Settlement::Retry(d, ..) | Settlement::Dead(d, ..) => d,
+            };
+            touched.push(dest.clone());
+            (Done::Settle(settlement, reply), result)
         }
-        Command::Reject(rejected, reply) => {
-            store.reject(rejected)?;
-            Done::Unit(reply)
-        }
-        Command::Lease(dest, max, reply) => {
-            let leased = store.lease(&dest, max)?;
-            touched.push(dest);
-            Done::Lease(reply, leased)
-        }
-        Command::Ack(dest, seqs, reply) => {
-            store.ack(&dest, &seqs)?;
-            touched.push(dest);
-            Done::Unit(reply)
-        }
-        Command::Retry(dest, seq, at, attempt, reply) => {
-            store.retry_at(&dest, seq, at, &attempt)?;
-            touched.push(dest);
-            Done::Unit(reply)
-        }
-        Command::Dead(dest, seq, attempt, reply) => {
-            store.dead_letter(&dest, seq, &attempt)?;
-            touched.push(dest);
-            Done::Unit(reply)
-        }
-    })
+    }
 }
 
 /// Housekeeping: notice other writers, collect garbage, refresh the oldest-pending times.
@@ -239,22 +305,22 @@ fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
             wake(shared, name);
         }
     }
-    let result = (|| -> Result<(), SpoolError> {
+    let snapshot = store.snapshot();
+    let collected = (|| -> Result<(), SpoolError> {
         store
             .conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(storage)?;
         store.collect_garbage()?;
-        store.conn.execute_batch("COMMIT").map_err(storage)?;
-        store.refresh_oldest()
+        store.conn.execute_batch("COMMIT").map_err(storage)
     })();
-    if let Err(e) = result {
-        let _ = store.conn.execute_batch("ROLLBACK");
+    if let Err(e) = collected {
         tracing::warn!(error = %e, "spool housekeeping failed; will try again");
-        // The byte count may have moved with the rolled-back deletes.
-        if let Err(e) = store.recount() {
-            tracing::error!(error = %e, "cannot recount the spool");
-        }
+        // Keeps the settled rows to free and the byte count in step with the file.
+        roll_back(store, snapshot);
+    }
+    if let Err(e) = store.refresh_oldest() {
+        tracing::warn!(error = %e, "cannot refresh the oldest pending times");
     }
     publish(store, shared, store.lanes.keys().cloned().collect());
 }
@@ -291,3 +357,6 @@ fn wake(shared: &Shared, name: &str) {
         n.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests;
