@@ -2,6 +2,8 @@
 
 use crate::destination::Constructor;
 
+#[cfg(test)]
+pub(crate) mod golden;
 pub mod mixpanel;
 pub mod salesforce;
 pub mod webhook;

@@ -1,6 +1,6 @@
 //! Golden requests, limits, config and answers of the Mixpanel adapter.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::config;
-use crate::destination::{Item, Verdict};
-use crate::normalize::{BatchDefaults, normalize};
+use crate::destination::Verdict;
+use crate::destinations::golden::{self, at, items};
 
 fn mixpanel(extra: &str) -> Result<Mixpanel, String> {
     let text = format!(
@@ -19,58 +19,8 @@ fn mixpanel(extra: &str) -> Result<Mixpanel, String> {
     Mixpanel::new(&config.destinations[0]).map_err(|e| e.to_string())
 }
 
-fn at() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800)
-}
-
-/// The raw calls of the golden fixture, run through the real normalizer first.
 fn normalized_calls() -> Vec<Map<String, Value>> {
-    let raw: Vec<Value> =
-        serde_json::from_str(include_str!("../../tests/fixtures/mixpanel/calls.json")).unwrap();
-    let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
-        .unwrap()
-        .to_utc();
-    raw.into_iter()
-        .map(|r| {
-            normalize(r, None, &BatchDefaults::default(), received, || {
-                "generated".into()
-            })
-            .unwrap()
-            .message
-        })
-        .collect()
-}
-
-fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
-    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-    messages
-        .iter()
-        .map(|m| Item {
-            message: m,
-            options: &EMPTY,
-        })
-        .collect()
-}
-
-/// A request as the golden file shows it; the body parsed (key order kept) for readability.
-fn shown(r: &OutRequest) -> Value {
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
-    // The wire bytes are exactly the compact form of what the fixture shows.
-    assert_eq!(serde_json::to_vec(&body).unwrap(), r.body.to_vec());
-    // The user agent carries the crate version; it is checked apart so releases keep the fixture.
-    assert!(
-        r.headers["user-agent"]
-            .to_str()
-            .unwrap()
-            .starts_with("switchyard/")
-    );
-    let headers: Map<String, Value> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| *k != "user-agent")
-        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
-        .collect();
-    json!({"method": r.method.as_str(), "url": r.url, "headers": headers, "items": r.items, "body": body})
+    golden::normalized_calls(include_str!("../../tests/fixtures/mixpanel/calls.json"))
 }
 
 #[test]
@@ -78,21 +28,11 @@ fn golden_requests() {
     let mp = mixpanel("").unwrap();
     let messages = normalized_calls();
     let t = mp.translate(&items(&messages), at());
-    let got = json!({
-        "requests": t.requests.iter().map(shown).collect::<Vec<_>>(),
-        "settled": t.settled.iter().map(|(i, v)| json!([i, format!("{v:?}")])).collect::<Vec<_>>(),
-    });
-    let text = serde_json::to_string_pretty(&got).unwrap();
-    // `SWITCHYARD_BLESS=1 cargo test` rewrites the fixture after an intended change; review the diff.
-    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/mixpanel/requests.json"
-        );
-        std::fs::write(path, format!("{text}\n")).unwrap();
-    }
-    let golden = include_str!("../../tests/fixtures/mixpanel/requests.json");
-    assert_eq!(text, golden.trim_end(), "actual:\n{text}");
+    golden::assert_golden(
+        "mixpanel",
+        include_str!("../../tests/fixtures/mixpanel/requests.json"),
+        &t,
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Golden requests, merging, answers, auth and config of the Salesforce adapter.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::config;
-use crate::destination::{Item, Verdict};
-use crate::normalize::{BatchDefaults, normalize};
+use crate::destination::Verdict;
+use crate::destinations::golden::{self, at, items};
 
 const BASE: &str = "instance_url = \"https://acme.my.salesforce.com/\"\nexternal_id_field = \"Segment_Group_Id__c\"\n";
 const AUTH: &str =
@@ -27,54 +27,8 @@ fn salesforce(extra: &str) -> Salesforce {
     load(&format!("{BASE}{AUTH}{extra}")).unwrap()
 }
 
-fn at() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800)
-}
-
 fn normalized_calls() -> Vec<Map<String, Value>> {
-    let raw: Vec<Value> =
-        serde_json::from_str(include_str!("../../tests/fixtures/salesforce/calls.json")).unwrap();
-    let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
-        .unwrap()
-        .to_utc();
-    raw.into_iter()
-        .map(|r| {
-            normalize(r, None, &BatchDefaults::default(), received, || {
-                "generated".into()
-            })
-            .unwrap()
-            .message
-        })
-        .collect()
-}
-
-fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
-    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-    messages
-        .iter()
-        .map(|m| Item {
-            message: m,
-            options: &EMPTY,
-        })
-        .collect()
-}
-
-fn shown(r: &OutRequest) -> Value {
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(serde_json::to_vec(&body).unwrap(), r.body.to_vec());
-    assert!(
-        r.headers["user-agent"]
-            .to_str()
-            .unwrap()
-            .starts_with("switchyard/")
-    );
-    let headers: Map<String, Value> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| *k != "user-agent")
-        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
-        .collect();
-    json!({"method": r.method.as_str(), "url": r.url, "headers": headers, "items": r.items, "parts": r.parts, "body": body})
+    golden::normalized_calls(include_str!("../../tests/fixtures/salesforce/calls.json"))
 }
 
 #[test]
@@ -84,21 +38,11 @@ fn golden_requests() {
     );
     let messages = normalized_calls();
     let t = sf.translate(&items(&messages), at());
-    let got = json!({
-        "requests": t.requests.iter().map(shown).collect::<Vec<_>>(),
-        "settled": t.settled.iter().map(|(i, v)| json!([i, format!("{v:?}")])).collect::<Vec<_>>(),
-    });
-    let text = serde_json::to_string_pretty(&got).unwrap();
-    // `SWITCHYARD_BLESS=1 cargo test` rewrites the fixture after an intended change; review the diff.
-    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/salesforce/requests.json"
-        );
-        std::fs::write(path, format!("{text}\n")).unwrap();
-    }
-    let golden = include_str!("../../tests/fixtures/salesforce/requests.json");
-    assert_eq!(text, golden.trim_end(), "actual:\n{text}");
+    golden::assert_golden(
+        "salesforce",
+        include_str!("../../tests/fixtures/salesforce/requests.json"),
+        &t,
+    );
 }
 
 fn group(n: usize, traits: Value) -> Map<String, Value> {

@@ -52,7 +52,10 @@ fn canonical(key: &str, table: &[(&str, &'static str)]) -> Option<&'static str> 
         len += 1;
     }
     let folded = &buf[..len];
-    table.iter().find(|(f, _)| f.as_bytes() == folded).map(|(_, c)| *c)
+    table
+        .iter()
+        .find(|(f, _)| f.as_bytes() == folded)
+        .map(|(_, c)| *c)
 }
 
 /// Rename reserved keys to their canonical spelling, keeping order. The canonical spelling

@@ -1,0 +1,88 @@
+//! Golden-test helpers shared by the adapters' tests: the fixture calls run through the real
+//! normalizer, a translation shown as JSON, and the comparison with its fixture (rewritten by
+//! `SWITCHYARD_BLESS=1 cargo test` after an intended change; review the diff).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use crate::destination::{Item, OutRequest, Translation};
+use crate::normalize::{BatchDefaults, normalize};
+
+/// The clock every golden translation runs at.
+pub fn at() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800)
+}
+
+/// Raw calls (a JSON array) through the real normalizer, received at a fixed time.
+pub fn normalized_calls(fixture: &str) -> Vec<Map<String, Value>> {
+    let raw: Vec<Value> = serde_json::from_str(fixture).unwrap();
+    let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
+        .unwrap()
+        .to_utc();
+    raw.into_iter()
+        .map(|r| {
+            normalize(r, None, &BatchDefaults::default(), received, || {
+                "generated".into()
+            })
+            .unwrap()
+            .message
+        })
+        .collect()
+}
+
+/// Items without per-message options.
+pub fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
+    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+    messages
+        .iter()
+        .map(|m| Item {
+            message: m,
+            options: &EMPTY,
+        })
+        .collect()
+}
+
+/// A request as the golden file shows it; the body parsed (key order kept) for readability.
+pub fn shown(r: &OutRequest) -> Value {
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    // The wire bytes are exactly the compact form of what the fixture shows.
+    assert_eq!(serde_json::to_vec(&body).unwrap(), r.body.to_vec());
+    // The user agent carries the crate version; it is checked apart so releases keep the fixture.
+    assert!(
+        r.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("switchyard/")
+    );
+    let headers: Map<String, Value> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "user-agent")
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    let mut shown =
+        json!({"method": r.method.as_str(), "url": r.url, "headers": headers, "items": r.items});
+    if !r.parts.is_empty() {
+        shown["parts"] = json!(r.parts);
+    }
+    shown["body"] = body;
+    shown
+}
+
+/// Compare a translation with `tests/fixtures/{adapter}/requests.json` (given as `golden`).
+pub fn assert_golden(adapter: &str, golden: &str, t: &Translation) {
+    let got = json!({
+        "requests": t.requests.iter().map(shown).collect::<Vec<_>>(),
+        "settled": t.settled.iter().map(|(i, v)| json!([i, format!("{v:?}")])).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&got).unwrap();
+    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+        let path = format!(
+            "{}/tests/fixtures/{adapter}/requests.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::write(path, format!("{text}\n")).unwrap();
+    }
+    assert_eq!(text, golden.trim_end(), "actual:\n{text}");
+}
