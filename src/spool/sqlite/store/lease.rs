@@ -30,6 +30,13 @@ impl Store {
     }
 
     fn lease_retries(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        if self
+            .lanes
+            .get(destination)
+            .is_some_and(|l| l.counts.retry_rows == 0)
+        {
+            return Ok(Vec::new());
+        }
         let out: Vec<Leased> = self
             .due_retries(destination, max, Some(ms(SystemTime::now())))?
             .into_iter()
@@ -91,7 +98,9 @@ impl Store {
                 if let Some(g) = &group {
                     // An older item of this group is leased or waits in the retry set: this one
                     // waits behind it, in the retry set, so the scan can move on.
-                    let waiting = held.contains(g) || group_has_rows(&self.conn, id, g)?;
+                    // With no retry rows at all (the common case) there is nothing to ask SQLite.
+                    let waiting = held.contains(g)
+                        || (lane.counts.retry_rows > 0 && group_has_rows(&self.conn, id, g)?);
                     if waiting {
                         released |= park(&self.conn, lane, seq, g)?;
                         continue;
@@ -245,6 +254,10 @@ pub(super) fn release_next(
     lane: &Lane,
     group: &Arc<str>,
 ) -> Result<bool, SpoolError> {
+    // Nothing waits in the retry set of this destination: nothing to release.
+    if lane.counts.retry_rows == 0 {
+        return Ok(false);
+    }
     if lane
         .in_flight
         .values()
