@@ -26,7 +26,16 @@ pub struct Item<'a> {
     pub options: &'a Map<String, Value>,
 }
 
-impl Item<'_> {
+impl<'a> Item<'a> {
+    /// The `groupId` of a group call; `None` for any other call (or one without a group).
+    pub fn group_call(&self) -> Option<&'a str> {
+        let message: &'a Map<String, Value> = self.message;
+        match message.get("type").and_then(Value::as_str) {
+            Some("group") => message.get("groupId").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
     pub fn message_id(&self) -> &str {
         self.message
             .get("messageId")

@@ -36,9 +36,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
     let growth = token_growth(mp);
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
-        let group_id = m.get("groupId").and_then(Value::as_str);
-        let (Some("group"), Some(group_id)) = (m.get("type").and_then(Value::as_str), group_id)
-        else {
+        let Some(group_id) = item.group_call() else {
             t.settled.push((
                 i,
                 Verdict::permanent("Mixpanel takes group calls with a groupId only"),

@@ -23,9 +23,7 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
     let mut by_group: HashMap<&str, usize> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
-        let group_id = m.get("groupId").and_then(Value::as_str);
-        let (Some("group"), Some(group_id)) = (m.get("type").and_then(Value::as_str), group_id)
-        else {
+        let Some(group_id) = item.group_call() else {
             t.settled.push((
                 i,
                 Verdict::permanent("Salesforce takes group calls with a groupId only"),
