@@ -202,14 +202,8 @@ pub fn replay(
         };
         let bytes = body.len() as i64;
         tx.execute(
-            "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![source, message_id.unwrap_or_default(), group_id, body, bytes, now],
-        )
-        .map_err(storage)?;
-        let seq = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO route (dest, seq) VALUES (?1, ?2)",
-            params![dest, seq],
+            "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![source, message_id.unwrap_or_default(), group_id, body, bytes, now, super::schema::bit(dest)],
         )
         .map_err(storage)?;
         tx.execute(

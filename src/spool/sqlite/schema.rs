@@ -14,8 +14,11 @@ use crate::spool::SpoolError;
 pub const FILE: &str = "spool.sqlite3";
 
 /// Version 1: the log, one cursor per destination, routes, the retry set, dead letters and
-/// the dedupe index. Later versions append a step; existing steps never change.
-const STEPS: &[&str] = &[r#"
+/// the dedupe index. Version 2: routes become a bitmask on the log row (bit `1 << id` of each
+/// destination it goes to), so a delivered message costs a cursor move, not a row delete per
+/// destination. Later versions append a step; existing steps never change.
+pub(super) const STEPS: &[&str] = &[
+    r#"
 CREATE TABLE destination (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -84,7 +87,22 @@ CREATE INDEX seen_at ON seen (at);
 -- Bytes in the log, kept in the file so another process (dlq replay) can update it too.
 CREATE TABLE stats (id INTEGER PRIMARY KEY CHECK (id = 0), log_bytes INTEGER NOT NULL);
 INSERT INTO stats VALUES (0, 0);
-"#];
+"#,
+    r#"
+ALTER TABLE log ADD COLUMN dests INTEGER NOT NULL DEFAULT 0;
+UPDATE log SET dests = COALESCE((SELECT SUM(1 << r.dest) FROM route r WHERE r.seq = log.seq), 0);
+DROP TABLE route;
+"#,
+];
+
+/// Destination ids are bit positions in `log.dests` (an SQLite integer, 64-bit signed): ids
+/// run from 1 to this, leaving the sign bit alone.
+pub const MAX_DESTINATION_ID: i64 = 62;
+
+/// The bit of destination `id` in `log.dests`.
+pub fn bit(id: i64) -> i64 {
+    1 << id
+}
 
 /// The version this build writes.
 pub const VERSION: i64 = STEPS.len() as i64;

@@ -277,6 +277,8 @@ fn dead_letters_release_the_group_and_can_be_replayed() {
     let done = dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap();
     assert_eq!(done.replayed, vec![listed[0].id]);
     assert!(dlq::list(&conn, None, None).unwrap().is_empty());
+    // What the writer does when its housekeeping sees that another process wrote.
+    s.recount().unwrap();
     assert_eq!(
         ids(&lease(&mut s, "A", 10)),
         ["v1"],
@@ -582,4 +584,86 @@ fn opening_repairs_a_byte_total_that_drifted() {
         .append(&[msg("3", None, &["A"])], &mut Vec::new())
         .unwrap();
     assert!(matches!(full, Err(SpoolError::Full { .. })), "{full:?}");
+}
+
+#[test]
+fn a_version_1_spool_keeps_what_each_destination_was_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A spool as version 1 left it: A owes 1 and 3, B owes 2; 4 was delivered
+        // everywhere but not collected yet.
+        let conn = rusqlite::Connection::open(schema::file(dir.path())).unwrap();
+        conn.execute_batch(schema::STEPS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO destination (id, name, cursor) VALUES (1, 'A', 0), (2, 'B', 0);
+             INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at) VALUES
+               ('web', '1', NULL, '{\"messageId\":\"1\"}', 16, 0),
+               ('web', '2', NULL, '{\"messageId\":\"2\"}', 16, 0),
+               ('web', '3', NULL, '{\"messageId\":\"3\"}', 16, 0),
+               ('web', '4', NULL, '{\"messageId\":\"4\"}', 16, 0);
+             INSERT INTO route (dest, seq) VALUES (1, 1), (2, 2), (1, 3);",
+        )
+        .unwrap();
+    }
+    let mut s = store(dir.path());
+    let version: i64 = s
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::VERSION);
+    assert_eq!(s.depth("A").pending, 2);
+    assert_eq!(s.depth("B").pending, 1);
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["1", "3"]);
+    assert_eq!(ids(&lease(&mut s, "B", 10)), ["2"]);
+}
+
+#[test]
+fn a_new_destination_takes_the_id_of_one_that_is_gone_and_owes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = schema::open(dir.path(), true).unwrap();
+        for id in 1..=schema::MAX_DESTINATION_ID {
+            conn.execute(
+                "INSERT INTO destination (id, name, cursor) VALUES (?1, ?2, 0)",
+                rusqlite::params![id, format!("old{id}")],
+            )
+            .unwrap();
+        }
+        // `old1` is still owed a message: its id cannot be taken.
+        conn.execute(
+            "INSERT INTO log (source, message_id, body, bytes, enqueued_at, dests) VALUES ('web', 'x', '{}', 2, 0, ?1)",
+            [schema::bit(1)],
+        )
+        .unwrap();
+    }
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("1", None, &["A", "B"])]);
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["1"]);
+    assert_eq!(
+        ids(&lease(&mut s, "B", 10)),
+        ["1"],
+        "old1's message is not B's"
+    );
+    drop(s);
+
+    let conn = schema::open(dir.path(), false).unwrap();
+    conn.execute("UPDATE destination SET name = 'busy' || id", [])
+        .unwrap();
+    // Every destination in the file is owed `x` now.
+    conn.execute(
+        "UPDATE log SET dests = ?1 WHERE message_id = 'x'",
+        [i64::MAX],
+    )
+    .unwrap();
+    drop(conn);
+    let names = vec!["C".to_string()];
+    let conn = schema::open(dir.path(), true).unwrap();
+    let err = Store::new(conn, &names, 1 << 30, Duration::from_secs(60))
+        .err()
+        .expect("no id is free");
+    assert!(
+        err.to_string().contains("cannot add destination `C`"),
+        "{err}"
+    );
 }

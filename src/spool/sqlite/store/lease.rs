@@ -7,13 +7,12 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::settle::unroute;
 use super::{Flight, Lane, Store, from_ms, ms};
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Leased, Seq, SpoolError};
 
-/// Most log rows one lease looks at.
-const SCAN_BUDGET: usize = 1000;
+/// Most log rows (by seq span) one lease looks at.
+const SCAN_BUDGET: u64 = 1000;
 
 impl Store {
     /// Due retries first (they are the oldest of their groups), then the log from the scan
@@ -77,22 +76,29 @@ impl Store {
             .filter_map(|(_, f)| f.group.clone())
             .collect();
         let mut released = false;
-        // Items of busy groups are moved aside without counting towards `max`; a budget keeps
-        // one lease (and so one transaction) short when a hot group has a long backlog.
+        // Items of busy groups are moved aside without counting towards `max`, and rows of
+        // other destinations are skipped; a budget (a span of seqs) keeps one lease (and so
+        // one transaction) short when a hot group has a long backlog or this destination gets
+        // few of the rows.
         let mut budget = SCAN_BUDGET;
-        while out.len() < max {
+        while out.len() < max && lane.scan < self.high {
             if budget == 0 {
                 self.rewake.push(destination.to_string());
                 break;
             }
-            let rows = routes_after(&self.conn, id, lane.scan, max - out.len())?;
-            if rows.is_empty() {
-                break;
-            }
-            budget = budget.saturating_sub(rows.len());
-            for (seq, group, body) in rows {
+            let upto = self.high.min(lane.scan + budget);
+            let want = max - out.len();
+            let rows = rows_between(&self.conn, lane.id, lane.bit, lane.scan, upto, want)?;
+            let before = lane.scan;
+            // Fewer rows than asked: nothing else of ours up to `upto`.
+            let exhausted = rows.len() < want;
+            for (seq, group, body, in_retry) in rows {
                 let seq = seq as Seq;
                 lane.scan = seq;
+                if in_retry {
+                    // Moved to the retry set before a crash: it is leased from there.
+                    continue;
+                }
                 lane.counts.unscanned = lane.counts.unscanned.saturating_sub(1);
                 let group: Option<Arc<str>> = group.map(Arc::from);
                 if let Some(g) = &group {
@@ -122,6 +128,10 @@ impl Store {
                     first_attempt: None,
                 });
             }
+            if exhausted {
+                lane.scan = upto;
+            }
+            budget = budget.saturating_sub(lane.scan - before);
         }
         Ok(released)
     }
@@ -201,23 +211,30 @@ impl Store {
     }
 }
 
-/// Up to `limit` routes of destination `dest` after `after`, with their log rows.
-fn routes_after(
+/// A log row as a lease reads it: seq, group, body, and whether the destination's retry set
+/// already holds it (the scan passes those by: they are leased from the retry set).
+type Row = (i64, Option<String>, String, bool);
+
+/// Up to `limit` log rows in `(after, upto]` routed to destination `dest` (bit `bit`).
+fn rows_between(
     conn: &Connection,
     dest: i64,
+    bit: i64,
     after: Seq,
+    upto: Seq,
     limit: usize,
-) -> Result<Vec<(i64, Option<String>, String)>, SpoolError> {
+) -> Result<Vec<Row>, SpoolError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT l.seq, l.group_id, l.body FROM route r JOIN log l ON l.seq = r.seq
-             WHERE r.dest = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+            "SELECT seq, group_id, body, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+             FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
         )
         .map_err(storage)?;
     let rows = stmt
-        .query_map(params![dest, after as i64, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_map(
+            params![after as i64, upto as i64, bit, limit as i64, dest],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .map_err(storage)?;
     rows.collect::<Result<_, _>>().map_err(storage)
 }
@@ -235,7 +252,6 @@ fn park(
     )
     .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))
     .map_err(storage)?;
-    unroute(conn, lane.id, seq)?;
     lane.counts.retry_rows += 1;
     release_next(conn, lane, group)
 }

@@ -1,17 +1,19 @@
 //! The spool's state machine, run by the writer thread inside one transaction per batch of
 //! commands: the SQLite tables plus what only this process needs to know (leases).
 //!
-//! Each destination has a durable cursor into the log and an in-memory scan position at or
-//! above it. Items between the two are leased (in flight) or already settled; the cursor only
-//! passes an item once it is settled, so after a crash every lease is simply due again.
+//! Each log row carries a bitmask of the destinations it goes to. Each destination has a
+//! durable cursor into the log and an in-memory scan position at or above it. Items between
+//! the two are leased (in flight) or already settled; the cursor only passes an item once it
+//! is settled, so after a crash every lease is simply due again. Delivering a batch moves the
+//! cursor (one row update); nothing is written per delivered message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::schema::storage;
+use super::schema::{MAX_DESTINATION_ID, bit, storage};
 
 mod housekeeping;
 mod lease;
@@ -36,7 +38,7 @@ struct Flight {
 /// (`switchyard dlq`) has written.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
-    /// Routes above the scan position.
+    /// Log rows routed to the destination above the scan position.
     unscanned: u64,
     /// Rows in the retry set, waiting behind a group or in backoff.
     retry_rows: u64,
@@ -48,11 +50,13 @@ struct Counts {
 
 /// One destination's view of the spool.
 pub(super) struct Lane {
-    /// The `destination` row: routes and retry rows name destinations by it.
+    /// The `destination` row: retry rows name destinations by it.
     id: i64,
+    /// `bit(id)`: this destination's bit in `log.dests`.
+    bit: i64,
     /// Durable: every route at or below it is settled. A restart scans from here.
     cursor: Seq,
-    /// How far this process has read the routes; at or above `cursor`.
+    /// How far this process has read the log; at or above `cursor`.
     scan: Seq,
     /// Leased items by seq; ordered so the oldest one leased from the log bounds the cursor.
     in_flight: BTreeMap<Seq, Flight>,
@@ -74,11 +78,16 @@ pub(super) struct Store {
     max_bytes: u64,
     /// `spool.dedupe_window`.
     dedupe_window: Duration,
-    /// Log rows settled somewhere since the last housekeeping: maybe owed by nobody now.
+    /// The highest seq in the log (`sqlite_sequence`): scans stop there.
+    high: Seq,
+    /// Rows that waited in the retry set and are settled since the last housekeeping: maybe
+    /// owed by nobody now.
     freeable: Vec<Seq>,
-    /// Where the slow sweep for rows nobody owes (missed by `freeable`, e.g. after a crash)
-    /// resumes.
-    sweep_from: i64,
+    /// Every row at or below it was looked at by housekeeping once every configured cursor
+    /// had passed it; the sweep resumes above it.
+    gc_from: Seq,
+    /// Destinations in the file that are not configured: `(bit, cursor)`. Their rows are kept.
+    others: Vec<(i64, Seq)>,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
 }
@@ -107,14 +116,18 @@ impl Store {
             bytes: 0,
             max_bytes,
             dedupe_window,
+            high: 0,
             freeable: Vec::new(),
-            sweep_from: 0,
+            gc_from: 0,
+            others: Vec::new(),
             rewake: Vec::new(),
         };
+        store.high = store.high_seq()?;
         for name in destinations {
-            let id = store.ensure_destination(name)?;
+            let id = store.ensure_destination(name, destinations)?;
             let lane = Lane {
                 id,
+                bit: bit(id),
                 cursor: 0,
                 scan: 0,
                 in_flight: BTreeMap::new(),
@@ -142,18 +155,8 @@ impl Store {
         Ok(())
     }
 
-    /// The destination's row; a new destination starts after everything already logged.
-    fn ensure_destination(&self, name: &str) -> Result<i64, SpoolError> {
-        let found = self
-            .conn
-            .query_row("SELECT id FROM destination WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(storage)?;
-        if let Some(id) = found {
-            return Ok(id);
-        }
+    /// The highest seq ever given to a log row (AUTOINCREMENT keeps it after deletes).
+    fn high_seq(&self) -> Result<Seq, SpoolError> {
         let high: i64 = self
             .conn
             .query_row(
@@ -162,26 +165,103 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(storage)?;
-        self.conn
-            .execute(
-                "INSERT INTO destination (name, cursor) VALUES (?1, ?2)",
-                params![name, high],
-            )
-            .map_err(storage)?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(high.max(0) as Seq)
     }
 
-    fn warn_unconfigured(&self) -> Result<(), SpoolError> {
-        let mut stmt = self
+    /// The destination's row; a new destination starts after everything already logged and
+    /// takes the lowest free id (its bit in `log.dests`).
+    fn ensure_destination(&self, name: &str, configured: &[String]) -> Result<i64, SpoolError> {
+        let found: Option<i64> = self
             .conn
-            .prepare("SELECT d.name, (SELECT COUNT(*) FROM route r WHERE r.dest = d.id AND r.seq > d.cursor) + (SELECT COUNT(*) FROM retry r WHERE r.dest = d.id) FROM destination d")
+            .query_row("SELECT id FROM destination WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
             .map_err(storage)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        if let Some(id) = found {
+            if !(1..=MAX_DESTINATION_ID).contains(&id) {
+                return Err(SpoolError::Storage(format!(
+                    "destination `{name}` has id {id} in the spool, beyond the {MAX_DESTINATION_ID} this version can route; start with a new spool.path"
+                )));
+            }
+            return Ok(id);
+        }
+        let taken: HashSet<i64> = self
+            .conn
+            .prepare("SELECT id FROM destination")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(storage)?;
-        for row in rows {
-            let (name, pending) = row.map_err(storage)?;
-            if pending > 0 && !self.lanes.contains_key(&name) {
+        let id = match (1..=MAX_DESTINATION_ID).find(|i| !taken.contains(i)) {
+            Some(id) => id,
+            None => self.reclaim_id(configured)?.ok_or_else(|| {
+                SpoolError::Storage(format!(
+                    "cannot add destination `{name}`: the spool holds {MAX_DESTINATION_ID} destinations, each still owed messages; configure fewer names or start with a new spool.path"
+                ))
+            })?,
+        };
+        self.conn
+            .execute(
+                "INSERT INTO destination (id, name, cursor) VALUES (?1, ?2, ?3)",
+                params![id, name, self.high as i64],
+            )
+            .map_err(storage)?;
+        Ok(id)
+    }
+
+    /// Forget a destination that is no longer configured and owes nothing, and give back its id.
+    fn reclaim_id(&self, configured: &[String]) -> Result<Option<i64>, SpoolError> {
+        let rows: Vec<(i64, String, i64)> = self
+            .conn
+            .prepare("SELECT id, name, cursor FROM destination ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(storage)?;
+        for (id, name, cursor) in rows {
+            if configured.contains(&name) {
+                continue;
+            }
+            if self.owed(id, cursor as Seq)? == 0 {
+                self.conn
+                    .execute("DELETE FROM destination WHERE id = ?1", [id])
+                    .map_err(storage)?;
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Messages a destination is still owed: log rows above its cursor plus its retry rows.
+    fn owed(&self, id: i64, cursor: Seq) -> Result<i64, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM log WHERE seq > ?2 AND (dests & ?3) != 0)
+                      + (SELECT COUNT(*) FROM retry WHERE dest = ?1)",
+                params![id, cursor as i64, bit(id)],
+                |r| r.get(0),
+            )
+            .map_err(storage)
+    }
+
+    /// Warn about destinations in the file that are no longer configured and still owed
+    /// messages, and remember their cursors: their rows are kept for them.
+    fn warn_unconfigured(&mut self) -> Result<(), SpoolError> {
+        let rows: Vec<(i64, String, i64)> = self
+            .conn
+            .prepare("SELECT id, name, cursor FROM destination")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(storage)?;
+        for (id, name, cursor) in rows {
+            if self.lanes.contains_key(&name) || !(1..=MAX_DESTINATION_ID).contains(&id) {
+                continue;
+            }
+            self.others.push((bit(id), cursor.max(0) as Seq));
+            let pending = self.owed(id, cursor.max(0) as Seq)?;
+            if pending > 0 {
                 tracing::warn!(destination = %name, pending,
                     "the spool holds messages for a destination no longer configured; they are kept until it is configured again");
             }
@@ -216,20 +296,11 @@ impl Store {
             })
             .map_err(storage)?
             .max(0) as u64;
+        self.high = self.high_seq()?;
         let names: Vec<String> = self.lanes.keys().cloned().collect();
-        for name in names {
-            let (id, scan) = {
-                let l = &self.lanes[&name];
-                (l.id, l.scan as i64)
-            };
-            let unscanned: i64 = self
-                .conn
-                .query_row(
-                    "SELECT COUNT(*) FROM route WHERE dest = ?1 AND seq > ?2",
-                    params![id, scan],
-                    |r| r.get(0),
-                )
-                .map_err(storage)?;
+        let unscanned = self.count_unscanned(&names)?;
+        for (name, unscanned) in names.into_iter().zip(unscanned) {
+            let id = self.lanes[&name].id;
             let (retry_rows, attempted): (i64, i64) = self
                 .conn
                 .query_row(
@@ -248,7 +319,7 @@ impl Store {
                 .map_err(storage)?;
             if let Some(lane) = self.lanes.get_mut(&name) {
                 lane.counts = Counts {
-                    unscanned: unscanned as u64,
+                    unscanned,
                     retry_rows: retry_rows as u64,
                     attempted: attempted as u64,
                     dead: dead as u64,
@@ -256,6 +327,36 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Log rows above each lane's scan position routed to it: one pass over the log for all
+    /// lanes together (at start, and after another process changed the file).
+    fn count_unscanned(&self, names: &[String]) -> Result<Vec<u64>, SpoolError> {
+        let Some(from) = names.iter().map(|n| self.lanes[n].scan).min() else {
+            return Ok(Vec::new());
+        };
+        let columns: Vec<String> = (0..names.len())
+            .map(|i| {
+                let (scan, bit, id) = (3 * i + 2, 3 * i + 3, 3 * i + 4);
+                format!(
+                    "COALESCE(SUM(seq > ?{scan} AND (dests & ?{bit}) != 0
+                        AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?{id} AND r.seq = log.seq)), 0)"
+                )
+            })
+            .collect();
+        let sql = format!("SELECT {} FROM log WHERE seq > ?1", columns.join(", "));
+        let mut values: Vec<i64> = vec![from as i64];
+        for n in names {
+            let lane = &self.lanes[n];
+            values.extend([lane.scan as i64, lane.bit, lane.id]);
+        }
+        self.conn
+            .query_row(&sql, rusqlite::params_from_iter(values), |r| {
+                (0..names.len())
+                    .map(|i| r.get::<_, i64>(i).map(|n| n.max(0) as u64))
+                    .collect()
+            })
+            .map_err(storage)
     }
 
     /// Dedupe, log and route `messages`; `fresh` gets each destination given new work. The
@@ -276,53 +377,50 @@ impl Store {
         let horizon = now - self.dedupe_window.as_millis() as i64;
         let mut answers = Vec::with_capacity(messages.len());
         let mut added = 0;
+        let mut routed = 0i64;
         for m in messages {
-            let seen: Option<i64> = self
+            // One statement for the dedupe check and the key: a key seen within the window
+            // changes nothing (a duplicate); a new or expired one is (re)written.
+            let changed = self
                 .conn
-                .prepare_cached("SELECT at FROM seen WHERE source = ?1 AND message_id = ?2")
-                .and_then(|mut s| {
-                    s.query_row(params![m.source, m.message_id], |r| r.get(0))
-                        .optional()
-                })
+                .prepare_cached(
+                    "INSERT INTO seen (source, message_id, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (source, message_id) DO UPDATE SET at = excluded.at WHERE seen.at <= ?4",
+                )
+                .and_then(|mut s| s.execute(params![m.source, m.message_id, now, horizon]))
                 .map_err(storage)?;
-            if seen.is_some_and(|at| at > horizon) {
+            if changed == 0 {
                 answers.push(Appended::Duplicate);
                 continue;
             }
-            self.conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO seen (source, message_id, at) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![m.source, m.message_id, now]))
-                .map_err(storage)?;
             answers.push(Appended::Stored);
-            let targets: Vec<&String> = m
-                .destinations
-                .iter()
-                .filter(|d| self.lanes.contains_key(*d))
-                .collect();
-            if targets.is_empty() {
+            let mut dests = 0i64;
+            for d in &m.destinations {
+                if let Some(lane) = self.lanes.get_mut(d)
+                    && dests & lane.bit == 0
+                {
+                    dests |= lane.bit;
+                    lane.counts.unscanned += 1;
+                }
+            }
+            if dests == 0 {
                 continue;
             }
             let bytes = m.body.len() as i64;
             self.conn
-                .prepare_cached("INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now]))
+                .prepare_cached("INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now, dests]))
                 .map_err(storage)?;
-            let seq = self.conn.last_insert_rowid();
-            for name in targets {
-                let Some(lane) = self.lanes.get_mut(name) else {
-                    continue;
-                };
-                self.conn
-                    .prepare_cached("INSERT INTO route (dest, seq) VALUES (?1, ?2)")
-                    .and_then(|mut s| s.execute(params![lane.id, seq]))
-                    .map_err(storage)?;
-                lane.counts.unscanned += 1;
-                fresh.push(name.clone());
-            }
+            self.high = self.conn.last_insert_rowid() as Seq;
+            routed |= dests;
             added += bytes;
         }
+        fresh.extend(
+            self.lanes
+                .iter()
+                .filter(|(_, l)| routed & l.bit != 0)
+                .map(|(name, _)| name.clone()),
+        );
         self.add_bytes(added)?;
         Ok(Ok(answers))
     }

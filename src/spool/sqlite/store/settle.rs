@@ -62,7 +62,6 @@ impl Store {
                 )
                 .and_then(|mut s| s.execute(p))
                 .map_err(storage)?;
-            unroute(&self.conn, lane.id, seq)?;
             lane.counts.retry_rows += 1;
             lane.counts.attempted += 1;
         }
@@ -118,10 +117,9 @@ impl Store {
             if flight.attempts > 0 {
                 lane.counts.attempted = lane.counts.attempted.saturating_sub(1);
             }
-        } else {
-            unroute(&self.conn, lane.id, seq)?;
+            // Its row was kept for the retry set; housekeeping may free it now.
+            self.freeable.push(seq);
         }
-        self.freeable.push(seq);
         if let Some(g) = &flight.group {
             release_next(&self.conn, lane, g)?;
         }
@@ -129,7 +127,7 @@ impl Store {
     }
 
     /// Move the durable cursor up to the oldest item still leased from the log.
-    fn advance(&mut self, destination: &str) -> Result<(), SpoolError> {
+    pub(super) fn advance(&mut self, destination: &str) -> Result<(), SpoolError> {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
@@ -155,13 +153,4 @@ impl Store {
 /// error, which would fail the other callers sharing the transaction.
 fn not_leased(destination: &str, seq: Seq) {
     tracing::warn!(destination = %destination, seq, "an outcome for an item that is not leased was ignored");
-}
-
-/// The log item is no longer owed from the log to this destination (settled, or moved to the
-/// retry set).
-pub(super) fn unroute(conn: &Connection, dest: i64, seq: Seq) -> Result<(), SpoolError> {
-    conn.prepare_cached("DELETE FROM route WHERE dest = ?1 AND seq = ?2")
-        .and_then(|mut s| s.execute(params![dest, seq as i64]))
-        .map_err(storage)?;
-    Ok(())
 }

@@ -11,8 +11,9 @@ use crate::spool::Seq;
 pub(in crate::spool::sqlite) struct Snapshot {
     lanes: Vec<(String, SavedLane)>,
     bytes: u64,
+    high: Seq,
     freeable: Vec<Seq>,
-    sweep_from: i64,
+    gc_from: Seq,
     rewake: Vec<String>,
 }
 
@@ -44,8 +45,9 @@ impl Store {
         Snapshot {
             lanes,
             bytes: self.bytes,
+            high: self.high,
             freeable: self.freeable.clone(),
-            sweep_from: self.sweep_from,
+            gc_from: self.gc_from,
             rewake: self.rewake.clone(),
         }
     }
@@ -61,8 +63,9 @@ impl Store {
             }
         }
         self.bytes = snapshot.bytes;
+        self.high = snapshot.high;
         self.freeable = snapshot.freeable;
-        self.sweep_from = snapshot.sweep_from;
+        self.gc_from = snapshot.gc_from;
         self.rewake = snapshot.rewake;
     }
 }
