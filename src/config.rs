@@ -133,10 +133,17 @@ pub struct DestinationConfig {
     /// Engine batching, capped by the adapter's own limit.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Batches in flight at once towards this destination. Items of one group are never in
+    /// two of them: per-group order holds whatever the value.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// The adapter's own keys, still spanned; filled in by [`load`].
     #[serde(skip)]
     pub settings: Settings,
 }
+
+/// Most batches in flight towards one destination.
+pub const MAX_CONCURRENCY: usize = 64;
 
 /// Keys of [`DestinationConfig`] itself; everything else in a `[[destination]]` is the adapter's.
 const COMMON_DESTINATION_KEYS: &[&str] = &[
@@ -149,6 +156,7 @@ const COMMON_DESTINATION_KEYS: &[&str] = &[
     "rate_limit",
     "retry",
     "batch",
+    "concurrency",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +241,9 @@ fn default_dedupe_window() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_concurrency() -> usize {
+    2
 }
 fn default_burst() -> u32 {
     1
@@ -580,6 +591,15 @@ impl Config {
                     "batch",
                     format!(
                         "destination `{}`: batch.max_events must be at least 1",
+                        d.name
+                    ),
+                ));
+            }
+            if !(1..=MAX_CONCURRENCY).contains(&d.concurrency) {
+                errors.push(d.settings.error(
+                    "concurrency",
+                    format!(
+                        "destination `{}`: concurrency must be between 1 and {MAX_CONCURRENCY}",
                         d.name
                     ),
                 ));

@@ -77,6 +77,30 @@ pub struct Worker {
     max_wait: Duration,
     dry_run: bool,
     pub status: Arc<Status>,
+    /// Batches settle in the order they were leased, so the spool's cursor (which only passes
+    /// settled items) follows every settlement and a crash re-sends at most the batches in
+    /// flight. Holds the next ticket; leasing under it gives tickets in lease order.
+    lease_order: tokio::sync::Mutex<u64>,
+    /// Tickets settled so far.
+    settled: watch::Sender<u64>,
+}
+
+/// Marks a batch's ticket settled when dropped, whatever happened to the batch, so the
+/// batches behind it never wait forever.
+struct Ticket<'a> {
+    number: u64,
+    settled: &'a watch::Sender<u64>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let done = self.number + 1;
+        self.settled.send_if_modified(|n| {
+            let before = *n;
+            *n = before.max(done);
+            *n != before
+        });
+    }
 }
 
 impl Worker {
@@ -112,11 +136,15 @@ impl Worker {
             max_wait: config.batch.max_wait,
             dry_run: config.dry_run,
             status: Arc::new(Status::default()),
+            lease_order: tokio::sync::Mutex::new(0),
+            settled: watch::Sender::new(0),
         }
     }
 
-    /// Deliver until `shutdown` turns true; a batch in progress is finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Deliver until `shutdown` turns true; a batch in progress is finished first. Run it
+    /// `concurrency` times over one worker for that many batches in flight: leases, the rate
+    /// limit and the pause are shared.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             if let Some(until) = self.status.paused_until() {
                 let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
@@ -126,7 +154,17 @@ impl Worker {
                 }
                 continue;
             }
-            let batch = match self.next_batch().await {
+            let leased = {
+                let mut next = self.lease_order.lock().await;
+                self.next_batch().await.map(|batch| {
+                    let ticket = *next;
+                    if !batch.is_empty() {
+                        *next += 1;
+                    }
+                    (batch, ticket)
+                })
+            };
+            let (batch, ticket) = match leased {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(destination = %self.name, error = %e, "cannot lease from the spool");
@@ -141,7 +179,7 @@ impl Worker {
                 }
                 continue;
             }
-            if let Err(e) = self.deliver(batch).await {
+            if let Err(e) = self.deliver(batch, ticket).await {
                 tracing::error!(destination = %self.name, error = %e, "cannot record delivery outcome in the spool");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -170,7 +208,26 @@ impl Worker {
         Ok(batch)
     }
 
-    async fn deliver(&self, batch: Vec<Leased>) -> Result<(), crate::spool::SpoolError> {
+    async fn deliver(
+        &self,
+        batch: Vec<Leased>,
+        ticket: u64,
+    ) -> Result<(), crate::spool::SpoolError> {
+        let turn = Ticket {
+            number: ticket,
+            settled: &self.settled,
+        };
+        let verdicts = self.attempt(&batch).await;
+        // Wait for the batches leased before this one to settle first.
+        let mut settled = self.settled.subscribe();
+        let _ = settled.wait_for(|n| *n >= ticket).await;
+        let result = self.settle(&batch, verdicts).await;
+        drop(turn);
+        result
+    }
+
+    /// Translate, send and classify: a verdict per leased item.
+    async fn attempt(&self, batch: &[Leased]) -> Vec<Option<Verdict>> {
         let now = SystemTime::now();
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
         let mut messages: Vec<Map<String, Value>> = Vec::with_capacity(batch.len());
@@ -247,7 +304,7 @@ impl Worker {
                 merge(&mut verdicts, live[j], v);
             }
         }
-        self.settle(&batch, verdicts).await
+        verdicts
     }
 
     /// Send one request (authorizing, and once more after a refused credential) and classify.

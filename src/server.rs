@@ -125,14 +125,22 @@ pub async fn run(
     let mut views = Vec::new();
     let mut workers = Vec::new();
     for ((d, adapter), route) in config.destinations.iter().zip(adapters).zip(routes) {
-        let worker = Worker::new(d, adapter, route.clone(), spool.clone(), client.clone());
+        let worker = Arc::new(Worker::new(
+            d,
+            adapter,
+            route.clone(),
+            spool.clone(),
+            client.clone(),
+        ));
         views.push(DestinationView {
             name: d.name.clone(),
             kind: d.kind.clone(),
             route,
             status: worker.status.clone(),
         });
-        workers.push(tokio::spawn(worker.run(stop_rx.clone())));
+        for _ in 0..d.concurrency {
+            workers.push(tokio::spawn(worker.clone().run(stop_rx.clone())));
+        }
     }
     let grace = config.server.shutdown_grace;
     let routes = views.iter().map(|v| v.route.clone()).collect();

@@ -220,3 +220,44 @@ async fn sigterm_stops_cleanly() {
     assert!(status.success(), "exit status {status:?}");
     d.wait_for_log("stopped").await;
 }
+
+#[tokio::test]
+async fn concurrency_keeps_that_many_batches_in_flight() {
+    let rx = Receiver::start().await;
+    // Each request is answered only once three are waiting: with fewer in flight at once the
+    // receiver gives up and answers 504.
+    rx.set_default("/hook", Answer::json(200, json!({})).held_until(3));
+    let d = Daemon::start(
+        "",
+        &config(
+            &rx,
+            "concurrency = 3\nbatch = { max_events = 1, max_wait = \"0ms\" }",
+        ),
+    )
+    .await;
+    for g in ["g1", "g2", "g3"] {
+        send_group(&d, g).await;
+    }
+    let got = rx.wait_for("/hook", 3).await;
+    let statuses: Vec<u16> = got.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 200, 200], "the three requests overlapped");
+}
+
+#[tokio::test]
+async fn a_bad_concurrency_is_refused_at_start() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config(&rx, "concurrency = 0")).unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("concurrency must be between 1 and 64"),
+        "{err}"
+    );
+}

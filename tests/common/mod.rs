@@ -49,6 +49,9 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Hold the answer until this many requests reached the path; if they do not within
+    /// the deadline, answer 504 instead (so a test sees the requests did not overlap).
+    pub hold_until: usize,
 }
 
 impl Answer {
@@ -57,6 +60,7 @@ impl Answer {
             status,
             headers: Vec::new(),
             body: String::new(),
+            hold_until: 0,
         }
     }
 
@@ -65,7 +69,13 @@ impl Answer {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
+            hold_until: 0,
         }
+    }
+
+    pub fn held_until(mut self, requests: usize) -> Self {
+        self.hold_until = requests;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -80,6 +90,8 @@ struct ReceiverState {
     /// Path (without query) → answers to give in turn, then the default.
     scripts: Mutex<HashMap<String, VecDeque<Answer>>>,
     defaults: Mutex<HashMap<String, Answer>>,
+    /// Requests being held (see `Answer::hold_until`), by path.
+    holding: Mutex<HashMap<String, usize>>,
     arrived: Notify,
 }
 
@@ -187,9 +199,12 @@ async fn capture(
         .unwrap()
         .get_mut(&path)
         .and_then(|q| q.pop_front());
-    let answer = scripted
+    let mut answer = scripted
         .or_else(|| state.defaults.lock().unwrap().get(&path).cloned())
         .unwrap_or_else(|| Answer::json(200, serde_json::json!({})));
+    if answer.hold_until > 0 {
+        hold(&state, &path, &mut answer).await;
+    }
     state.captured.lock().unwrap().push(Captured {
         method,
         path: uri
@@ -210,6 +225,53 @@ async fn capture(
         );
     }
     response
+}
+
+/// Wait (counting this request) until `answer.hold_until` requests reached `path`; 504 if
+/// they never do.
+async fn hold(state: &ReceiverState, path: &str, answer: &mut Answer) {
+    let arrived = || {
+        state
+            .captured
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.path.split('?').next() == Some(path))
+            .count()
+    };
+    *state
+        .holding
+        .lock()
+        .unwrap()
+        .entry(path.to_string())
+        .or_default() += 1;
+    state.arrived.notify_waiters();
+    let deadline = Instant::now() + DEADLINE / 2;
+    loop {
+        let notified = state.arrived.notified();
+        let waiting = state
+            .holding
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0);
+        if arrived() + waiting >= answer.hold_until {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            *answer = Answer::status(504);
+            break;
+        }
+        let _ = tokio::time::timeout(left, notified).await;
+    }
+    *state
+        .holding
+        .lock()
+        .unwrap()
+        .entry(path.to_string())
+        .or_default() -= 1;
 }
 
 /// The real daemon, spawned from the built binary with a config written to a temp dir.
