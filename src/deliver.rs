@@ -230,15 +230,19 @@ impl Worker {
     async fn attempt(&self, batch: &[Leased]) -> Vec<Option<Verdict>> {
         let now = SystemTime::now();
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
-        let mut messages: Vec<Map<String, Value>> = Vec::with_capacity(batch.len());
+        let mut messages: Vec<Arc<Map<String, Value>>> = Vec::with_capacity(batch.len());
         for (i, leased) in batch.iter().enumerate() {
+            if let Some(parsed) = &leased.parsed {
+                messages.push(parsed.clone());
+                continue;
+            }
             match serde_json::from_str::<Map<String, Value>>(&leased.body) {
-                Ok(m) => messages.push(m),
+                Ok(m) => messages.push(Arc::new(m)),
                 Err(e) => {
                     verdicts[i] = Some(Verdict::permanent(format!(
                         "stored message is not valid JSON: {e}"
                     )));
-                    messages.push(Map::new());
+                    messages.push(Arc::default());
                 }
             }
         }
@@ -585,6 +589,7 @@ mod tests {
         Leased {
             seq,
             body: Arc::from("{}"),
+            parsed: None,
             group_id: group.map(Arc::from),
             attempts: 0,
             first_attempt: None,

@@ -428,11 +428,13 @@ fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Accepted 
     if n.unparsed_created_at {
         tracing::debug!(message_id = %n.message_id, "createdAt kept as given: not a date we can read");
     }
+    let body = serde_json::to_string(&n.message).unwrap_or_default();
     Accepted {
         source: source.to_string(),
         message_id: n.message_id,
         group_id: n.group_id,
-        body: Value::Object(n.message).to_string(),
+        body,
+        parsed: Some(Arc::new(n.message)),
         destinations,
     }
 }

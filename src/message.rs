@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// A Segment call type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct Accepted {
     pub group_id: Option<String>,
     /// The normalized message as JSON text: what adapters translate.
     pub body: String,
+    /// The same message, parsed: the spool keeps it in memory for a while so delivery need
+    /// not parse `body` again for each destination. `None`: delivery parses `body`.
+    pub parsed: Option<Arc<Map<String, Value>>>,
     /// Names of the destinations it was routed to.
     pub destinations: Vec<String>,
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 
 use crate::message::Accepted;
 
@@ -24,6 +25,8 @@ pub struct Leased {
     pub seq: Seq,
     /// The normalized message, JSON.
     pub body: Arc<str>,
+    /// The same message already parsed, when the spool still had it from ingest.
+    pub parsed: Option<Arc<Map<String, Value>>>,
     pub group_id: Option<Arc<str>>,
     /// Attempts already made towards this destination.
     pub attempts: u32,

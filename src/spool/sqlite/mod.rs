@@ -105,7 +105,12 @@ fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
 #[async_trait]
 impl Spool for SqliteSpool {
     async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError> {
-        self.call(|r| Command::Append(messages, r)).await
+        // Parsed messages the spool does not keep are freed here, after the answer, rather
+        // than by the writer thread, which every append and lease waits on.
+        let parsed: Vec<_> = messages.iter().filter_map(|m| m.parsed.clone()).collect();
+        let answer = self.call(|r| Command::Append(messages, r)).await;
+        drop(parsed);
+        answer
     }
 
     async fn reject(&self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {

@@ -30,6 +30,7 @@ fn msg(id: &str, group: Option<&str>, dests: &[&str]) -> Accepted {
         message_id: id.into(),
         group_id: group.map(str::to_string),
         body: format!("{{\"messageId\":\"{id}\"}}"),
+        parsed: None,
         destinations: dests.iter().map(|d| d.to_string()).collect(),
     }
 }
@@ -665,5 +666,35 @@ fn a_new_destination_takes_the_id_of_one_that_is_gone_and_owes_nothing() {
     assert!(
         err.to_string().contains("cannot add destination `C`"),
         "{err}"
+    );
+}
+
+#[test]
+fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let parsed = |m: &Accepted| {
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&m.body).unwrap();
+        Some(Arc::new(value))
+    };
+    {
+        let mut s = store(dir.path());
+        let mut m = msg("1", None, &["A", "B"]);
+        m.parsed = parsed(&m);
+        let mut n = msg("2", None, &["A", "B"]);
+        n.parsed = parsed(&n);
+        append(&mut s, vec![m, n]);
+        for dest in ["A", "B"] {
+            let got = s.lease(dest, 1).unwrap();
+            let message = got[0].parsed.as_ref().expect("kept from ingest");
+            assert_eq!(message["messageId"], "1");
+        }
+    }
+    let mut s = store(dir.path());
+    let got = s.lease("A", 10).unwrap();
+    assert_eq!(got.len(), 2, "nothing was acked before the restart");
+    assert!(
+        got.iter().all(|l| l.parsed.is_none()),
+        "parsed from the log"
     );
 }

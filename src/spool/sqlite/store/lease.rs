@@ -95,6 +95,9 @@ impl Store {
             for (seq, group, body, in_retry) in rows {
                 let seq = seq as Seq;
                 lane.scan = seq;
+                // Read by this lane whatever happens to it next; parked and retried items are
+                // parsed from the log when their turn comes.
+                let parsed = self.cache.take(seq, lane.bit);
                 if in_retry {
                     // Moved to the retry set before a crash: it is leased from there.
                     continue;
@@ -123,6 +126,7 @@ impl Store {
                 out.push(Leased {
                     seq,
                     body: Arc::from(body),
+                    parsed,
                     group_id: group,
                     attempts: 0,
                     first_attempt: None,
@@ -192,6 +196,7 @@ impl Store {
                 Leased {
                     seq,
                     body: Arc::from(body),
+                    parsed: None,
                     group_id: group,
                     attempts,
                     first_attempt: first,

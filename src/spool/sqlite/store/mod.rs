@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::schema::{MAX_DESTINATION_ID, bit, storage};
 
+mod cache;
 mod housekeeping;
 mod lease;
 mod settle;
@@ -88,6 +89,8 @@ pub(super) struct Store {
     gc_from: Seq,
     /// Destinations in the file that are not configured: `(bit, cursor)`. Their rows are kept.
     others: Vec<(i64, Seq)>,
+    /// Parsed copies of recent messages, handed out with leases.
+    cache: cache::ParsedCache,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
 }
@@ -120,6 +123,7 @@ impl Store {
             freeable: Vec::new(),
             gc_from: 0,
             others: Vec::new(),
+            cache: Default::default(),
             rewake: Vec::new(),
         };
         store.high = store.high_seq()?;
@@ -412,6 +416,10 @@ impl Store {
                 .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now, dests]))
                 .map_err(storage)?;
             self.high = self.conn.last_insert_rowid() as Seq;
+            if let Some(parsed) = &m.parsed {
+                self.cache
+                    .insert(self.high, parsed.clone(), dests, m.body.len());
+            }
             routed |= dests;
             added += bytes;
         }

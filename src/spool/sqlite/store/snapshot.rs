@@ -64,6 +64,7 @@ impl Store {
         }
         self.bytes = snapshot.bytes;
         self.high = snapshot.high;
+        self.cache.forget_above(snapshot.high);
         self.freeable = snapshot.freeable;
         self.gc_from = snapshot.gc_from;
         self.rewake = snapshot.rewake;

@@ -111,6 +111,7 @@ fn msg(id: &str) -> Accepted {
         message_id: id.into(),
         group_id: None,
         body: format!("{{\"messageId\":\"{id}\"}}"),
+        parsed: None,
         destinations: vec!["A".into()],
     }
 }
