@@ -133,6 +133,8 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection, SpoolError> {
     // The daemon and `switchyard dlq` may write at the same time; each waits its turn.
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(storage)?;
+    // Room for every statement the writer repeats, so none is compiled again.
+    conn.set_prepared_statement_cache_capacity(64);
     // WAL lets `dlq` read while the daemon writes; synchronous=FULL fsyncs the WAL on every
     // commit, which is what makes a 200 from ingest mean "on disk".
     conn.pragma_update(None, "journal_mode", "WAL")

@@ -209,6 +209,15 @@ impl Store {
 
     /// When the next retry may be due: what `wait` sleeps towards.
     pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, SpoolError> {
+        // Asked after every commit that touches the lane: with no retry rows (the common
+        // case) there is nothing to ask SQLite.
+        if self
+            .lanes
+            .get(destination)
+            .is_none_or(|l| l.counts.retry_rows == 0)
+        {
+            return Ok(None);
+        }
         Ok(self
             .due_retries(destination, 1, None)?
             .first()
