@@ -253,3 +253,20 @@ fn limits_count_the_token_put_in_by_authorize() {
         assert!(with_token(&r.body, &mp.token).unwrap().len() < 1 << 20);
     }
 }
+
+#[test]
+fn a_trait_spelled_like_a_reserved_property_gives_one_property() {
+    let mp = mixpanel("associate_user = false").unwrap();
+    let message: Map<String, Value> = serde_json::from_value(json!({
+        "type": "group", "groupId": "g1", "messageId": "m1",
+        "traits": {"name": "Acme", "plan": "pro", "$name": "Acme Inc"}
+    }))
+    .unwrap();
+    let messages = vec![message];
+    let t = mp.translate(&items(&messages), at());
+    let body = String::from_utf8(t.requests[0].body.to_vec()).unwrap();
+    assert_eq!(body.matches("\"$name\"").count(), 1, "{body}");
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(parsed[0]["$set"]["$name"], "Acme Inc", "the later one wins");
+    assert_eq!(parsed[0]["$set"]["plan"], "pro");
+}

@@ -2,6 +2,8 @@
 //! update carries a placeholder that `authorize` replaces, so dry runs never log the token.
 
 use http::Method;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::{Mixpanel, Operation};
@@ -48,7 +50,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
             .and_then(Value::as_object)
             .filter(|t| !t.is_empty());
         if let Some(traits) = traits {
-            let update = serialize(&group_update(mp, group_id, traits));
+            let update = group_update(mp, group_id, traits);
             if update.len() + growth > MAX_UPDATE_BYTES {
                 let why = format!(
                     "the group update is {} bytes; Mixpanel takes at most 1 MB",
@@ -61,7 +63,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
         }
         let user_id = m.get("userId").and_then(Value::as_str);
         match user_id.filter(|_| mp.associate_user) {
-            Some(user_id) => engage.push((i, serialize(&engage_update(mp, user_id, group_id)))),
+            Some(user_id) => engage.push((i, engage_update(mp, user_id, group_id))),
             // Empty traits and no user to associate: nothing to send, and nothing lost.
             None if traits.is_none() => t.settled.push((i, Verdict::Delivered)),
             None => {}
@@ -84,39 +86,83 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
 
 /// `{"$token","$group_key","$group_id","$set"|"$set_once"}` (MPD openapi `/groups#group-set`).
 /// The id is always the call's `groupId`: unlike Segment's action (AD:mixpanel/groupIdentifyUser),
-/// a trait named like the group key does not replace it.
-fn group_update(mp: &Mixpanel, group_id: &str, traits: &Map<String, Value>) -> Value {
+/// a trait named like the group key does not replace it. Serialized straight from the message.
+fn group_update(mp: &Mixpanel, group_id: &str, traits: &Map<String, Value>) -> Vec<u8> {
     let op = match mp.operation {
         Operation::Set => "$set",
         Operation::SetOnce => "$set_once",
     };
-    let mut update = Map::new();
-    update.insert(
-        "$token".into(),
-        Value::String(super::TOKEN_PLACEHOLDER.into()),
-    );
-    update.insert("$group_key".into(), Value::String(mp.group_key.clone()));
-    update.insert("$group_id".into(), Value::String(group_id.to_string()));
-    update.insert(op.into(), Value::Object(properties(traits)));
-    Value::Object(update)
+    serialize(&GroupUpdate {
+        token: super::TOKEN_PLACEHOLDER,
+        group_key: &mp.group_key,
+        group_id,
+        op,
+        traits,
+    })
+}
+
+struct GroupUpdate<'a> {
+    token: &'a str,
+    group_key: &'a str,
+    group_id: &'a str,
+    op: &'static str,
+    traits: &'a Map<String, Value>,
+}
+
+impl Serialize for GroupUpdate<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("$token", self.token)?;
+        map.serialize_entry("$group_key", self.group_key)?;
+        map.serialize_entry("$group_id", self.group_id)?;
+        // A trait spelled like a renamed one (`$name` next to `name`) would give one property
+        // twice: merge them in a map, as for any other message shape we did not plan for.
+        if self.traits.keys().any(|k| k.starts_with('$')) {
+            map.serialize_entry(self.op, &properties(self.traits))?;
+        } else {
+            map.serialize_entry(self.op, &Properties(self.traits))?;
+        }
+        map.end()
+    }
+}
+
+/// Traits as profile properties, written as they are read (see `properties`).
+struct Properties<'a>(&'a Map<String, Value>);
+
+impl Serialize for Properties<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            if key == "createdAt" {
+                map.serialize_entry(renamed(key), &created(value))?;
+            } else {
+                map.serialize_entry(renamed(key), value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Mixpanel's reserved name for a trait, or the trait's own.
+fn renamed(key: &str) -> &str {
+    RENAMED
+        .iter()
+        .find(|(from, _)| *from == key)
+        .map_or(key, |(_, to)| to)
 }
 
 /// Traits as profile properties: reserved ones renamed, every other one under its own key,
 /// values as given except `createdAt`.
-pub(super) fn properties(traits: &Map<String, Value>) -> Map<String, Value> {
+fn properties(traits: &Map<String, Value>) -> Map<String, Value> {
     traits
         .iter()
         .map(|(key, value)| {
-            let renamed = RENAMED
-                .iter()
-                .find(|(from, _)| from == key)
-                .map(|(_, to)| *to);
             let value = if key == "createdAt" {
                 created(value)
             } else {
                 value.clone()
             };
-            (renamed.unwrap_or(key).to_string(), value)
+            (renamed(key).to_string(), value)
         })
         .collect()
 }
@@ -133,25 +179,34 @@ fn created(value: &Value) -> Value {
 
 /// `{"$token","$distinct_id","$union": {group_key: [groupId]}}`: the user's profile lists its
 /// groups under the group key (MPD openapi `/engage#profile-union`; AJSI-MP `set_group`).
-fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Value {
-    let mut union = Map::new();
-    union.insert(
-        mp.group_key.clone(),
-        Value::Array(vec![Value::String(group_id.to_string())]),
-    );
-    let mut update = Map::new();
-    update.insert(
-        "$token".into(),
-        Value::String(super::TOKEN_PLACEHOLDER.into()),
-    );
-    update.insert("$distinct_id".into(), Value::String(user_id.to_string()));
-    update.insert("$union".into(), Value::Object(union));
-    Value::Object(update)
+fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Engage<'a> {
+        #[serde(rename = "$token")]
+        token: &'a str,
+        #[serde(rename = "$distinct_id")]
+        distinct_id: &'a str,
+        #[serde(rename = "$union")]
+        union: Union<'a>,
+    }
+    struct Union<'a>(&'a str, [&'a str; 1]);
+    impl Serialize for Union<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(1))?;
+            map.serialize_entry(self.0, &self.1)?;
+            map.end()
+        }
+    }
+    serialize(&Engage {
+        token: super::TOKEN_PLACEHOLDER,
+        distinct_id: user_id,
+        union: Union(&mp.group_key, [group_id]),
+    })
 }
 
-fn serialize(update: &Value) -> Vec<u8> {
-    // A `Value` always serializes: its map keys are strings and it holds no floats that JSON
-    // cannot write (serde_json refuses NaN when parsing, so none can be in a message).
+fn serialize(update: &impl Serialize) -> Vec<u8> {
+    // Always serializes: map keys are strings and a message holds no floats JSON cannot
+    // write (serde_json refuses NaN when parsing, so none can be in a message).
     serde_json::to_vec(update).unwrap_or_default()
 }
 

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use http::Method;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use super::{MAX_BATCH, Salesforce};
 use crate::destination::{Item, OutRequest, Translation, Verdict};
@@ -12,7 +14,9 @@ use crate::destination::{Item, OutRequest, Translation, Verdict};
 /// One record to upsert: the updates of one group merged in batch order.
 struct Record<'a> {
     group_id: &'a str,
-    fields: Map<String, Value>,
+    /// Field → value, borrowed from the config and the messages: a later call's value
+    /// replaces an earlier one in place, so fields keep the order they were first set in.
+    fields: Vec<(&'a str, &'a Value)>,
     /// Batch indexes of the calls merged into it; the record's verdict is each one's.
     items: Vec<usize>,
 }
@@ -35,14 +39,14 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
         let k = *by_group.entry(group_id).or_insert_with(|| {
             records.push(Record {
                 group_id,
-                fields: Map::new(),
+                fields: Vec::new(),
                 items: Vec::new(),
             });
             records.len() - 1
         });
-        let empty = Map::new();
-        let traits = m.get("traits").and_then(Value::as_object).unwrap_or(&empty);
-        apply(sf, traits, &mut records[k].fields, item.message_id());
+        if let Some(traits) = m.get("traits").and_then(Value::as_object) {
+            apply(sf, traits, &mut records[k].fields, item.message_id());
+        }
         records[k].items.push(i);
     }
     let (empty, records): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.fields.is_empty());
@@ -60,10 +64,10 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
 
 /// Lay the mapped traits of one call over a record's fields. A trait sent as `null` nulls its
 /// field; an absent trait leaves it alone.
-fn apply(
-    sf: &Salesforce,
-    traits: &Map<String, Value>,
-    fields: &mut Map<String, Value>,
+fn apply<'a>(
+    sf: &'a Salesforce,
+    traits: &'a Map<String, Value>,
+    fields: &mut Vec<(&'a str, &'a Value)>,
     message_id: &str,
 ) {
     for (path, field) in &sf.mapping {
@@ -75,9 +79,10 @@ fn apply(
             continue;
         };
         match fit(field, value) {
-            Ok(v) => {
-                fields.insert(field.clone(), v);
-            }
+            Ok(v) => match fields.iter_mut().find(|(f, _)| *f == field.as_str()) {
+                Some(slot) => slot.1 = v,
+                None => fields.push((field, v)),
+            },
             Err(why) => {
                 tracing::warn!(message_id, field = %field, trait_path = %path.join("."), "left out of the Salesforce record: {why}");
                 metrics::counter!("switchyard_salesforce_fields_left_out_total", "field" => field.clone()).increment(1);
@@ -95,15 +100,13 @@ fn lookup<'a>(traits: &'a Map<String, Value>, path: &[String]) -> Option<&'a Val
 /// A value Salesforce can take for `field`, or why not. `NumberOfEmployees` is an integer
 /// field (SF-ERR would answer a data error for the whole record); objects and arrays fit no
 /// scalar field. Segment instead rejects the whole event (AD:salesforce/account).
-fn fit(field: &str, value: &Value) -> Result<Value, &'static str> {
+fn fit<'a>(field: &str, value: &'a Value) -> Result<&'a Value, &'static str> {
     match value {
         Value::Object(_) | Value::Array(_) => Err("an object or array fits no Salesforce field"),
-        Value::Null => Ok(Value::Null),
-        v if field == "NumberOfEmployees" => match v.as_i64() {
-            Some(n) => Ok(Value::from(n)),
-            None => Err("NumberOfEmployees takes an integer"),
-        },
-        v => Ok(v.clone()),
+        v if field == "NumberOfEmployees" && !v.is_null() && v.as_i64().is_none() => {
+            Err("NumberOfEmployees takes an integer")
+        }
+        v => Ok(v),
     }
 }
 
@@ -116,22 +119,19 @@ fn request(sf: &Salesforce, records: &[Record<'_>]) -> OutRequest {
     );
     let mut items = Vec::new();
     let mut parts = Vec::new();
-    let mut bodies = Vec::with_capacity(records.len());
     for (k, r) in records.iter().enumerate() {
-        let mut record = Map::new();
-        record.insert("attributes".into(), json!({"type": sf.object}));
-        record.insert(
-            sf.external_id_field.clone(),
-            Value::String(r.group_id.to_string()),
-        );
-        record.extend(r.fields.iter().map(|(f, v)| (f.clone(), v.clone())));
-        bodies.push(Value::Object(record));
         items.extend(&r.items);
         parts.extend(std::iter::repeat_n(k, r.items.len()));
     }
     // Per-record results, not a rollback of every record for one bad one (SF-AON).
-    let body = json!({"allOrNone": false, "records": bodies});
-    // A `Value` built from strings and parsed JSON always serializes.
+    let body = Body {
+        all_or_none: false,
+        records: records
+            .iter()
+            .map(|r| RecordJson { sf, record: r })
+            .collect(),
+    };
+    // Strings and parsed JSON always serialize.
     let mut request = OutRequest::json(
         Method::PATCH,
         url,
@@ -140,4 +140,42 @@ fn request(sf: &Salesforce, records: &[Record<'_>]) -> OutRequest {
     );
     request.parts = parts;
     request
+}
+
+/// The request body, serialized straight from borrowed values.
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "allOrNone")]
+    all_or_none: bool,
+    records: Vec<RecordJson<'a>>,
+}
+
+/// `{"attributes": {"type": object}, externalIdField: groupId, field: value, …}`.
+struct RecordJson<'a> {
+    sf: &'a Salesforce,
+    record: &'a Record<'a>,
+}
+
+#[derive(Serialize)]
+struct Attributes<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+impl Serialize for RecordJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = &self.record.fields;
+        let mut map = serializer.serialize_map(Some(2 + fields.len()))?;
+        map.serialize_entry(
+            "attributes",
+            &Attributes {
+                kind: &self.sf.object,
+            },
+        )?;
+        map.serialize_entry(&self.sf.external_id_field, self.record.group_id)?;
+        for (field, value) in fields {
+            map.serialize_entry(field, value)?;
+        }
+        map.end()
+    }
 }
