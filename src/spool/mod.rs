@@ -23,7 +23,7 @@ pub type Seq = u64;
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub seq: Seq,
-    /// The normalized message, JSON.
+    /// The normalized message, JSON; empty when `parsed` is given.
     pub body: Arc<str>,
     /// The same message already parsed, when the spool still had it from ingest.
     pub parsed: Option<Arc<Map<String, Value>>>,

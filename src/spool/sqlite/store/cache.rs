@@ -45,6 +45,10 @@ impl ParsedCache {
         self.bytes += bytes;
     }
 
+    pub fn contains(&self, seq: Seq) -> bool {
+        self.entries.contains_key(&seq)
+    }
+
     /// The destination with bit `bit` reads `seq`: its copy, if kept; the entry goes once
     /// every destination has read it.
     pub fn take(&mut self, seq: Seq, bit: i64) -> Option<Arc<Map<String, Value>>> {

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
+use super::cache::ParsedCache;
 use super::{Flight, Lane, Store, from_ms, ms};
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Leased, Seq, SpoolError};
@@ -88,7 +89,15 @@ impl Store {
             }
             let upto = self.high.min(lane.scan + budget);
             let want = max - out.len();
-            let rows = rows_between(&self.conn, lane.id, lane.bit, lane.scan, upto, want)?;
+            let rows = rows_between(
+                &self.conn,
+                &self.cache,
+                lane.id,
+                lane.bit,
+                lane.scan,
+                upto,
+                want,
+            )?;
             let before = lane.scan;
             // Fewer rows than asked: nothing else of ours up to `upto`.
             let exhausted = rows.len() < want;
@@ -123,9 +132,14 @@ impl Store {
                         attempts: 0,
                     },
                 );
+                let body = match (body, &parsed) {
+                    (Some(body), _) => Arc::from(body),
+                    (None, Some(_)) => Arc::from(""),
+                    (None, None) => Arc::from(body_of(&self.conn, seq)?),
+                };
                 out.push(Leased {
                     seq,
-                    body: Arc::from(body),
+                    body,
                     parsed,
                     group_id: group,
                     attempts: 0,
@@ -225,13 +239,15 @@ impl Store {
     }
 }
 
-/// A log row as a lease reads it: seq, group, body, and whether the destination's retry set
-/// already holds it (the scan passes those by: they are leased from the retry set).
-type Row = (i64, Option<String>, String, bool);
+/// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
+/// message parsed), and whether the destination's retry set already holds it (the scan passes
+/// those by: they are leased from the retry set).
+type Row = (i64, Option<String>, Option<String>, bool);
 
 /// Up to `limit` log rows in `(after, upto]` routed to destination `dest` (bit `bit`).
 fn rows_between(
     conn: &Connection,
+    cache: &ParsedCache,
     dest: i64,
     bit: i64,
     after: Seq,
@@ -247,10 +263,24 @@ fn rows_between(
     let rows = stmt
         .query_map(
             params![after as i64, upto as i64, bit, limit as i64, dest],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                let seq: i64 = r.get(0)?;
+                let body = if cache.contains(seq as Seq) {
+                    None
+                } else {
+                    Some(r.get(2)?)
+                };
+                Ok((seq, r.get(1)?, body, r.get(3)?))
+            },
         )
         .map_err(storage)?;
     rows.collect::<Result<_, _>>().map_err(storage)
+}
+
+fn body_of(conn: &Connection, seq: Seq) -> Result<String, SpoolError> {
+    conn.prepare_cached("SELECT body FROM log WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq as i64], |r| r.get(0)))
+        .map_err(storage)
 }
 
 /// Move a log item behind its busy group: into the retry set, not due (`due_at` NULL) until
