@@ -230,23 +230,19 @@ impl Worker {
     async fn attempt(&self, batch: &[Leased]) -> Vec<Option<Verdict>> {
         let now = SystemTime::now();
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
-        let mut messages: Vec<Arc<Map<String, Value>>> = Vec::with_capacity(batch.len());
+        let empty = Map::new();
+        let mut messages: Vec<&Map<String, Value>> = Vec::with_capacity(batch.len());
         for (i, leased) in batch.iter().enumerate() {
-            if let Some(parsed) = &leased.parsed {
-                messages.push(parsed.clone());
-                continue;
-            }
-            match serde_json::from_str::<Map<String, Value>>(&leased.body) {
-                Ok(m) => messages.push(Arc::new(m)),
+            match leased.parsed.get(&leased.body) {
+                Ok(m) => messages.push(m),
                 Err(e) => {
                     verdicts[i] = Some(Verdict::permanent(format!(
                         "stored message is not valid JSON: {e}"
                     )));
-                    messages.push(Arc::default());
+                    messages.push(&empty);
                 }
             }
         }
-        let empty = Map::new();
         let options: Vec<&Map<String, Value>> = messages
             .iter()
             .map(|m| {
@@ -260,7 +256,7 @@ impl Worker {
         let items: Vec<Item<'_>> = live
             .iter()
             .map(|&i| Item {
-                message: &messages[i],
+                message: messages[i],
                 options: options[i],
             })
             .collect();
@@ -589,7 +585,7 @@ mod tests {
         Leased {
             seq,
             body: Arc::from("{}"),
-            parsed: None,
+            parsed: Default::default(),
             group_id: group.map(Arc::from),
             attempts: 0,
             first_attempt: None,

@@ -19,7 +19,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::config::ServerConfig;
 use crate::deliver::Status;
-use crate::message::{Accepted, MessageType};
+use crate::message::{Accepted, MessageType, Parsed};
 use crate::normalize::{self, BatchDefaults};
 use crate::route::{self, RouteKey};
 use crate::secret::Secret;
@@ -434,7 +434,7 @@ fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Accepted 
         message_id: n.message_id,
         group_id: n.group_id,
         body,
-        parsed: Some(Arc::new(n.message)),
+        parsed: Some(Parsed::new(n.message)),
         destinations,
     }
 }

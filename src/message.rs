@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -70,8 +70,33 @@ pub struct Accepted {
     /// The normalized message as JSON text: what adapters translate.
     pub body: String,
     /// The same message, parsed: the spool keeps it in memory for a while so delivery need
-    /// not parse `body` again for each destination. `None`: delivery parses `body`.
-    pub parsed: Option<Arc<Map<String, Value>>>,
+    /// not parse `body` again. `None`: delivery parses `body`.
+    pub parsed: Option<Parsed>,
     /// Names of the destinations it was routed to.
     pub destinations: Vec<String>,
+}
+
+/// A normalized message parsed at most once and shared by everything that reads it: ingest
+/// hands over the one it built, and the destinations that lease a stored message share one
+/// parse of its body, whoever asks first.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed(Arc<OnceLock<Result<Map<String, Value>, String>>>);
+
+impl Parsed {
+    pub fn new(message: Map<String, Value>) -> Self {
+        Self(Arc::new(OnceLock::from(Ok(message))))
+    }
+
+    /// Whether the message is parsed already (its body is not needed).
+    pub fn is_ready(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// The message, parsing `body` if nobody has yet; why not, if it is not a JSON object.
+    pub fn get(&self, body: &str) -> Result<&Map<String, Value>, &str> {
+        self.0
+            .get_or_init(|| serde_json::from_str(body).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }

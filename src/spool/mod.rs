@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 
-use crate::message::Accepted;
+use crate::message::{Accepted, Parsed};
 
 /// Position of a message in the log; increases with arrival.
 pub type Seq = u64;
@@ -23,10 +22,11 @@ pub type Seq = u64;
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub seq: Seq,
-    /// The normalized message, JSON; empty when `parsed` is given.
+    /// The normalized message, JSON; empty when `parsed` was ready when leased.
     pub body: Arc<str>,
-    /// The same message already parsed, when the spool still had it from ingest.
-    pub parsed: Option<Arc<Map<String, Value>>>,
+    /// The same message parsed, shared with the other destinations that lease it while the
+    /// spool keeps it: `parsed.get(&body)`.
+    pub parsed: Parsed,
     pub group_id: Option<Arc<str>>,
     /// Attempts already made towards this destination.
     pub attempts: u32,

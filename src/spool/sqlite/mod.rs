@@ -24,7 +24,7 @@ use tokio::sync::{Notify, oneshot};
 
 use self::writer::{Command, Reply, Settlement, Shared};
 use super::{Appended, Attempt, Depth, Leased, Rejected, Seq, Spool, SpoolError};
-use crate::message::Accepted;
+use crate::message::{Accepted, Parsed};
 
 pub use store::{from_ms, ms};
 
@@ -107,7 +107,7 @@ impl Spool for SqliteSpool {
     async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError> {
         // Parsed messages the spool does not keep are freed here, after the answer, rather
         // than by the writer thread, which every append and lease waits on.
-        let parsed: Vec<_> = messages.iter().filter_map(|m| m.parsed.clone()).collect();
+        let parsed: Vec<Parsed> = messages.iter().filter_map(|m| m.parsed.clone()).collect();
         let answer = self.call(|r| Command::Append(messages, r)).await;
         drop(parsed);
         answer

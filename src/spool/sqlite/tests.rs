@@ -8,6 +8,7 @@ use super::dlq::{self, Selector};
 use super::schema;
 use super::store::Store;
 use super::*;
+use crate::message::Parsed;
 
 const DESTS: &[&str] = &["A", "B"];
 
@@ -675,7 +676,7 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
     let parsed = |m: &Accepted| {
         let value: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&m.body).unwrap();
-        Some(Arc::new(value))
+        Some(Parsed::new(value))
     };
     {
         let mut s = store(dir.path());
@@ -686,15 +687,19 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
         append(&mut s, vec![m, n]);
         for dest in ["A", "B"] {
             let got = s.lease(dest, 1).unwrap();
-            let message = got[0].parsed.as_ref().expect("kept from ingest");
-            assert_eq!(message["messageId"], "1");
+            assert!(got[0].parsed.is_ready(), "kept from ingest");
+            assert_eq!(got[0].parsed.get("").unwrap()["messageId"], "1");
         }
     }
     let mut s = store(dir.path());
-    let got = s.lease("A", 10).unwrap();
-    assert_eq!(got.len(), 2, "nothing was acked before the restart");
+    let a = s.lease("A", 10).unwrap();
+    assert_eq!(a.len(), 2, "nothing was acked before the restart");
     assert!(
-        got.iter().all(|l| l.parsed.is_none()),
-        "parsed from the log"
+        a.iter().all(|l| !l.parsed.is_ready()),
+        "to parse from the log"
     );
+    assert_eq!(a[1].parsed.get(&a[1].body).unwrap()["messageId"], "2");
+    let b = s.lease("B", 10).unwrap();
+    assert!(b[1].parsed.is_ready(), "B shares the parse A's worker made");
+    assert!(b[1].body.is_empty(), "so B's lease did not copy the body");
 }

@@ -1,13 +1,12 @@
-//! Messages as ingest parsed them, kept by seq until every destination routed to has read
-//! them: delivery reuses them instead of parsing the stored body once per destination. A
-//! bounded convenience, never the record: a message that is not here (evicted, leased from
-//! the retry set, or logged before a restart) is parsed from the log.
+//! Parsed messages kept by seq until every destination routed to has leased them, so a
+//! message is parsed once, not once per destination. Fresh messages come parsed from ingest;
+//! for an older one (a backlog), the first destination to lease it leaves a shared cell that
+//! whichever worker reads it first fills. A bounded convenience, never the record: a message
+//! that is not here is parsed from the log by the worker that leases it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
+use crate::message::Parsed;
 use crate::spool::Seq;
 
 /// Bytes of JSON (as stored) whose parsed form is kept; the parsed form takes a few times
@@ -17,7 +16,7 @@ use crate::spool::Seq;
 const BUDGET: usize = 16 << 20;
 
 struct Entry {
-    message: Arc<Map<String, Value>>,
+    message: Parsed,
     /// Bits of the destinations that have not read it yet.
     unread: i64,
     bytes: usize,
@@ -30,28 +29,30 @@ pub(super) struct ParsedCache {
 }
 
 impl ParsedCache {
-    pub fn insert(&mut self, seq: Seq, message: Arc<Map<String, Value>>, dests: i64, bytes: usize) {
-        if self.bytes + bytes > BUDGET {
+    /// Keep `message` for the destinations in `unread`.
+    pub fn insert(&mut self, seq: Seq, message: Parsed, unread: i64, bytes: usize) {
+        if unread == 0 || self.bytes + bytes > BUDGET || self.entries.contains_key(&seq) {
             return;
         }
         self.entries.insert(
             seq,
             Entry {
                 message,
-                unread: dests,
+                unread,
                 bytes,
             },
         );
         self.bytes += bytes;
     }
 
-    pub fn contains(&self, seq: Seq) -> bool {
-        self.entries.contains_key(&seq)
+    /// Whether `seq` is kept already parsed (its body is not needed).
+    pub fn ready(&self, seq: Seq) -> bool {
+        self.entries.get(&seq).is_some_and(|e| e.message.is_ready())
     }
 
     /// The destination with bit `bit` reads `seq`: its copy, if kept; the entry goes once
     /// every destination has read it.
-    pub fn take(&mut self, seq: Seq, bit: i64) -> Option<Arc<Map<String, Value>>> {
+    pub fn take(&mut self, seq: Seq, bit: i64) -> Option<Parsed> {
         let entry = self.entries.get_mut(&seq)?;
         entry.unread &= !bit;
         let message = entry.message.clone();
@@ -73,22 +74,37 @@ impl ParsedCache {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Map, Value};
+
     use super::*;
 
-    fn message(id: &str) -> Arc<Map<String, Value>> {
+    fn message(id: &str) -> Parsed {
         let mut m = Map::new();
         m.insert("messageId".into(), Value::from(id));
-        Arc::new(m)
+        Parsed::new(m)
     }
 
     #[test]
     fn an_entry_stays_until_every_destination_read_it() {
         let mut c = ParsedCache::default();
         c.insert(1, message("a"), 0b110, 10);
+        assert!(c.ready(1));
         assert!(c.take(1, 0b010).is_some());
         assert!(c.take(1, 0b100).is_some());
         assert!(c.take(1, 0b010).is_none(), "both read it: gone");
         assert_eq!(c.bytes, 0);
+    }
+
+    #[test]
+    fn a_cell_left_by_the_first_reader_is_parsed_once_for_all() {
+        let mut c = ParsedCache::default();
+        let cell = Parsed::default();
+        c.insert(7, cell.clone(), 0b100, 20);
+        assert!(!c.ready(7), "nobody parsed it yet");
+        assert_eq!(cell.get(r#"{"messageId":"x"}"#).unwrap()["messageId"], "x");
+        assert!(c.ready(7));
+        let other = c.take(7, 0b100).unwrap();
+        assert_eq!(other.get("").unwrap()["messageId"], "x", "no second parse");
     }
 
     #[test]
@@ -100,7 +116,7 @@ mod tests {
         assert!(c.take(3, 0b10).is_none(), "no room for it");
         c.forget_above(1);
         assert!(c.take(2, 0b10).is_none(), "rolled back");
-        assert_eq!(c.take(1, 0b10).unwrap()["messageId"], "a");
+        assert_eq!(c.take(1, 0b10).unwrap().get("").unwrap()["messageId"], "a");
         assert_eq!(c.bytes, 0);
     }
 }

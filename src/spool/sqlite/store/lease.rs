@@ -9,6 +9,7 @@ use rusqlite::{Connection, params};
 
 use super::cache::ParsedCache;
 use super::{Flight, Lane, Store, from_ms, ms};
+use crate::message::Parsed;
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Leased, Seq, SpoolError};
 
@@ -65,6 +66,13 @@ impl Store {
         max: usize,
         out: &mut Vec<Leased>,
     ) -> Result<bool, SpoolError> {
+        // The other lanes' scan positions: those below a row have yet to read it.
+        let others: Vec<(i64, Seq)> = self
+            .lanes
+            .iter()
+            .filter(|(name, _)| name.as_str() != destination)
+            .map(|(_, l)| (l.bit, l.scan))
+            .collect();
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(false);
         };
@@ -101,12 +109,26 @@ impl Store {
             let before = lane.scan;
             // Fewer rows than asked: nothing else of ours up to `upto`.
             let exhausted = rows.len() < want;
-            for (seq, group, body, in_retry) in rows {
+            for (seq, group, body, dests, in_retry) in rows {
                 let seq = seq as Seq;
                 lane.scan = seq;
                 // Read by this lane whatever happens to it next; parked and retried items are
                 // parsed from the log when their turn comes.
-                let parsed = self.cache.take(seq, lane.bit);
+                let parsed = match self.cache.take(seq, lane.bit) {
+                    Some(p) => p,
+                    None => {
+                        // Not kept: this lane's worker will parse it; the lanes behind share
+                        // the parse.
+                        let cell = Parsed::default();
+                        let behind = others
+                            .iter()
+                            .filter(|(_, scan)| *scan < seq)
+                            .fold(0, |m, (b, _)| m | b);
+                        let bytes = body.as_ref().map_or(0, String::len);
+                        self.cache.insert(seq, cell.clone(), dests & behind, bytes);
+                        cell
+                    }
+                };
                 if in_retry {
                     // Moved to the retry set before a crash: it is leased from there.
                     continue;
@@ -132,10 +154,10 @@ impl Store {
                         attempts: 0,
                     },
                 );
-                let body = match (body, &parsed) {
-                    (Some(body), _) => Arc::from(body),
-                    (None, Some(_)) => Arc::from(""),
-                    (None, None) => Arc::from(body_of(&self.conn, seq)?),
+                let body = match body {
+                    Some(body) => Arc::from(body),
+                    None if parsed.is_ready() => Arc::from(""),
+                    None => Arc::from(body_of(&self.conn, seq)?),
                 };
                 out.push(Leased {
                     seq,
@@ -210,7 +232,7 @@ impl Store {
                 Leased {
                     seq,
                     body: Arc::from(body),
-                    parsed: None,
+                    parsed: Parsed::default(),
                     group_id: group,
                     attempts,
                     first_attempt: first,
@@ -242,7 +264,7 @@ impl Store {
 /// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
 /// message parsed), and whether the destination's retry set already holds it (the scan passes
 /// those by: they are leased from the retry set).
-type Row = (i64, Option<String>, Option<String>, bool);
+type Row = (i64, Option<String>, Option<String>, i64, bool);
 
 /// Up to `limit` log rows in `(after, upto]` routed to destination `dest` (bit `bit`).
 fn rows_between(
@@ -256,7 +278,7 @@ fn rows_between(
 ) -> Result<Vec<Row>, SpoolError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, group_id, body, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+            "SELECT seq, group_id, body, dests, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
              FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
         )
         .map_err(storage)?;
@@ -265,12 +287,12 @@ fn rows_between(
             params![after as i64, upto as i64, bit, limit as i64, dest],
             |r| {
                 let seq: i64 = r.get(0)?;
-                let body = if cache.contains(seq as Seq) {
+                let body = if cache.ready(seq as Seq) {
                     None
                 } else {
                     Some(r.get(2)?)
                 };
-                Ok((seq, r.get(1)?, body, r.get(3)?))
+                Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
             },
         )
         .map_err(storage)?;
