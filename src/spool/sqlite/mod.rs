@@ -16,6 +16,7 @@ mod writer;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,7 @@ impl SqliteSpool {
             views: Default::default(),
             wakers,
             commits: Default::default(),
+            appending: Default::default(),
         });
         let (commands, rx) = channel();
         let for_thread = shared.clone();
@@ -108,7 +110,18 @@ impl Spool for SqliteSpool {
         // Parsed messages the spool does not keep are freed here, after the answer, rather
         // than by the writer thread, which every append and lease waits on.
         let parsed: Vec<Parsed> = messages.iter().filter_map(|m| m.parsed.clone()).collect();
-        let answer = self.call(|r| Command::Append(messages, r)).await;
+        // Counted before it is sent; the writer counts it down when it answers.
+        let appending = &self.shared.appending;
+        appending.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Append(messages, tx)).is_err() {
+            appending.fetch_sub(1, Ordering::AcqRel);
+            return Err(SpoolError::Storage("the spool writer has stopped".into()));
+        }
+        let answer = rx
+            .await
+            .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
+            .and_then(|a| a);
         drop(parsed);
         answer
     }

@@ -13,7 +13,7 @@ use crate::spool::Seq;
 /// that. Enough for the lag of workers that keep up; messages arriving while it is full are
 /// parsed from the log when their turn comes. Nothing is evicted: the writer thread never
 /// frees a parsed message (the last reader, a delivery worker, does).
-const BUDGET: usize = 16 << 20;
+const BUDGET: usize = 4 << 20;
 
 struct Entry {
     message: Parsed,

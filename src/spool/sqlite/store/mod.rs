@@ -140,23 +140,9 @@ impl Store {
             };
             store.lanes.insert(name.clone(), lane);
         }
-        store.repair_bytes()?;
         store.load()?;
         store.warn_unconfigured()?;
         Ok(store)
-    }
-
-    /// Recompute `stats` from the log once at start: spools written by versions that stored
-    /// the total as an absolute value may have lost `dlq replay`'s additions. One scan of the
-    /// log, in one statement so a concurrent `dlq` cannot slip in between the read and write.
-    fn repair_bytes(&self) -> Result<(), SpoolError> {
-        self.conn
-            .execute(
-                "UPDATE stats SET log_bytes = (SELECT COALESCE(SUM(bytes), 0) FROM log) WHERE id = 0",
-                [],
-            )
-            .map_err(storage)?;
-        Ok(())
     }
 
     /// The highest seq ever given to a log row (AUTOINCREMENT keeps it after deletes).
@@ -275,6 +261,11 @@ impl Store {
 
     /// Cursors and counts from the file, at start, when nothing is leased yet. (A failed
     /// transaction restores a `Snapshot` instead: reloading would forget live leases.)
+    ///
+    /// One pass over the log counts what each lane is owed and recomputes the byte total in
+    /// `stats`: spools written by versions that stored the total as an absolute value may have
+    /// lost `dlq replay`'s additions. In one transaction, so a concurrent `dlq` cannot slip in
+    /// between the read and the write.
     fn load(&mut self) -> Result<(), SpoolError> {
         for lane in self.lanes.values_mut() {
             lane.cursor = self
@@ -288,29 +279,54 @@ impl Store {
             lane.scan = lane.cursor;
             lane.in_flight.clear();
         }
-        self.recount()
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(storage)?;
+        let loaded = (|| {
+            let bytes = self.count(true)?;
+            self.conn
+                .execute("UPDATE stats SET log_bytes = ?1 WHERE id = 0", [bytes])
+                .map_err(storage)?;
+            self.conn.execute_batch("COMMIT").map_err(storage)
+        })();
+        if loaded.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        loaded
     }
 
     /// Recount what another process may have changed, keeping leases.
     pub fn recount(&mut self) -> Result<(), SpoolError> {
-        self.bytes = self
-            .conn
-            .query_row("SELECT log_bytes FROM stats WHERE id = 0", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(storage)?
-            .max(0) as u64;
+        self.count(false)?;
+        Ok(())
+    }
+
+    /// Refresh every lane's counts and the byte total; with `all_bytes`, sum the log's bytes
+    /// in the same pass (returned) rather than trusting `stats`.
+    fn count(&mut self, all_bytes: bool) -> Result<i64, SpoolError> {
         self.high = self.high_seq()?;
         let names: Vec<String> = self.lanes.keys().cloned().collect();
-        let unscanned = self.count_unscanned(&names)?;
+        let (summed, unscanned) = self.count_unscanned(&names, all_bytes)?;
+        let bytes = match summed {
+            Some(b) => b,
+            None => self
+                .conn
+                .query_row("SELECT log_bytes FROM stats WHERE id = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(storage)?,
+        };
+        self.bytes = bytes.max(0) as u64;
         for (name, unscanned) in names.into_iter().zip(unscanned) {
-            let id = self.lanes[&name].id;
-            let (retry_rows, attempted): (i64, i64) = self
+            let (id, scan) = (self.lanes[&name].id, self.lanes[&name].scan);
+            // Retry rows above the scan position are counted by the retry set, not the log.
+            let (retry_rows, attempted, above): (i64, i64, i64) = self
                 .conn
                 .query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0) FROM retry WHERE dest = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), COALESCE(SUM(seq > ?2), 0)
+                     FROM retry WHERE dest = ?1",
+                    params![id, scan as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .map_err(storage)?;
             let dead: i64 = self
@@ -323,44 +339,54 @@ impl Store {
                 .map_err(storage)?;
             if let Some(lane) = self.lanes.get_mut(&name) {
                 lane.counts = Counts {
-                    unscanned,
+                    unscanned: unscanned.saturating_sub(above.max(0) as u64),
                     retry_rows: retry_rows as u64,
                     attempted: attempted as u64,
                     dead: dead as u64,
                 };
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 
-    /// Log rows above each lane's scan position routed to it: one pass over the log for all
-    /// lanes together (at start, and after another process changed the file).
-    fn count_unscanned(&self, names: &[String]) -> Result<Vec<u64>, SpoolError> {
-        let Some(from) = names.iter().map(|n| self.lanes[n].scan).min() else {
-            return Ok(Vec::new());
+    /// Log rows above each lane's scan position routed to it (retry rows included): one pass
+    /// over the log for all lanes together; with `all_bytes`, over the whole log, also
+    /// summing its bytes.
+    fn count_unscanned(
+        &self,
+        names: &[String],
+        all_bytes: bool,
+    ) -> Result<(Option<i64>, Vec<u64>), SpoolError> {
+        let from = match names.iter().map(|n| self.lanes[n].scan).min() {
+            Some(_) if all_bytes => 0,
+            Some(min) => min,
+            None if all_bytes => 0,
+            None => return Ok((None, Vec::new())),
         };
-        let columns: Vec<String> = (0..names.len())
-            .map(|i| {
-                let (scan, bit, id) = (3 * i + 2, 3 * i + 3, 3 * i + 4);
-                format!(
-                    "COALESCE(SUM(seq > ?{scan} AND (dests & ?{bit}) != 0
-                        AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?{id} AND r.seq = log.seq)), 0)"
-                )
-            })
-            .collect();
+        let mut columns = vec!["COALESCE(SUM(bytes), 0)".to_string()];
+        columns.extend((0..names.len()).map(|i| {
+            format!(
+                "COALESCE(SUM(seq > ?{} AND (dests & ?{}) != 0), 0)",
+                2 * i + 2,
+                2 * i + 3
+            )
+        }));
         let sql = format!("SELECT {} FROM log WHERE seq > ?1", columns.join(", "));
         let mut values: Vec<i64> = vec![from as i64];
         for n in names {
             let lane = &self.lanes[n];
-            values.extend([lane.scan as i64, lane.bit, lane.id]);
+            values.extend([lane.scan as i64, lane.bit]);
         }
-        self.conn
+        let (bytes, counts) = self
+            .conn
             .query_row(&sql, rusqlite::params_from_iter(values), |r| {
-                (0..names.len())
-                    .map(|i| r.get::<_, i64>(i).map(|n| n.max(0) as u64))
-                    .collect()
+                let counts = (0..names.len())
+                    .map(|i| r.get::<_, i64>(i + 1).map(|n| n.max(0) as u64))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((r.get::<_, i64>(0)?, counts))
             })
-            .map_err(storage)
+            .map_err(storage)?;
+        Ok((all_bytes.then_some(bytes), counts))
     }
 
     /// Dedupe, log and route `messages`; `fresh` gets each destination given new work. The

@@ -7,7 +7,7 @@
 //! again, because the worker that sent one has nothing better to do with an error.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +19,8 @@ use super::store::{Snapshot, Store};
 use crate::message::Accepted;
 use crate::spool::{Appended, Attempt, Depth, Leased, Rejected, Seq, SpoolError};
 
-/// How long the writer lingers after an append for others to share its commit.
+/// Longest the writer lingers after an append for others to share its commit; it stops as
+/// soon as every append under way is in hand (see `Shared::appending`).
 const LINGER: Duration = Duration::from_millis(2);
 /// Most commands in one transaction.
 const MAX_COMMANDS: usize = 256;
@@ -70,6 +71,9 @@ pub struct Shared {
     pub wakers: HashMap<String, Arc<Notify>>,
     /// Transactions committed for callers; fewer than calls when group commit works.
     pub commits: AtomicU64,
+    /// Appends sent to the writer and not answered yet. Once a transaction holds them all,
+    /// lingering for more would only delay these callers.
+    pub appending: AtomicUsize,
 }
 
 /// What `depth` and `wait` need of one destination.
@@ -124,7 +128,7 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     loop {
         match rx.recv_timeout(TICK) {
             Ok(first) => {
-                let batch = gather(first, &rx);
+                let batch = gather(first, &rx, &shared.appending);
                 execute(&mut store, &shared, batch, &mut deferred);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -160,23 +164,36 @@ fn retry_deferred(store: &mut Store, shared: &Shared, deferred: &mut Deferred) {
 }
 
 /// The first command plus whatever is queued; after an append, linger briefly so concurrent
-/// ingest requests share the fsync.
-fn gather(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
+/// ingest requests share the fsync, but only while some append under way is not in hand.
+fn gather(first: Command, rx: &Receiver<Command>, appending: &AtomicUsize) -> Vec<Command> {
     let linger_until = matches!(first, Command::Append(..)).then(|| Instant::now() + LINGER);
+    let is_append = |c: &Command| matches!(c, Command::Append(..));
+    let mut appends = usize::from(is_append(&first));
     let mut batch = vec![first];
     while batch.len() < MAX_COMMANDS {
         match rx.try_recv() {
-            Ok(c) => batch.push(c),
+            Ok(c) => {
+                appends += usize::from(is_append(&c));
+                batch.push(c);
+            }
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 let Some(until) = linger_until else { break };
+                if appends >= appending.load(Ordering::Acquire) {
+                    break;
+                }
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                match rx.recv_timeout(left) {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+                // Short waits: an append under way arrives within microseconds or not soon.
+                match rx.recv_timeout(left.min(Duration::from_micros(200))) {
+                    Ok(c) => {
+                        appends += usize::from(is_append(&c));
+                        batch.push(c);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         }
@@ -185,6 +202,16 @@ fn gather(first: Command, rx: &Receiver<Command>) -> Vec<Command> {
 }
 
 fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>, deferred: &mut Deferred) {
+    // Answered (or failed) below, one way or the other: no longer under way for `gather`.
+    let appends = batch
+        .iter()
+        .filter(|c| matches!(c, Command::Append(..)))
+        .count();
+    let _ = shared
+        .appending
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            Some(n.saturating_sub(appends))
+        });
     // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
     let snapshot = store.snapshot();
     if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE").map_err(storage) {
