@@ -110,18 +110,10 @@ impl Spool for SqliteSpool {
         // Parsed messages the spool does not keep are freed here, after the answer, rather
         // than by the writer thread, which every append and lease waits on.
         let parsed: Vec<Parsed> = messages.iter().filter_map(|m| m.parsed.clone()).collect();
-        // Counted before it is sent; the writer counts it down when it answers.
-        let appending = &self.shared.appending;
-        appending.fetch_add(1, Ordering::AcqRel);
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Append(messages, tx)).is_err() {
-            appending.fetch_sub(1, Ordering::AcqRel);
-            return Err(SpoolError::Storage("the spool writer has stopped".into()));
-        }
-        let answer = rx
-            .await
-            .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
-            .and_then(|a| a);
+        // Counted before it is sent; the writer counts it down when it takes it into a
+        // transaction (a writer that has stopped has no use for the count).
+        self.shared.appending.fetch_add(1, Ordering::AcqRel);
+        let answer = self.call(|r| Command::Append(messages, r)).await;
         drop(parsed);
         answer
     }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use rusqlite::params;
 
-use super::{Store, from_ms, ms};
+use super::{Store, below, from_ms, ms};
 use crate::spool::Seq;
 use crate::spool::SpoolError;
 use crate::spool::sqlite::schema::storage;
@@ -72,14 +72,6 @@ impl Store {
         all
     }
 
-    /// The destinations that have not passed `seq` yet, as a mask.
-    fn held_at(cursors: &[(i64, Seq)], seq: Seq) -> i64 {
-        cursors
-            .iter()
-            .filter(|(_, c)| *c < seq)
-            .fold(0, |m, (b, _)| m | b)
-    }
-
     /// Housekeeping between batches: delete log rows no destination owes any more and
     /// expired dedupe keys. Bounded work per call: rows that waited in the retry set and were
     /// settled since the last call, plus one slice of the log below every configured cursor
@@ -88,7 +80,7 @@ impl Store {
         self.pass_idle_lanes()?;
         let cursors = self.cursors();
         for seq in std::mem::take(&mut self.freeable) {
-            self.free_rows(seq - 1, seq, Self::held_at(&cursors, seq))?;
+            self.free_rows(seq - 1, seq, below(&cursors, seq))?;
         }
         // Rows above the lowest configured cursor wait for it: sweeping them now would have to
         // look at them again later.
@@ -107,7 +99,7 @@ impl Store {
             cuts.sort_unstable();
             let mut after = self.gc_from;
             for cut in cuts {
-                self.free_rows(after, cut, Self::held_at(&cursors, after + 1))?;
+                self.free_rows(after, cut, below(&cursors, after + 1))?;
                 after = cut;
             }
             self.gc_from = upto;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, params};
 
 use super::cache::ParsedCache;
-use super::{Flight, Lane, Store, from_ms, ms};
+use super::{Flight, Lane, Store, below, from_ms, ms};
 use crate::message::Parsed;
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Leased, Seq, SpoolError};
@@ -120,12 +120,9 @@ impl Store {
                         // Not kept: this lane's worker will parse it; the lanes behind share
                         // the parse.
                         let cell = Parsed::default();
-                        let behind = others
-                            .iter()
-                            .filter(|(_, scan)| *scan < seq)
-                            .fold(0, |m, (b, _)| m | b);
                         let bytes = body.as_ref().map_or(0, String::len);
-                        self.cache.insert(seq, cell.clone(), dests & behind, bytes);
+                        self.cache
+                            .insert(seq, cell.clone(), dests & below(&others, seq), bytes);
                         cell
                     }
                 };

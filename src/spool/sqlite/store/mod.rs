@@ -95,6 +95,15 @@ pub(super) struct Store {
     pub(super) rewake: Vec<String>,
 }
 
+/// The bits of the destinations, among `(bit, position)` pairs, whose position (cursor or
+/// scan) is below `seq`: those that have not passed it yet.
+fn below(positions: &[(i64, Seq)], seq: Seq) -> i64 {
+    positions
+        .iter()
+        .filter(|(_, at)| *at < seq)
+        .fold(0, |mask, (bit, _)| mask | bit)
+}
+
 /// Times are stored as Unix milliseconds.
 pub fn ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -200,15 +209,7 @@ impl Store {
 
     /// Forget a destination that is no longer configured and owes nothing, and give back its id.
     fn reclaim_id(&self, configured: &[String]) -> Result<Option<i64>, SpoolError> {
-        let rows: Vec<(i64, String, i64)> = self
-            .conn
-            .prepare("SELECT id, name, cursor FROM destination ORDER BY id")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            })
-            .map_err(storage)?;
-        for (id, name, cursor) in rows {
+        for (id, name, cursor) in self.destination_rows()? {
             if configured.contains(&name) {
                 continue;
             }
@@ -220,6 +221,17 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Every destination in the file, configured or not: `(id, name, cursor)` by id.
+    fn destination_rows(&self) -> Result<Vec<(i64, String, i64)>, SpoolError> {
+        self.conn
+            .prepare("SELECT id, name, cursor FROM destination ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(storage)
     }
 
     /// Messages a destination is still owed: log rows above its cursor plus its retry rows.
@@ -237,15 +249,7 @@ impl Store {
     /// Warn about destinations in the file that are no longer configured and still owed
     /// messages, and remember their cursors: their rows are kept for them.
     fn warn_unconfigured(&mut self) -> Result<(), SpoolError> {
-        let rows: Vec<(i64, String, i64)> = self
-            .conn
-            .prepare("SELECT id, name, cursor FROM destination")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            })
-            .map_err(storage)?;
-        for (id, name, cursor) in rows {
+        for (id, name, cursor) in self.destination_rows()? {
             if self.lanes.contains_key(&name) || !(1..=MAX_DESTINATION_ID).contains(&id) {
                 continue;
             }
@@ -357,10 +361,10 @@ impl Store {
         names: &[String],
         all_bytes: bool,
     ) -> Result<(Option<i64>, Vec<u64>), SpoolError> {
-        let from = match names.iter().map(|n| self.lanes[n].scan).min() {
-            Some(_) if all_bytes => 0,
-            Some(min) => min,
-            None if all_bytes => 0,
+        let lowest = names.iter().map(|n| self.lanes[n].scan).min();
+        let from = match lowest {
+            _ if all_bytes => 0,
+            Some(scan) => scan,
             None => return Ok((None, Vec::new())),
         };
         let mut columns = vec!["COALESCE(SUM(bytes), 0)".to_string()];

@@ -71,8 +71,8 @@ pub struct Shared {
     pub wakers: HashMap<String, Arc<Notify>>,
     /// Transactions committed for callers; fewer than calls when group commit works.
     pub commits: AtomicU64,
-    /// Appends sent to the writer and not answered yet. Once a transaction holds them all,
-    /// lingering for more would only delay these callers.
+    /// Appends sent to the writer and not yet taken into a transaction. Once a transaction
+    /// holds them all, lingering for more would only delay these callers.
     pub appending: AtomicUsize,
 }
 
@@ -198,20 +198,14 @@ fn gather(first: Command, rx: &Receiver<Command>, appending: &AtomicUsize) -> Ve
             }
         }
     }
+    // Taken: these are answered (or failed) with this transaction, no longer under way.
+    let _ = appending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_sub(appends))
+    });
     batch
 }
 
 fn execute(store: &mut Store, shared: &Shared, batch: Vec<Command>, deferred: &mut Deferred) {
-    // Answered (or failed) below, one way or the other: no longer under way for `gather`.
-    let appends = batch
-        .iter()
-        .filter(|c| matches!(c, Command::Append(..)))
-        .count();
-    let _ = shared
-        .appending
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            Some(n.saturating_sub(appends))
-        });
     // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
     let snapshot = store.snapshot();
     if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE").map_err(storage) {
