@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the TOML file, `${VAR}` expansion, validation with line and column.
 //! - [`ingest`]: the Segment-compatible HTTP API (axum): auth, limits, answers.
+//! - [`ops`]: health, readiness, metrics and destination status for operators.
 //! - [`normalize`]: spec checks and normalization of one message (pure).
 //! - [`route`]: `integrations` × destinations → where a message goes (pure).
 //! - [`spool`]: the contract messages wait behind, and its implementations.
@@ -24,6 +25,7 @@ pub mod dlq;
 pub mod ingest;
 pub mod message;
 pub mod normalize;
+pub mod ops;
 pub mod retry;
 pub mod route;
 pub mod secret;

@@ -12,6 +12,8 @@ use crate::message::MessageType;
 /// What routing needs to know of one destination.
 #[derive(Debug, Clone)]
 pub struct RouteKey {
+    /// The destination's configured name, as the spool knows it.
+    name: String,
     /// Name and aliases, lower-cased.
     keys: Vec<String>,
     /// Message types it takes.
@@ -27,7 +29,21 @@ impl RouteKey {
         let keys = std::iter::once(name.to_lowercase())
             .chain(aliases.into_iter().map(|a| a.to_lowercase()))
             .collect();
-        Self { keys, types }
+        Self {
+            name: name.to_string(),
+            keys,
+            types,
+        }
+    }
+
+    /// The destination's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The message types it takes.
+    pub fn types(&self) -> &[MessageType] {
+        &self.types
     }
 
     /// This destination's entry in an `integrations` map, if it has one.

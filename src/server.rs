@@ -1,5 +1,6 @@
-//! Wiring: a validated config becomes a plan (adapters built, routes known); `run` serves
-//! ingest on a bound listener and runs one delivery worker per destination until shutdown.
+//! Wiring: a validated config becomes a [`Plan`] (adapters built, routes known); [`run`]
+//! serves ingest and the operator endpoints on a bound listener and runs each destination's
+//! workers until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigErrors};
 use crate::deliver::Worker;
-use crate::destination::{self, Destination};
-use crate::ingest::{self, AppState, DestinationView};
+use crate::destination::{Destination, Registry};
+use crate::ingest::{self, AppState};
+use crate::ops::{self, DestinationView, OpsState};
 use crate::route::RouteKey;
 use crate::spool::Spool;
 use crate::spool::sqlite::SqliteSpool;
@@ -20,38 +23,43 @@ use crate::telemetry;
 /// A config with its adapters built: what `check` prints and `run` runs.
 pub struct Plan {
     pub config: Config,
+    /// In config order, as `routes`.
     pub adapters: Vec<Arc<dyn Destination>>,
     pub routes: Vec<RouteKey>,
 }
 
 impl Plan {
-    /// Build every adapter, collecting every error.
+    /// Build every adapter from the ones compiled in, collecting every error.
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
+        Self::with_registry(config, &Registry::builtin())
+    }
+
+    /// Build every adapter from `registry` (the built-in ones plus a program's own).
+    pub fn with_registry(config: Config, registry: &Registry) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut adapters = Vec::new();
         let mut routes = Vec::new();
         for d in &config.destinations {
-            match destination::build(d) {
+            match registry.build(d) {
                 Ok(adapter) => {
                     let types = d
                         .types
                         .clone()
-                        .unwrap_or_else(|| adapter.default_types().to_vec());
+                        .unwrap_or_else(|| adapter.accepts().to_vec());
                     routes.push(RouteKey::new(&d.name, &d.aliases, types));
                     adapters.push(adapter);
                 }
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() {
-            Ok(Self {
-                config,
-                adapters,
-                routes,
-            })
-        } else {
-            Err(ConfigErrors(errors))
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
         }
+        Ok(Self {
+            config,
+            adapters,
+            routes,
+        })
     }
 
     /// Human summary for `switchyard check`.
@@ -69,12 +77,8 @@ impl Plan {
             out.push_str(&format!("  {} (write key ***)\n", s.name));
         }
         out.push_str("destinations:\n");
-        for (d, adapter) in c.destinations.iter().zip(&self.adapters) {
-            let types = d
-                .types
-                .clone()
-                .unwrap_or_else(|| adapter.default_types().to_vec());
-            let types: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+        for (d, route) in c.destinations.iter().zip(&self.routes) {
+            let types: Vec<&str> = route.types().iter().map(|t| t.as_str()).collect();
             out.push_str(&format!(
                 "  {} ({}{}) takes: {}\n",
                 d.name,
@@ -94,57 +98,41 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    telemetry::install();
+    let spool = open_spool(&plan.config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
     let Plan {
         config,
         adapters,
         routes,
     } = plan;
-    let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
-    telemetry::install();
-    let (dir, max_bytes, window) = (
-        config.spool.path.clone(),
-        config.spool.max_bytes,
-        config.spool.dedupe_window,
-    );
-    let spool_names = names.clone();
-    let spool = tokio::task::spawn_blocking(move || {
-        SqliteSpool::open(&dir, &spool_names, max_bytes, window)
-    })
-    .await?
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the spool in {}: {e}",
-            config.spool.path.display()
-        )
-    })?;
-    let spool: Arc<dyn Spool> = Arc::new(spool);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut views = Vec::new();
     let mut workers = Vec::new();
-    for ((d, adapter), route) in config.destinations.iter().zip(adapters).zip(routes) {
-        let worker = Arc::new(Worker::new(
-            d,
+    for ((d, adapter), route) in config.destinations.iter().zip(adapters).zip(&routes) {
+        let worker = Worker::new(
+            &d.name,
+            &d.delivery,
             adapter,
             route.clone(),
             spool.clone(),
             client.clone(),
-        ));
+        );
+        let worker = Arc::new(worker);
         views.push(DestinationView {
             name: d.name.clone(),
             kind: d.kind.clone(),
-            route,
             status: worker.status.clone(),
         });
-        for _ in 0..d.concurrency {
+        for _ in 0..d.delivery.concurrency {
             workers.push(tokio::spawn(worker.clone().run(stop_rx.clone())));
         }
     }
     let grace = config.server.shutdown_grace;
-    let routes = views.iter().map(|v| v.route.clone()).collect();
-    let state = Arc::new(AppState {
+    let destinations = config.destinations.len();
+    let ingest = Arc::new(AppState {
         routes,
         limits: config.server,
         sources: config
@@ -152,23 +140,50 @@ pub async fn run(
             .into_iter()
             .map(|s| (s.name, s.write_key))
             .collect(),
+        spool: spool.clone(),
+    });
+    let ops = Arc::new(OpsState {
         destinations: views,
         spool,
     });
-    let addr = listener.local_addr()?;
-    tracing::info!(address = %addr, destinations = names.len(), "listening");
+    let app = ingest::app(ingest).merge(ops::router(ops));
+    tracing::info!(address = %listener.local_addr()?, destinations, "listening");
+    serve(app, listener, shutdown, grace, stop_tx, workers).await
+}
+
+/// The embedded spool, opened off the async threads (it may replay a long log).
+async fn open_spool(config: &Config) -> anyhow::Result<Arc<dyn Spool>> {
+    let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
+    let s = &config.spool;
+    let (dir, max_bytes, window) = (s.path.clone(), s.max_bytes, s.dedupe_window);
+    let spool =
+        tokio::task::spawn_blocking(move || SqliteSpool::open(&dir, &names, max_bytes, window))
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot open the spool in {}: {e}", s.path.display()))?;
+    Ok(Arc::new(spool))
+}
+
+/// Serve `app` until `shutdown`; then one deadline for everything: in-flight requests
+/// first, then the batches being delivered (workers stop leasing at once and finish what
+/// they hold).
+async fn serve(
+    app: axum::Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+) -> anyhow::Result<()> {
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
-    let serve = axum::serve(listener, ingest::app(state)).with_graceful_shutdown(async move {
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new requests");
         let _ = signalled_tx.send(true);
     });
     let server = tokio::spawn(async move { serve.await });
     let _ = signalled_rx.wait_for(|s| *s).await;
-    // One deadline for everything: in-flight requests first, then the batches being delivered
-    // (workers stop leasing at once and finish what they hold).
     let deadline = tokio::time::Instant::now() + grace;
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     if tokio::time::timeout_at(deadline, server).await.is_err() {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
     }

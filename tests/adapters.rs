@@ -2,6 +2,8 @@
 //! vendor APIs, Salesforce's OAuth token endpoint included.
 
 mod common;
+#[path = "adapters/dead_letters.rs"]
+mod dead_letters;
 #[path = "adapters/mixpanel.rs"]
 mod mixpanel;
 #[path = "adapters/salesforce.rs"]

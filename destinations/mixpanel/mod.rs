@@ -10,15 +10,13 @@ mod translate;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, DestinationConfig, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::destination::{
-    AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
-    Verdict, classify_status, excerpt,
+    Classification, Destination, Failure, Item, OutRequest, Response, Setup, Translation, Verdict,
+    classify_status, excerpt,
 };
 use crate::message::MessageType;
 use crate::secret::Secret;
@@ -75,14 +73,16 @@ pub(crate) enum Operation {
     SetOnce,
 }
 
-/// What translate writes as `$token`; `authorize` puts the project token there.
-pub(crate) const TOKEN_PLACEHOLDER: &str = "***";
+/// What a dry run shows as `$token`: its requests are logged, never sent.
+const MASKED_TOKEN: &str = "***";
 
 /// A configured Mixpanel destination (Debug is safe: the token is a `Secret`).
 #[derive(Debug)]
 pub struct Mixpanel {
     /// API base URL without a trailing slash.
     host: String,
+    /// Written into each update as it is serialized (MPD:reference/ingestion-api-authentication.mdx);
+    /// masked in a dry run, whose requests are logged.
     token: Secret,
     group_key: String,
     operation: Operation,
@@ -93,39 +93,28 @@ pub struct Mixpanel {
 const MAX_BATCH: usize = 2000;
 const DEFAULT_BATCH: usize = 200;
 
-pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
-    Ok(Arc::new(Mixpanel::new(config)?))
+pub fn build(setup: Setup<'_>) -> Result<Arc<dyn Destination>, ConfigError> {
+    Ok(Arc::new(Mixpanel::new(setup)?))
 }
 
 impl Mixpanel {
-    fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
-        let s = &config.settings;
+    fn new(setup: Setup<'_>) -> Result<Self, ConfigError> {
+        let s = setup.settings;
         let c: MixpanelConfig = s.parse()?;
-        let name = &config.name;
         if c.project_token.expose().trim().is_empty() {
-            return Err(s.error(
-                "project_token",
-                format!("destination `{name}`: project_token is empty"),
-            ));
+            return Err(s.error("project_token", "project_token is empty"));
         }
         if c.group_key.trim().is_empty() {
-            return Err(s.error(
-                "group_key",
-                format!("destination `{name}`: group_key is empty"),
-            ));
+            return Err(s.error("group_key", "group_key is empty"));
         }
-        if let Some(types) = &config.types
-            && types.iter().any(|t| *t != MessageType::Group)
-        {
-            return Err(s.error(
-                "types",
-                format!("destination `{name}`: a mixpanel destination takes group calls only"),
-            ));
-        }
-        let host = api_host(s, name, c.api_host, c.region)?;
+        let host = api_host(s, c.api_host, c.region)?;
+        let token = match setup.dry_run {
+            true => Secret::new(MASKED_TOKEN),
+            false => c.project_token,
+        };
         Ok(Self {
             host,
-            token: c.project_token,
+            token,
             group_key: c.group_key,
             operation: c.operation,
             associate_user: c.associate_user,
@@ -136,23 +125,18 @@ impl Mixpanel {
 /// The API base URL: an explicit `api_host` (http or https) or the region's.
 fn api_host(
     s: &Settings,
-    name: &str,
     api_host: Option<String>,
     region: Option<Region>,
 ) -> Result<String, ConfigError> {
     Ok(match (api_host, region) {
         (Some(_), Some(_)) => {
-            return Err(s.error(
-                "api_host",
-                format!("destination `{name}`: set region or api_host, not both"),
-            ));
+            return Err(s.error("api_host", "set region or api_host, not both"));
         }
-        (Some(host), None) => s.http_url("api_host", name, &host)?,
+        (Some(host), None) => s.http_url("api_host", &host)?,
         (None, region) => region.unwrap_or(Region::Us).host().to_string(),
     })
 }
 
-#[async_trait]
 impl Destination for Mixpanel {
     fn max_batch(&self) -> usize {
         MAX_BATCH
@@ -162,24 +146,12 @@ impl Destination for Mixpanel {
         DEFAULT_BATCH
     }
 
-    fn default_types(&self) -> &'static [MessageType] {
+    fn accepts(&self) -> &'static [MessageType] {
         &[MessageType::Group]
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {
         translate::translate(self, batch)
-    }
-
-    /// The token goes in the body (MPD:reference/ingestion-api-authentication.mdx), added here
-    /// rather than in translate so that dry-run logs and translation never hold it.
-    async fn authorize(
-        &self,
-        request: &mut OutRequest,
-        _transport: &Transport,
-        _refresh: bool,
-    ) -> Result<(), AuthError> {
-        request.body = with_token(&request.body, &self.token)?;
-        Ok(())
     }
 
     fn classify(
@@ -188,41 +160,28 @@ impl Destination for Mixpanel {
         response: &Response,
         now: SystemTime,
     ) -> Classification {
-        let reason = || format!("HTTP {}: {}", response.status, excerpt(&response.body));
+        let failure = || Failure::http_status(response);
         match response.status {
             200 => verbose_answer(request, response),
             // Never retry a 400: resending cannot help and it counts against the limit
             // (MPD:reference/track-event.mdx).
-            400 => Classification::all(request, Verdict::permanent(reason())),
+            400 => Classification::all(request, Verdict::permanent(failure())),
             401 | 403 => {
-                let mut c = Classification::all(request, Verdict::permanent(reason()));
-                c.unhealthy = Some(format!("Mixpanel refused the project token: {}", reason()));
+                let mut c = Classification::all(request, Verdict::permanent(failure()));
+                c.unhealthy = Some(format!("Mixpanel refused the project token: {}", failure()));
                 c
             }
             // "request exceeds max limit of 2097152 bytes" (MPD openapi `StrictTooLarge`).
             413 if request.items.len() > 1 => {
-                let mut c = Classification::all(request, Verdict::retry(reason()));
+                let mut c = Classification::all(request, Verdict::retry(failure()));
                 c.split = true;
                 c
             }
-            413 => Classification::all(request, Verdict::permanent(reason())),
+            413 => Classification::all(request, Verdict::permanent(failure())),
             // 429 and 5xx retry (and 429 pauses), per MPD:reference/track-event.mdx.
             _ => classify_status(request, response, now),
         }
     }
-}
-
-/// The body with every `"$token":"***"` replaced by the token. Only the JSON structure can
-/// hold that exact byte sequence: inside a string value its quotes would be escaped.
-fn with_token(body: &[u8], token: &Secret) -> Result<Bytes, AuthError> {
-    let text =
-        std::str::from_utf8(body).map_err(|_| AuthError("a Mixpanel body is not UTF-8".into()))?;
-    let placeholder = format!("\"$token\":\"{TOKEN_PLACEHOLDER}\"");
-    // A JSON string of a `&str` always serializes.
-    let quoted = serde_json::to_string(token.expose()).unwrap_or_default();
-    Ok(Bytes::from(
-        text.replace(&placeholder, &format!("\"$token\":{quoted}")),
-    ))
 }
 
 /// A 200 is only a success when its verbose body says `status: 1`: Mixpanel answers 200 with
@@ -244,8 +203,9 @@ fn verbose_answer(request: &OutRequest, response: &Response) -> Classification {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| excerpt(&response.body));
+    let reason = format!("HTTP 200: Mixpanel rejected the update: {error}");
     Classification::all(
         request,
-        Verdict::permanent(format!("HTTP 200: Mixpanel rejected the update: {error}")),
+        Verdict::permanent(Failure::refused(response, reason)),
     )
 }

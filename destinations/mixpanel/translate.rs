@@ -1,5 +1,5 @@
-//! Group calls → Groups and Engage requests. Pure: no clock, no I/O, and no token: each
-//! update carries a placeholder that `authorize` replaces, so dry runs never log the token.
+//! Group calls → Groups and Engage requests. Pure: no clock, no I/O. The project token is
+//! written into each update as it is serialized (masked when the destination is a dry run).
 
 use http::Method;
 use serde::Serialize;
@@ -7,7 +7,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::{Mixpanel, Operation};
-use crate::destination::{Item, OutRequest, Translation, Verdict};
+use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
 use crate::normalize::time;
 
 /// One update may be at most 1 MB (MPD:reference/limits-1.mdx); counted in bytes of its JSON.
@@ -35,14 +35,11 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
     let mut t = Translation::default();
     let mut groups: Updates = Vec::new();
     let mut engage: Updates = Vec::new();
-    let growth = token_growth(mp);
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
+        // The engine hands this adapter group calls only, and every group call has a groupId;
+        // an item left unsettled here is dead-lettered by the engine.
         let Some(group_id) = item.group_call() else {
-            t.settled.push((
-                i,
-                Verdict::permanent("Mixpanel takes group calls with a groupId only"),
-            ));
             continue;
         };
         let traits = m
@@ -50,50 +47,54 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
             .and_then(Value::as_object)
             .filter(|t| !t.is_empty());
         if let Some(traits) = traits {
-            let update = group_update(mp, group_id, traits);
-            if update.len() + growth > MAX_UPDATE_BYTES {
-                let why = format!(
+            let update = match group_update(mp, group_id, traits) {
+                Ok(u) if u.len() > MAX_UPDATE_BYTES => Err(format!(
                     "the group update is {} bytes; Mixpanel takes at most 1 MB",
-                    update.len() + growth
-                );
-                t.settled.push((i, Verdict::permanent(why)));
-                continue;
+                    u.len()
+                )),
+                other => other,
+            };
+            match update {
+                Ok(update) => groups.push((i, update)),
+                Err(why) => {
+                    t.settled
+                        .push((i, Verdict::permanent(Failure::translation(why))));
+                    continue;
+                }
             }
-            groups.push((i, update));
         }
         let user_id = m.get("userId").and_then(Value::as_str);
         match user_id.filter(|_| mp.associate_user) {
-            Some(user_id) => engage.push((i, engage_update(mp, user_id, group_id))),
+            Some(user_id) => match engage_update(mp, user_id, group_id) {
+                Ok(update) => engage.push((i, update)),
+                Err(why) => t
+                    .settled
+                    .push((i, Verdict::permanent(Failure::translation(why)))),
+            },
             // Empty traits and no user to associate: nothing to send, and nothing lost.
             None if traits.is_none() => t.settled.push((i, Verdict::Delivered)),
             None => {}
         }
     }
-    pack(
-        &mut t,
-        &format!("{}/groups?verbose=1", mp.host),
-        groups,
-        growth,
-    );
-    pack(
-        &mut t,
-        &format!("{}/engage?verbose=1", mp.host),
-        engage,
-        growth,
-    );
+    pack(&mut t, &format!("{}/groups?verbose=1", mp.host), groups);
+    pack(&mut t, &format!("{}/engage?verbose=1", mp.host), engage);
     t
 }
 
 /// `{"$token","$group_key","$group_id","$set"|"$set_once"}` (MPD openapi `/groups#group-set`).
 /// The id is always the call's `groupId`: unlike Segment's action (AD:mixpanel/groupIdentifyUser),
 /// a trait named like the group key does not replace it. Serialized straight from the message.
-fn group_update(mp: &Mixpanel, group_id: &str, traits: &Map<String, Value>) -> Vec<u8> {
+fn group_update(
+    mp: &Mixpanel,
+    group_id: &str,
+    traits: &Map<String, Value>,
+) -> Result<Vec<u8>, String> {
     let op = match mp.operation {
         Operation::Set => "$set",
         Operation::SetOnce => "$set_once",
     };
     serialize(&GroupUpdate {
-        token: super::TOKEN_PLACEHOLDER,
+        token: mp.token.expose(),
         group_key: &mp.group_key,
         group_id,
         op,
@@ -179,7 +180,7 @@ fn created(value: &Value) -> Value {
 
 /// `{"$token","$distinct_id","$union": {group_key: [groupId]}}`: the user's profile lists its
 /// groups under the group key (MPD openapi `/engage#profile-union`; AJSI-MP `set_group`).
-fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Vec<u8> {
+fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Result<Vec<u8>, String> {
     #[derive(Serialize)]
     struct Engage<'a> {
         #[serde(rename = "$token")]
@@ -198,32 +199,25 @@ fn engage_update(mp: &Mixpanel, user_id: &str, group_id: &str) -> Vec<u8> {
         }
     }
     serialize(&Engage {
-        token: super::TOKEN_PLACEHOLDER,
+        token: mp.token.expose(),
         distinct_id: user_id,
         union: Union(&mp.group_key, [group_id]),
     })
 }
 
-fn serialize(update: &impl Serialize) -> Vec<u8> {
-    // Always serializes: map keys are strings and a message holds no floats JSON cannot
-    // write (serde_json refuses NaN when parsing, so none can be in a message).
-    serde_json::to_vec(update).unwrap_or_default()
-}
-
-/// How many bytes each update grows when `authorize` puts the token in place of the placeholder.
-fn token_growth(mp: &Mixpanel) -> usize {
-    let quoted = serde_json::to_string(mp.token.expose()).map_or(0, |q| q.len());
-    quoted.saturating_sub(super::TOKEN_PLACEHOLDER.len() + 2)
+/// An update as JSON; a message holds nothing JSON cannot write (it came from JSON), so an
+/// error here is a defect, reported as the item's dead-letter reason rather than hidden.
+fn serialize(update: &impl Serialize) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(update).map_err(|e| format!("the update cannot be serialized: {e}"))
 }
 
 /// Pack updates into JSON-array bodies of at most `MAX_UPDATES` and, unless one update alone
-/// is larger, `BODY_BUDGET` bytes once the token is in (`growth` bytes more per update).
-fn pack(t: &mut Translation, url: &str, updates: Updates, growth: usize) {
+/// is larger, `BODY_BUDGET` bytes.
+fn pack(t: &mut Translation, url: &str, updates: Updates) {
     let mut body: Vec<u8> = Vec::new();
     let mut items: Vec<usize> = Vec::new();
     for (i, update) in updates {
-        let sent = body.len() + growth * items.len();
-        let full = items.len() == MAX_UPDATES || sent + 1 + update.len() + growth + 1 > BODY_BUDGET;
+        let full = items.len() == MAX_UPDATES || body.len() + 1 + update.len() + 1 > BODY_BUDGET;
         if !items.is_empty() && full {
             t.requests.push(finish(
                 url,

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::Salesforce;
-use crate::destination::{Classification, OutRequest, Response, Verdict, classify_status, excerpt};
+use crate::destination::{Classification, Failure, OutRequest, Response, Verdict, classify_status};
 
 /// One entry of a collections answer, in the order the records were sent (SF-COLL, SF-UR).
 #[derive(Deserialize)]
@@ -46,56 +46,57 @@ pub(super) fn classify(
         .as_ref()
         .map(|e| e.error_code.as_str())
         .unwrap_or_default();
-    let reason = match &rest {
-        Some(e) => format!("HTTP {status}: {}: {}", e.error_code, e.message),
-        None => format!("HTTP {status}: {}", excerpt(&response.body)),
+    let failure = match &rest {
+        Some(e) => Failure::http(response, format_args!("{}: {}", e.error_code, e.message)),
+        None => Failure::http_status(response),
     };
     let all = |v: Verdict| Classification::all(request, v);
     match status {
-        200..=299 => per_record(request, &response.body),
+        200..=299 => per_record(request, response),
         // `INVALID_SESSION_ID`: the session expired; get a new token and resend (SF-ERR,
         // SF-SESS). Unhealthy only shows if the resend with a fresh token is refused too.
         401 => Classification {
             refresh_auth: true,
-            unhealthy: Some(reason.clone()),
-            ..all(Verdict::retry(reason))
+            unhealthy: Some(failure.reason.clone()),
+            ..all(Verdict::retry(failure))
         },
         // The allocation is used up, possibly for hours (SF-LIM): rest the whole destination.
         403 if code == "REQUEST_LIMIT_EXCEEDED" => {
             let after = Some(sf.request_limit_pause);
             Classification {
                 pause: after,
-                ..all(Verdict::Retry { after, reason })
+                ..all(Verdict::Retry { after, failure })
             }
         }
         // A malformed request, an unknown object or field, or no access (SF-ERR, SF-UPS):
         // every record would fail the same way until a person fixes the config.
         400 | 403 | 404 => Classification {
-            unhealthy: Some(reason.clone()),
-            ..all(Verdict::permanent(reason))
+            unhealthy: Some(failure.reason.clone()),
+            ..all(Verdict::permanent(failure))
         },
         _ => classify_status(request, response, now),
     }
 }
 
 /// One verdict per item from the record it was merged into.
-fn per_record(request: &OutRequest, body: &[u8]) -> Classification {
-    let results: Vec<RecordResult> = match serde_json::from_slice(body) {
+fn per_record(request: &OutRequest, response: &Response) -> Classification {
+    let results: Vec<RecordResult> = match serde_json::from_slice(&response.body) {
         Ok(r) => r,
         Err(e) => {
-            return Classification::all(
-                request,
-                Verdict::retry(format!("unreadable collections answer: {e}")),
-            );
+            let why = format!("unreadable collections answer: {e}");
+            return Classification::all(request, Verdict::retry(Failure::refused(response, why)));
         }
     };
     let part = |k: usize| request.parts.get(k).copied().unwrap_or(k);
     let verdicts = (0..request.items.len())
         .map(|k| match results.get(part(k)) {
-            Some(r) => record_verdict(r),
-            None => Verdict::retry(format!(
-                "Salesforce answered {} results for more records",
-                results.len()
+            Some(r) => record_verdict(r, response),
+            None => Verdict::retry(Failure::refused(
+                response,
+                format!(
+                    "Salesforce answered {} results for more records",
+                    results.len()
+                ),
             )),
         })
         .collect();
@@ -105,7 +106,9 @@ fn per_record(request: &OutRequest, body: &[u8]) -> Classification {
     }
 }
 
-fn record_verdict(r: &RecordResult) -> Verdict {
+/// A record's verdict; its failure keeps the answer's status and body, which carry every
+/// record's errors.
+fn record_verdict(r: &RecordResult, response: &Response) -> Verdict {
     if r.success {
         return Verdict::Delivered;
     }
@@ -117,14 +120,18 @@ fn record_verdict(r: &RecordResult) -> Verdict {
         .join("; ");
     // A row lock not obtained in time is transient (SF-LOCK); any other code is a data
     // problem resending cannot fix (SF-ERR, SF-UR).
-    if r.errors
+    let transient = r
+        .errors
         .iter()
-        .any(|e| e.status_code == "UNABLE_TO_LOCK_ROW")
-    {
-        Verdict::retry(reason)
-    } else if reason.is_empty() {
-        Verdict::permanent("Salesforce refused the record without saying why")
+        .any(|e| e.status_code == "UNABLE_TO_LOCK_ROW");
+    let reason = match reason.is_empty() {
+        true => "Salesforce refused the record without saying why".to_string(),
+        false => reason,
+    };
+    let failure = Failure::refused(response, reason);
+    if transient {
+        Verdict::retry(failure)
     } else {
-        Verdict::permanent(reason)
+        Verdict::permanent(failure)
     }
 }

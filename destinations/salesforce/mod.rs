@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, DestinationConfig, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::destination::{
-    AuthError, Classification, Destination, Item, OutRequest, Response, Translation, Transport,
+    AuthError, Classification, Destination, Item, OutRequest, Response, Setup, Translation,
+    Transport,
 };
 use crate::message::MessageType;
 use crate::secret::Secret;
@@ -111,29 +112,25 @@ pub struct Salesforce {
 /// sObject Collections take at most 200 records (SF-COLL); one item makes at most one record.
 const MAX_BATCH: usize = 200;
 
-pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
-    Ok(Arc::new(Salesforce::new(config)?))
+pub fn build(setup: Setup<'_>) -> Result<Arc<dyn Destination>, ConfigError> {
+    Ok(Arc::new(Salesforce::new(setup)?))
 }
 
 /// API names are letters, digits and underscores; they go into URL paths and JSON keys.
-fn api_name(s: &Settings, key: &str, dest: &str, value: &str) -> Result<(), ConfigError> {
+fn api_name(s: &Settings, key: &str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(s.error(
-            key,
-            format!("destination `{dest}`: `{value}` is not a Salesforce API name"),
-        ))
+        Err(s.error(key, format!("`{value}` is not a Salesforce API name")))
     }
 }
 
 impl Salesforce {
-    fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
-        let s = &config.settings;
+    fn new(setup: Setup<'_>) -> Result<Self, ConfigError> {
+        let s = setup.settings;
         let c: SalesforceConfig = s.parse()?;
-        let name = config.name.as_str();
-        let instance_url = s.http_url("instance_url", name, &c.instance_url)?;
+        let instance_url = s.http_url("instance_url", &c.instance_url)?;
         // `vNN.N`, from v46.0 on (collections upsert by external id, SF-COLL).
         let version_ok = c
             .api_version
@@ -145,28 +142,17 @@ impl Salesforce {
         if !version_ok {
             return Err(s.error(
                 "api_version",
-                format!(
-                    "destination `{name}`: api_version must look like `v62.0` and be v46.0 or later"
-                ),
+                "api_version must look like `v62.0` and be v46.0 or later",
             ));
         }
-        api_name(s, "object", name, &c.object)?;
-        api_name(s, "external_id_field", name, &c.external_id_field)?;
-        if let Some(types) = &config.types
-            && types.iter().any(|t| *t != MessageType::Group)
-        {
-            return Err(s.error(
-                "types",
-                format!("destination `{name}`: a salesforce destination takes group calls only"),
-            ));
-        }
-        let mapping = mapping(s, name, &c.fields)?;
+        api_name(s, "object", &c.object)?;
+        api_name(s, "external_id_field", &c.external_id_field)?;
+        let mapping = mapping(s, &c.fields)?;
         let token_url = match &c.auth.token_url {
-            Some(url) => s.http_url("auth", name, url)?,
+            Some(url) => s.http_url("auth", url)?,
             None => format!("{instance_url}/services/oauth2/token"),
         };
-        let tokens = auth::Tokens::new(token_url, c.auth)
-            .map_err(|why| s.error("auth", format!("destination `{name}`: {why}")))?;
+        let tokens = auth::Tokens::new(token_url, c.auth).map_err(|why| s.error("auth", why))?;
         Ok(Self {
             instance_url,
             api_version: c.api_version,
@@ -182,7 +168,6 @@ impl Salesforce {
 /// The defaults with `fields` laid over them: a configured path replaces its default field.
 fn mapping(
     s: &Settings,
-    dest: &str,
     fields: &BTreeMap<String, String>,
 ) -> Result<Vec<(Vec<String>, String)>, ConfigError> {
     let mut out: Vec<(String, String)> = DEFAULT_FIELDS
@@ -190,13 +175,19 @@ fn mapping(
         .map(|(p, f)| (p.to_string(), f.to_string()))
         .collect();
     for (path, field) in fields {
-        api_name(s, "fields", dest, field)?;
+        api_name(s, "fields", field)?;
         // sObject Collections refuse `Id` in a record (SF-COLL).
         if field.eq_ignore_ascii_case("id") {
-            return Err(s.error("fields", format!("destination `{dest}`: records are matched by external id; `Id` cannot be mapped")));
+            return Err(s.error(
+                "fields",
+                "records are matched by external id; `Id` cannot be mapped",
+            ));
         }
         if path.split('.').any(str::is_empty) {
-            return Err(s.error("fields", format!("destination `{dest}`: `{path}` is not a trait path like `plan` or `address.street`")));
+            return Err(s.error(
+                "fields",
+                format!("`{path}` is not a trait path like `plan` or `address.street`"),
+            ));
         }
         match out.iter_mut().find(|(p, _)| p == path) {
             Some(slot) => slot.1 = field.clone(),
@@ -219,7 +210,7 @@ impl Destination for Salesforce {
         MAX_BATCH
     }
 
-    fn default_types(&self) -> &'static [MessageType] {
+    fn accepts(&self) -> &'static [MessageType] {
         &[MessageType::Group]
     }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::config;
-use crate::destination::Verdict;
+use crate::destination::{Failure, FailureKind, Verdict};
 use crate::destinations::golden::{self, at, items};
 
 const BASE: &str = "instance_url = \"https://acme.my.salesforce.com/\"\nexternal_id_field = \"Segment_Group_Id__c\"\n";
@@ -20,7 +20,9 @@ fn load(own: &str) -> Result<Salesforce, String> {
         "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"SF\"\ntype = \"salesforce\"\n{own}"
     );
     let config = config::load(&text).map_err(|e| e.to_string())?;
-    Salesforce::new(&config.destinations[0]).map_err(|e| e.to_string())
+    // Through the registry first: the engine's checks (e.g. `types`) come with building.
+    crate::destination::build(&config.destinations[0]).map_err(|e| e.to_string())?;
+    Salesforce::new(Setup::of(&config.destinations[0])).map_err(|e| e.to_string())
 }
 
 fn salesforce(extra: &str) -> Salesforce {
@@ -103,17 +105,23 @@ fn per_record_answers() {
         {"id": null, "success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [Name]", "fields": ["Name"]}]},
         {"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]}
     ]);
-    let c = sf.classify(&three_records(), &answer(200, results), at());
+    let c = sf.classify(&three_records(), &answer(200, results.clone()), at());
+    let refused = Failure {
+        kind: FailureKind::Refused,
+        reason: "REQUIRED_FIELD_MISSING: Required fields are missing: [Name]".into(),
+        status: Some(200),
+        response: Some(results.to_string()),
+    };
     assert_eq!(
         c.verdicts[..3],
         [
             Verdict::Delivered,
             Verdict::Delivered,
-            Verdict::permanent("REQUIRED_FIELD_MISSING: Required fields are missing: [Name]")
+            Verdict::permanent(refused)
         ]
     );
     assert!(
-        matches!(&c.verdicts[3], Verdict::Retry { reason, .. } if reason.starts_with("UNABLE_TO_LOCK_ROW"))
+        matches!(&c.verdicts[3], Verdict::Retry { failure, .. } if failure.reason.starts_with("UNABLE_TO_LOCK_ROW"))
     );
     assert!(c.pause.is_none() && c.unhealthy.is_none() && !c.refresh_auth);
     // Fewer results than records: the missing ones are retried, never guessed delivered.
@@ -143,10 +151,13 @@ fn whole_request_answers() {
         (403, "INSUFFICIENT_ACCESS"),
     ] {
         let c = sf.classify(&r, &answer(status, err(code)), at());
-        assert_eq!(
-            c.verdicts[0],
-            Verdict::permanent(format!("HTTP {status}: {code}: m"))
-        );
+        let failure = Failure {
+            kind: FailureKind::Http,
+            reason: format!("HTTP {status}: {code}: m"),
+            status: Some(status),
+            response: Some(err(code).to_string()),
+        };
+        assert_eq!(c.verdicts[0], Verdict::permanent(failure));
         assert!(c.unhealthy.unwrap().contains(code));
     }
     for status in [500, 503] {

@@ -9,7 +9,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::{MAX_BATCH, Salesforce};
-use crate::destination::{Item, OutRequest, Translation, Verdict};
+use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
 
 /// One record to upsert: the updates of one group merged in batch order.
 struct Record<'a> {
@@ -27,11 +27,9 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
     let mut by_group: HashMap<&str, usize> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
+        // The engine hands this adapter group calls only, and every group call has a groupId;
+        // an item left unsettled here is dead-lettered by the engine.
         let Some(group_id) = item.group_call() else {
-            t.settled.push((
-                i,
-                Verdict::permanent("Salesforce takes group calls with a groupId only"),
-            ));
             continue;
         };
         // One record per group per request: two records with one external id in a request
@@ -57,7 +55,16 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
             .extend(r.items.into_iter().map(|i| (i, Verdict::Delivered)));
     }
     for chunk in records.chunks(MAX_BATCH) {
-        t.requests.push(request(sf, chunk));
+        match request(sf, chunk) {
+            Ok(r) => t.requests.push(r),
+            Err(e) => {
+                let why = format!("the records cannot be serialized: {e}");
+                let items = chunk.iter().flat_map(|r| r.items.iter().copied());
+                t.settled.extend(
+                    items.map(|i| (i, Verdict::permanent(Failure::translation(why.clone())))),
+                );
+            }
+        }
     }
     t
 }
@@ -112,7 +119,7 @@ fn fit<'a>(field: &str, value: &'a Value) -> Result<&'a Value, &'static str> {
 
 /// `PATCH …/composite/sobjects/{object}/{field}` with `{"allOrNone": false, "records": […]}`;
 /// each record carries `attributes.type` and its key in the external-id field (SF-COLL).
-fn request(sf: &Salesforce, records: &[Record<'_>]) -> OutRequest {
+fn request(sf: &Salesforce, records: &[Record<'_>]) -> Result<OutRequest, serde_json::Error> {
     let url = format!(
         "{}/services/data/{}/composite/sobjects/{}/{}",
         sf.instance_url, sf.api_version, sf.object, sf.external_id_field
@@ -131,15 +138,10 @@ fn request(sf: &Salesforce, records: &[Record<'_>]) -> OutRequest {
             .map(|r| RecordJson { sf, record: r })
             .collect(),
     };
-    // Strings and parsed JSON always serialize.
-    let mut request = OutRequest::json(
-        Method::PATCH,
-        url,
-        serde_json::to_vec(&body).unwrap_or_default(),
-        items,
-    );
+    // Strings and parsed JSON serialize; an error would be a defect, and is reported as one.
+    let mut request = OutRequest::json(Method::PATCH, url, serde_json::to_vec(&body)?, items);
     request.parts = parts;
-    request
+    Ok(request)
 }
 
 /// The request body, serialized straight from borrowed values.

@@ -1,9 +1,16 @@
 //! Webhook: POSTs each normalized message as JSON (an array when batching), optionally signed
 //! Segment-style (`X-Signature`) and/or per Standard Webhooks (`webhook-*` headers).
+//!
+//! The smallest complete adapter, and the one to copy. This file reads the adapter's own
+//! keys into a ready-to-use [`Webhook`] (every check done here, once); `translate.rs` turns
+//! messages into requests (pure); `sign.rs` computes signatures (pure). Answers are read by
+//! the engine's default `classify`: 2xx delivered, 408/429/5xx retried, other 4xx
+//! dead-lettered.
 
 mod sign;
 #[cfg(test)]
 mod tests;
+mod translate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,10 +19,8 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, DestinationConfig};
-use crate::destination::{
-    Classification, Destination, Item, OutRequest, Response, Translation, classify_status,
-};
+use crate::config::{ConfigError, Settings};
+use crate::destination::{Destination, Item, Setup, Translation};
 use crate::secret::Secret;
 
 /// A webhook's own keys in its `[[destination]]` table.
@@ -63,16 +68,15 @@ pub struct Webhook {
 /// The most messages one webhook request carries.
 const MAX_BATCH: usize = 1000;
 
-pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
-    Ok(Arc::new(Webhook::new(config)?))
+pub fn build(setup: Setup<'_>) -> Result<Arc<dyn Destination>, ConfigError> {
+    Ok(Arc::new(Webhook::new(setup)?))
 }
 
 impl Webhook {
-    fn new(config: &DestinationConfig) -> Result<Self, ConfigError> {
-        let s = &config.settings;
+    fn new(setup: Setup<'_>) -> Result<Self, ConfigError> {
+        let s = setup.settings;
         let c: WebhookConfig = s.parse()?;
-        let name = &config.name;
-        let url = s.http_url("url", name, &c.url)?;
+        let url = s.http_url("url", &c.url)?;
         let method = match c.method.to_ascii_uppercase().as_str() {
             "POST" => Method::POST,
             "PUT" => Method::PUT,
@@ -80,48 +84,22 @@ impl Webhook {
             other => {
                 return Err(s.error(
                     "method",
-                    format!("destination `{name}`: method `{other}` is not POST, PUT or PATCH"),
+                    format!("method `{other}` is not POST, PUT or PATCH"),
                 ));
             }
         };
-        let mut headers = HeaderMap::new();
-        for (k, v) in &c.headers {
-            let key = HeaderName::try_from(k.as_str()).map_err(|_| {
-                s.error(
-                    "headers",
-                    format!("destination `{name}`: `{k}` is not a valid header name"),
-                )
-            })?;
-            let mut value = HeaderValue::try_from(v.as_str()).map_err(|_| {
-                s.error(
-                    "headers",
-                    format!(
-                        "destination `{name}`: header `{k}` has a value that is not valid in HTTP"
-                    ),
-                )
-            })?;
-            value.set_sensitive(looks_secret(k));
-            headers.insert(key, value);
-        }
         let scheme = match (&c.signing_secret, c.signature) {
             (None, Some(_)) => {
-                return Err(s.error(
-                    "signature",
-                    format!("destination `{name}`: signature is set but signing_secret is not"),
-                ));
+                return Err(s.error("signature", "signature is set but signing_secret is not"));
             }
             (None, None) => None,
             (Some(_), scheme) => Some(scheme.unwrap_or(Scheme::Segment)),
         };
         let standard_key = match (scheme, &c.signing_secret) {
-            (Some(Scheme::Standard | Scheme::Both), Some(secret)) => {
-                Some(sign::standard_key(secret.expose()).map_err(|e| {
-                    s.error(
-                        "signing_secret",
-                        format!("destination `{name}`: signing_secret: {e}"),
-                    )
-                })?)
-            }
+            (Some(Scheme::Standard | Scheme::Both), Some(secret)) => Some(
+                sign::standard_key(secret.expose())
+                    .map_err(|e| s.error("signing_secret", format!("signing_secret: {e}")))?,
+            ),
             _ => None,
         };
         let segment_key = match scheme {
@@ -131,45 +109,32 @@ impl Webhook {
         Ok(Self {
             url,
             method,
-            headers,
-            as_array: config.batch.max_events.unwrap_or(1) > 1,
+            headers: headers(s, &c.headers)?,
+            as_array: setup.max_events.unwrap_or(1) > 1,
             segment_key,
             standard_key,
         })
     }
+}
 
-    /// One request for `items` (batch indexes), its body already serialized.
-    fn request(&self, body: Vec<u8>, items: Vec<usize>, id: String, now: SystemTime) -> OutRequest {
-        let mut request = OutRequest::json(self.method.clone(), self.url.clone(), body, items);
-        for (k, v) in &self.headers {
-            request.headers.insert(k.clone(), v.clone());
-        }
-        if let Some(secret) = &self.segment_key {
-            let sig = sign::segment(secret.expose().as_bytes(), &request.body);
-            request.headers.insert("x-signature", header(&sig));
-        }
-        if let Some(key) = &self.standard_key {
-            let ts = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            let sig = sign::standard(key, &id, ts, &request.body);
-            request.headers.insert("webhook-id", header(&id));
-            request
-                .headers
-                .insert("webhook-timestamp", header(&ts.to_string()));
-            request.headers.insert("webhook-signature", header(&sig));
-        }
-        request
+/// The configured extra headers, checked once; likely credentials print as `***` in logs.
+fn headers(s: &Settings, configured: &BTreeMap<String, String>) -> Result<HeaderMap, ConfigError> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in configured {
+        let key = HeaderName::try_from(k.as_str())
+            .map_err(|_| s.error("headers", format!("`{k}` is not a valid header name")))?;
+        let mut value = HeaderValue::try_from(v.as_str()).map_err(|_| {
+            s.error(
+                "headers",
+                format!("header `{k}` has a value that is not valid in HTTP"),
+            )
+        })?;
+        value.set_sensitive(looks_secret(k));
+        headers.insert(key, value);
     }
+    Ok(headers)
 }
 
-/// Header values built here are ASCII (hex, base64, digits, or ids checked to be visible ASCII).
-fn header(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// Custom headers whose values are likely credentials print as `***` in logs.
 fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     ["auth", "token", "key", "secret", "cookie", "password"]
@@ -183,29 +148,6 @@ impl Destination for Webhook {
     }
 
     fn translate(&self, batch: &[Item<'_>], now: SystemTime) -> Translation {
-        let mut t = Translation::default();
-        if self.as_array {
-            let body = serde_json::to_vec(&batch.iter().map(|i| i.message).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let id = sign::webhook_id(batch.iter().map(|i| i.message_id()), true);
-            t.requests
-                .push(self.request(body, (0..batch.len()).collect(), id, now));
-        } else {
-            for (i, item) in batch.iter().enumerate() {
-                let body = serde_json::to_vec(item.message).unwrap_or_default();
-                let id = sign::webhook_id(std::iter::once(item.message_id()), false);
-                t.requests.push(self.request(body, vec![i], id, now));
-            }
-        }
-        t
-    }
-
-    fn classify(
-        &self,
-        request: &OutRequest,
-        response: &Response,
-        now: SystemTime,
-    ) -> Classification {
-        classify_status(request, response, now)
+        translate::translate(self, batch, now)
     }
 }

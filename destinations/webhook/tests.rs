@@ -4,14 +4,15 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::config;
-use crate::destination::{Item, Verdict};
+use crate::destination::{Failure, FailureKind, OutRequest, Response, Verdict};
+use crate::destinations::golden;
 
 fn webhook(extra: &str) -> Webhook {
     let text = format!(
         "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n{extra}"
     );
     let config = config::load(&text).unwrap();
-    Webhook::new(&config.destinations[0]).unwrap()
+    Webhook::new(Setup::of(&config.destinations[0])).unwrap()
 }
 
 fn at() -> SystemTime {
@@ -121,7 +122,13 @@ fn answers() {
         Verdict::Retry { .. }
     ));
     let c = w.classify(&r, &resp(400), at());
-    assert_eq!(c.verdicts, vec![Verdict::permanent("HTTP 400: nope")]);
+    let failure = Failure {
+        kind: FailureKind::Http,
+        reason: "HTTP 400: nope".into(),
+        status: Some(400),
+        response: Some("nope".into()),
+    };
+    assert_eq!(c.verdicts, vec![Verdict::permanent(failure)]);
 }
 
 #[test]
@@ -131,7 +138,7 @@ fn config_errors_name_the_key() {
             "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\n{extra}"
         );
         let config = config::load(&text).unwrap();
-        Webhook::new(&config.destinations[0])
+        Webhook::new(Setup::of(&config.destinations[0]))
             .err()
             .unwrap()
             .to_string()
@@ -150,4 +157,19 @@ fn config_errors_name_the_key() {
     );
     assert!(load("url = \"http://x\"\nmethod = \"GET\"").contains("method `GET`"));
     assert!(load("").contains("missing field `url`"));
+}
+
+#[test]
+fn golden_requests() {
+    let w = webhook(
+        "signing_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nsignature = \"both\"\nheaders = { \"X-Team\" = \"growth\" }",
+    );
+    let messages =
+        golden::normalized_calls(include_str!("../../tests/fixtures/webhook/calls.json"));
+    let t = w.translate(&golden::items(&messages), golden::at());
+    golden::assert_golden(
+        "webhook",
+        include_str!("../../tests/fixtures/webhook/requests.json"),
+        &t,
+    );
 }

@@ -1,0 +1,287 @@
+//! The TOML configuration: its shape and defaults (here), and how it is read.
+//!
+//! - `load.rs`: parse, expand, deserialize, attach each table's places and its adapter keys.
+//! - `expand.rs`: `${VAR}` expansion, errors at the variable's position.
+//! - `validate.rs`: cross-key checks, and each destination's [`Delivery`]: the values the
+//!   runtime uses, made once.
+//! - `settings.rs`: a destination's adapter keys ([`Settings`]), errors naming it.
+//! - `place.rs`: lines and columns ([`ConfigError`], [`Place`]).
+
+mod expand;
+mod load;
+mod place;
+mod settings;
+mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::message::MessageType;
+use crate::secret::Secret;
+
+pub use load::{load, load_with_env};
+pub use place::{ConfigError, ConfigErrors, Place};
+pub use settings::Settings;
+pub use validate::Delivery;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how ingest listens.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Who may send: each source's write key is the Basic-auth user name.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// The local store behind ingest.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Where messages go.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address ingest binds; port 0 picks a free one (it is logged).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Accept calls without a write key; needed when no `[[source]]` is configured.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Largest single message, in bytes (Segment: 32 KiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Largest request body after gzip decoding, in bytes (Segment: 500 KiB).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Most messages in one `/v1/batch` (Segment: 2,500).
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// How long shutdown waits for in-flight requests and deliveries.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            allow_unauthenticated: false,
+            max_message_bytes: default_max_message_bytes(),
+            max_request_bytes: default_max_request_bytes(),
+            max_batch_messages: default_max_batch_messages(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Shown in logs and metrics; part of the dedupe key.
+    pub name: String,
+    /// The key SDKs send; never logged.
+    pub write_key: Secret,
+    /// Where the table is in the file, for errors; filled in by [`load`].
+    #[serde(skip)]
+    pub place: Place,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the local store; created if missing.
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// Ingest answers 503 once the stored backlog reaches this many bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// A `messageId` seen again from the same source within this window is not delivered again.
+    #[serde(default = "default_dedupe_window", with = "duration")]
+    pub dedupe_window: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            path: default_spool_path(),
+            max_bytes: default_max_bytes(),
+            dedupe_window: default_dedupe_window(),
+        }
+    }
+}
+
+/// The keys every destination shares; its adapter's own keys are in `settings`.
+#[derive(Debug, Deserialize)]
+pub struct DestinationConfig {
+    /// Matched (case-insensitively) against each message's `integrations` keys.
+    pub name: String,
+    /// The adapter: a key of the registry (`webhook`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Other `integrations` keys that mean this destination (e.g. "Mixpanel (Actions)").
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Message types this destination takes; the adapter's default when absent.
+    pub types: Option<Vec<MessageType>>,
+    /// Translate and log the exact request, send nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Requests per second towards this destination; unlimited when absent.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Backoff and give-up policy for retryable failures.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Engine batching, capped by the adapter's own limit.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Batches in flight at once towards this destination. Items of one group are never in
+    /// two of them: per-group order holds whatever the value.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// The adapter's own keys, still spanned; filled in by [`load`].
+    #[serde(skip)]
+    pub settings: Settings,
+    /// What the worker runs with, made from the keys above by validation; filled in by
+    /// [`load`]. The runtime reads this, never the raw keys.
+    #[serde(skip)]
+    pub delivery: Delivery,
+}
+
+impl DestinationConfig {
+    /// Keys of [`DestinationConfig`] itself, read from its `Deserialize`; everything else in
+    /// a `[[destination]]` table is the adapter's.
+    pub fn common_keys() -> &'static [&'static str] {
+        static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+        KEYS.get_or_init(load::serde_fields::<DestinationConfig>)
+    }
+}
+
+/// Most batches in flight towards one destination.
+pub const MAX_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff; each attempt doubles it (full jitter).
+    #[serde(default = "default_initial_backoff", with = "duration")]
+    pub initial_backoff: Duration,
+    /// Backoff cap.
+    #[serde(default = "default_max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+    /// A message still failing this long after its first attempt is dead-lettered.
+    #[serde(default = "default_give_up_after", with = "duration")]
+    pub give_up_after: Duration,
+    /// Optional cap on attempts, counted with the first.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            give_up_after: default_give_up_after(),
+            max_attempts: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Messages per request; the adapter's default when absent, never above its limit.
+    pub max_events: Option<usize>,
+    /// How long a partial batch waits for more messages.
+    #[serde(default = "default_max_wait", with = "duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: None,
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8088".into()
+}
+fn default_max_message_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_request_bytes() -> usize {
+    500 * 1024
+}
+fn default_max_batch_messages() -> usize {
+    2500
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_dedupe_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_burst() -> u32 {
+    1
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_give_up_after() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// Durations written as `"100ms"`, `"1s"`, `"10m"`, `"4h"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}` ({e}); write e.g. \"100ms\", \"1s\", \"10m\", \"4h\""
+            ))
+        })
+    }
+}

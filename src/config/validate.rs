@@ -1,0 +1,189 @@
+//! Checks that need more than one key, and the values the runtime uses, made once: a
+//! destination's [`Delivery`] (rate-limit quota, retry policy, batching, concurrency) is
+//! built here from checked values, so workers consume it without checking again.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::Quota;
+
+use super::place::{ConfigError, ConfigErrors};
+use super::{Config, DestinationConfig, MAX_CONCURRENCY, RateLimitConfig, RetryConfig};
+use crate::retry::RetryPolicy;
+
+/// What a destination's worker runs with.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// One permit per HTTP request; `None`: unlimited.
+    pub quota: Option<Quota>,
+    pub retry: RetryPolicy,
+    /// `batch.max_events` as configured; the adapter's default when `None`.
+    pub max_events: Option<usize>,
+    /// How long a partial batch waits for more messages.
+    pub max_wait: Duration,
+    /// Batches in flight at once, 1 to [`MAX_CONCURRENCY`].
+    pub concurrency: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Translate and log, send nothing.
+    pub dry_run: bool,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            quota: None,
+            retry: RetryPolicy::from(&RetryConfig::default()),
+            max_events: None,
+            max_wait: super::default_max_wait(),
+            concurrency: super::default_concurrency(),
+            timeout: super::default_timeout(),
+            dry_run: false,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that need the whole config (serde has already checked each key's type), and
+    /// each destination's [`Delivery`], in config order.
+    pub fn validate(&self) -> Result<Vec<Delivery>, ConfigErrors> {
+        let mut errors = self.check_server();
+        self.check_sources(&mut errors);
+        let mut names = HashSet::new();
+        let mut deliveries = Vec::with_capacity(self.destinations.len());
+        for d in &self.destinations {
+            check_names(d, &mut names, &mut errors);
+            match delivery(d) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(deliveries)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn check_server(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            errors.push(ConfigError {
+                at: None,
+                message: format!(
+                    "server.listen `{}` is not an address like 127.0.0.1:8088",
+                    self.server.listen
+                ),
+            });
+        }
+        if self.sources.is_empty() && !self.server.allow_unauthenticated {
+            errors.push(ConfigError {
+                at: None,
+                message: "no [[source]] is configured: add one with a write_key, or set \
+                          server.allow_unauthenticated = true"
+                    .into(),
+            });
+        }
+        errors
+    }
+
+    fn check_sources(&self, errors: &mut Vec<ConfigError>) {
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        for s in &self.sources {
+            let at = &s.place;
+            if s.name.trim().is_empty() {
+                errors.push(at.error("name", "a [[source]] has an empty name"));
+            }
+            if !names.insert(s.name.to_lowercase()) {
+                errors.push(at.error("name", format!("source name `{}` is used twice", s.name)));
+            }
+            if s.write_key.expose().is_empty() {
+                errors.push(at.error(
+                    "write_key",
+                    format!("source `{}` has an empty write_key", s.name),
+                ));
+            } else if !keys.insert(s.write_key.expose()) {
+                errors.push(at.error(
+                    "write_key",
+                    format!("source `{}` reuses another source's write_key", s.name),
+                ));
+            }
+        }
+    }
+}
+
+/// A destination's name and aliases: not empty, not `All`, not used twice (any case).
+fn check_names(d: &DestinationConfig, seen: &mut HashSet<String>, errors: &mut Vec<ConfigError>) {
+    for key in std::iter::once(&d.name).chain(&d.aliases) {
+        let s = &d.settings;
+        if key.trim().is_empty() {
+            errors.push(s.error("name", "a destination name or alias is empty"));
+        } else if key.eq_ignore_ascii_case("all") {
+            errors.push(s.error(
+                "name",
+                "`All` is reserved in the integrations map and cannot name a destination",
+            ));
+        } else if !seen.insert(key.to_lowercase()) {
+            errors.push(s.error(
+                "name",
+                format!(
+                    "destination name `{key}` is used twice (names and aliases are compared \
+                     case-insensitively)"
+                ),
+            ));
+        }
+    }
+}
+
+/// The checked values a worker runs with, or every problem with them.
+fn delivery(d: &DestinationConfig) -> Result<Delivery, Vec<ConfigError>> {
+    let s = &d.settings;
+    let mut errors = Vec::new();
+    let quota = match &d.rate_limit {
+        Some(rl) => quota(rl)
+            .map_err(|e| errors.push(s.error("rate_limit", e)))
+            .ok(),
+        None => None,
+    };
+    if d.batch.max_events == Some(0) {
+        errors.push(s.error("batch", "batch.max_events must be at least 1"));
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&d.concurrency) {
+        errors.push(s.error(
+            "concurrency",
+            format!("concurrency must be between 1 and {MAX_CONCURRENCY}"),
+        ));
+    }
+    if d.retry.initial_backoff > d.retry.max_backoff {
+        errors.push(s.error("retry", "retry.initial_backoff is above retry.max_backoff"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Delivery {
+        quota,
+        retry: RetryPolicy::from(&d.retry),
+        max_events: d.batch.max_events,
+        max_wait: d.batch.max_wait,
+        concurrency: d.concurrency,
+        timeout: d.timeout,
+        dry_run: d.dry_run,
+    })
+}
+
+/// The limiter's quota: between one request a day and a million a second (outside that its
+/// period cannot be represented), with a burst of at least one.
+fn quota(rl: &RateLimitConfig) -> Result<Quota, &'static str> {
+    if !(1.0 / 86_400.0..=1_000_000.0).contains(&rl.requests_per_second) {
+        return Err(
+            "rate_limit.requests_per_second must be between 0.0000116 (one a day) and 1000000",
+        );
+    }
+    let burst = NonZeroU32::new(rl.burst).ok_or("rate_limit.burst must be at least 1")?;
+    let period = Duration::from_secs_f64(1.0 / rl.requests_per_second);
+    let quota = Quota::with_period(period).ok_or("rate_limit.requests_per_second is too high")?;
+    Ok(quota.allow_burst(burst))
+}

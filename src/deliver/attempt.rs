@@ -1,0 +1,164 @@
+//! One batch through the adapter: screen each item, translate, then send each request in
+//! turn (rate limit, dry run, authorize, HTTP, classify), splitting one the destination
+//! found too large. The result is one verdict per leased item (`None`: nothing decided it).
+//! Nothing here writes to the spool.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+use super::plan::{halves, merge, rebase, screen};
+use super::{AUTH_RETRY, Worker, transport};
+use crate::destination::{
+    Classification, Failure, Item, OutRequest, Translation, Verdict, redacted_headers,
+};
+use crate::route;
+use crate::spool::Leased;
+
+impl Worker {
+    /// Translate, send and classify: a verdict per leased item.
+    pub(super) async fn attempt(&self, batch: &[Leased]) -> Vec<Option<Verdict>> {
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        let empty = Map::new();
+        let mut items = Vec::with_capacity(batch.len());
+        // `live[j]` is the batch index of the adapter's item `j`.
+        let mut live = Vec::with_capacity(batch.len());
+        for (i, leased) in batch.iter().enumerate() {
+            match screen(leased.parsed.get(&leased.body), self.adapter.accepts()) {
+                Ok(message) => {
+                    let integrations = message.get("integrations").and_then(Value::as_object);
+                    let options = route::options(integrations, &self.route).unwrap_or(&empty);
+                    items.push(Item { message, options });
+                    live.push(i);
+                }
+                Err(refused) => verdicts[i] = Some(refused),
+            }
+        }
+        let mut adapter_verdicts = vec![None; items.len()];
+        self.send_all(&items, &mut adapter_verdicts).await;
+        for (j, v) in adapter_verdicts.into_iter().enumerate() {
+            verdicts[live[j]] = v;
+        }
+        verdicts
+    }
+
+    /// Translate `items` and send every request, splitting the ones found too large.
+    async fn send_all(&self, items: &[Item<'_>], verdicts: &mut [Option<Verdict>]) {
+        let mut queue = VecDeque::new();
+        self.take(
+            self.adapter.translate(items, SystemTime::now()),
+            verdicts,
+            &mut queue,
+        );
+        while let Some(request) = queue.pop_front() {
+            if let Some(until) = self.status.paused_until() {
+                let after = until.duration_since(SystemTime::now()).ok();
+                for &j in &request.items {
+                    let reason = "destination paused".to_string();
+                    merge(verdicts, j, Verdict::Defer { after, reason });
+                }
+                continue;
+            }
+            let c = self.send(request.clone()).await;
+            if c.split
+                && let Some((first, second)) = halves(&request.items)
+            {
+                // Translated again half by half; the first half's requests go first.
+                let mut split = VecDeque::new();
+                for half in [first, second] {
+                    let sub: Vec<Item<'_>> = half.iter().map(|&j| items[j]).collect();
+                    let t = rebase(self.adapter.translate(&sub, SystemTime::now()), half);
+                    self.take(t, verdicts, &mut split);
+                }
+                split.append(&mut queue);
+                queue = split;
+                continue;
+            }
+            for (k, &j) in request.items.iter().enumerate() {
+                let v = c.verdicts.get(k).cloned().unwrap_or_else(|| {
+                    Verdict::retry(Failure::engine("the adapter gave no verdict for this item"))
+                });
+                merge(verdicts, j, v);
+            }
+        }
+    }
+
+    /// Record what a translation settled and queue its requests.
+    fn take(
+        &self,
+        t: Translation,
+        verdicts: &mut [Option<Verdict>],
+        queue: &mut VecDeque<OutRequest>,
+    ) {
+        for (j, v) in t.settled {
+            merge(verdicts, j, v);
+        }
+        queue.extend(t.requests);
+    }
+
+    /// Send one request (authorizing, and once more after a refused credential) and classify.
+    async fn send(&self, mut request: OutRequest) -> Classification {
+        let mut refreshed = false;
+        loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            // Dry run comes before authorize: showing a request must not fetch a credential
+            // (e.g. call an OAuth token endpoint), so the logged request has no auth header.
+            if self.dry_run {
+                self.show(&request);
+                return Classification::all(&request, Verdict::Delivered);
+            }
+            let authorized = self
+                .adapter
+                .authorize(&mut request, &self.transport, refreshed);
+            if let Err(e) = authorized.await {
+                let reason = format!("authorization failed: {e}");
+                self.status.set_unhealthy(Some(reason.clone()));
+                // Never sent: wait and try again, without spending the item's attempts.
+                let after = Some(self.policy.initial.max(self.policy.max.min(AUTH_RETRY)));
+                return Classification::all(&request, Verdict::Defer { after, reason });
+            }
+            let response = match transport::send(&self.transport, &self.name, &request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let failure = Failure::transport(e.to_string());
+                    return Classification::all(&request, Verdict::retry(failure));
+                }
+            };
+            let c = self
+                .adapter
+                .classify(&request, &response, SystemTime::now());
+            if c.refresh_auth && !refreshed {
+                refreshed = true;
+                continue;
+            }
+            self.heed(&c, response.status);
+            return c;
+        }
+    }
+
+    /// What a classification says about the whole destination: a pause, a problem to fix.
+    fn heed(&self, c: &Classification, status: u16) {
+        if let Some(pause) = c.pause {
+            tracing::warn!(destination = %self.name, pause = ?pause, status, "destination paused");
+            self.status.pause(SystemTime::now() + pause);
+        }
+        if let Some(problem) = &c.unhealthy {
+            tracing::error!(destination = %self.name, problem = %problem, "destination needs attention");
+        }
+        self.status.set_unhealthy(c.unhealthy.clone());
+    }
+
+    fn show(&self, request: &OutRequest) {
+        tracing::info!(
+            destination = %self.name,
+            method = %request.method,
+            url = %request.url,
+            headers = ?redacted_headers(&request.headers),
+            body = %String::from_utf8_lossy(&request.body),
+            "dry run: would send"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Delivery: one [`Worker`] per destination leases due items from the spool, batches them,
+//! takes one rate-limit permit per HTTP request, lets the adapter translate, authorize and
+//! classify, then settles each item (ack, retry later, or dead letter).
+//!
+//! # Layout
+//!
+//! - `worker.rs`: the loop — lease, fill a batch, rest while paused or idle.
+//! - `order.rs`: tickets, so that concurrent batches settle in lease order.
+//! - `attempt.rs`: one batch through translate → authorize → send → classify, a verdict per item.
+//! - `plan.rs`: the pure decisions (screening, merging verdicts, splits, group order, outcomes).
+//! - `settle.rs`: outcomes into the spool, with the log lines and counters.
+//! - `transport.rs`: the HTTP exchange, with typed errors.
+//! - `status.rs`: what operators see of a destination.
+//!
+//! The adapter never touches the spool, the limiter or the clock of retries; the spool never
+//! sees a verdict, only what `settle` tells it.
+
+mod attempt;
+mod order;
+mod plan;
+mod settle;
+mod status;
+mod transport;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+
+use crate::config::Delivery;
+use crate::destination::{Destination, Transport};
+use crate::retry::RetryPolicy;
+use crate::route::RouteKey;
+use crate::spool::Spool;
+
+pub use status::Status;
+pub use transport::TransportError;
+
+/// How long items wait after their destination's credential could not be fetched (or the
+/// retry cap, when lower).
+const AUTH_RETRY: Duration = Duration::from_secs(30);
+
+/// Everything one destination's delivery needs; run it `concurrency` times over one `Arc`
+/// for that many batches in flight (leases, the limiter and the pause are shared).
+pub struct Worker {
+    pub name: String,
+    adapter: Arc<dyn Destination>,
+    /// To find this destination's options in each message's `integrations` map.
+    route: RouteKey,
+    spool: Arc<dyn Spool>,
+    transport: Transport,
+    /// One permit per HTTP request, shared by every batch in flight.
+    limiter: Option<DefaultDirectRateLimiter>,
+    policy: RetryPolicy,
+    /// Items per lease: the configured size, or the adapter's default, never above its limit.
+    batch_max: usize,
+    max_wait: Duration,
+    dry_run: bool,
+    pub status: Arc<Status>,
+    order: order::Order,
+}
+
+impl Worker {
+    /// A worker for a destination whose settings were checked when the config was loaded.
+    pub fn new(
+        name: &str,
+        delivery: &Delivery,
+        adapter: Arc<dyn Destination>,
+        route: RouteKey,
+        spool: Arc<dyn Spool>,
+        client: reqwest::Client,
+    ) -> Self {
+        let batch_max = delivery
+            .max_events
+            .unwrap_or_else(|| adapter.default_batch())
+            .clamp(1, adapter.max_batch().max(1));
+        Self {
+            name: name.to_string(),
+            adapter,
+            route,
+            spool,
+            transport: Transport {
+                client,
+                timeout: delivery.timeout,
+            },
+            limiter: delivery.quota.map(RateLimiter::direct),
+            policy: delivery.retry.clone(),
+            batch_max,
+            max_wait: delivery.max_wait,
+            dry_run: delivery.dry_run,
+            status: Arc::new(Status::default()),
+            order: order::Order::default(),
+        }
+    }
+}

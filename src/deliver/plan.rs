@@ -1,0 +1,177 @@
+//! The pure decisions of delivering one batch, apart from any I/O so each is unit-tested:
+//! which items cannot be attempted at all, how verdicts for one item combine, how a request
+//! too large is split, how per-group order is kept, and what the spool must do with each
+//! item afterwards.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+
+use crate::destination::{Failure, Translation, Verdict};
+use crate::message::MessageType;
+use crate::retry::{Decision, RetryPolicy};
+use crate::spool::{Attempt, Leased, Seq};
+
+/// Put `v` in item `i`'s slot; of two verdicts for one item the worst decides.
+pub(super) fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
+    verdicts[i] = Some(match verdicts[i].take() {
+        Some(prev) => prev.worst(v),
+        None => v,
+    });
+}
+
+/// The message to translate, or why it cannot go to this adapter at all: its stored body is
+/// not a JSON object, or its type is not one the adapter accepts.
+pub(super) fn screen<'m>(
+    message: Result<&'m Map<String, Value>, &str>,
+    accepts: &[MessageType],
+) -> Result<&'m Map<String, Value>, Verdict> {
+    let m = message.map_err(|e| {
+        Verdict::permanent(Failure::engine(format!(
+            "stored message is not valid JSON: {e}"
+        )))
+    })?;
+    let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+    if accepts.iter().any(|t| t.as_str() == ty) {
+        return Ok(m);
+    }
+    let names: Vec<&str> = accepts.iter().map(|t| t.as_str()).collect();
+    Err(Verdict::permanent(Failure::engine(format!(
+        "this destination takes {} calls only, not `{ty}`",
+        names.join(", ")
+    ))))
+}
+
+/// The items of a request the destination found too large, in two halves to send in turn
+/// (first half first); `None` when a single item is left, which cannot be split.
+pub(super) fn halves(items: &[usize]) -> Option<(&[usize], &[usize])> {
+    (items.len() > 1).then(|| items.split_at(items.len() / 2))
+}
+
+/// A translation of `half` (indexes into it), restated in the batch's indexes.
+pub(super) fn rebase(mut t: Translation, half: &[usize]) -> Translation {
+    for (i, _) in &mut t.settled {
+        *i = half[*i];
+    }
+    for r in &mut t.requests {
+        for i in &mut r.items {
+            *i = half[*i];
+        }
+    }
+    t
+}
+
+/// Last write wins only if a group's updates land in order: once an item of a group must be
+/// sent again, newer items of that group in the same batch are sent again after it too, even
+/// if they were delivered this time.
+pub(super) fn keep_group_order(batch: &[Leased], verdicts: &mut [Option<Verdict>]) {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].seq);
+    let mut waiting: Vec<&str> = Vec::new();
+    for i in order {
+        let Some(group) = batch[i].group_id.as_deref() else {
+            continue;
+        };
+        match &verdicts[i] {
+            Some(Verdict::Retry { .. } | Verdict::Defer { .. }) => waiting.push(group),
+            Some(Verdict::Delivered) if waiting.contains(&group) => {
+                verdicts[i] = Some(Verdict::Defer {
+                    after: None,
+                    reason: "an older update of this group is waiting for a retry".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An item to lease again later.
+#[derive(Debug)]
+pub(super) struct Later {
+    pub seq: Seq,
+    pub wait: Duration,
+    pub attempt: Attempt,
+    /// Not attempted (a pause, a credential not fetched): no attempt was spent.
+    pub deferred: bool,
+}
+
+/// What the spool must do with each item of a settled batch.
+#[derive(Debug, Default)]
+pub(super) struct Outcomes {
+    pub delivered: Vec<Seq>,
+    pub later: Vec<Later>,
+    pub dead: Vec<(Seq, Attempt)>,
+}
+
+/// Sort each item by its verdict; a missing verdict (no request carried the item) is a
+/// permanent failure. `jitter` draws from [0, 1) for each retry's backoff.
+pub(super) fn outcomes(
+    batch: &[Leased],
+    verdicts: Vec<Option<Verdict>>,
+    policy: &RetryPolicy,
+    now: SystemTime,
+    mut jitter: impl FnMut() -> f64,
+) -> Outcomes {
+    let mut out = Outcomes::default();
+    for (leased, verdict) in batch.iter().zip(verdicts) {
+        let verdict = verdict.unwrap_or_else(|| {
+            Verdict::permanent(Failure::engine(
+                "the adapter produced no request for this message",
+            ))
+        });
+        // The give-up clock starts at the first real attempt.
+        let first_attempt = match leased.attempts {
+            0 => now,
+            _ => leased.first_attempt.unwrap_or(now),
+        };
+        let record = |failure: Failure, attempts: u32| Attempt {
+            attempts,
+            first_attempt,
+            last_attempt: now,
+            reason: failure.reason,
+            status: failure.status,
+            response: failure.response,
+            gave_up: false,
+        };
+        let seq = leased.seq;
+        match verdict {
+            Verdict::Delivered => out.delivered.push(seq),
+            Verdict::Defer { after, reason } => out.later.push(Later {
+                seq,
+                wait: after.unwrap_or(policy.initial),
+                attempt: record(Failure::engine(reason), leased.attempts),
+                deferred: true,
+            }),
+            Verdict::Retry { after, failure } => {
+                let a = record(failure, leased.attempts + 1);
+                let elapsed = now.duration_since(first_attempt).unwrap_or_default();
+                match policy.decide(a.attempts, elapsed, after, jitter()) {
+                    Decision::RetryIn(wait) => out.later.push(Later {
+                        seq,
+                        wait,
+                        attempt: a,
+                        deferred: false,
+                    }),
+                    Decision::GiveUp(why) => {
+                        let reason = format!("{why}; last error: {}", a.reason);
+                        out.dead.push((
+                            seq,
+                            Attempt {
+                                reason,
+                                gave_up: true,
+                                ..a
+                            },
+                        ));
+                    }
+                }
+            }
+            Verdict::Permanent { failure } => {
+                out.dead.push((seq, record(failure, leased.attempts + 1)))
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! Building adapters: what a constructor is given ([`Setup`]), and the [`Registry`] of
+//! constructors by config `type`, to which an embedding program may add its own.
+//!
+//! The engine enforces what every adapter declares: a `types` list in the config outside
+//! [`Destination::accepts`] is refused here, so no adapter repeats that check.
+
+use std::sync::Arc;
+
+use crate::config::{ConfigError, DestinationConfig, Settings};
+
+use super::Destination;
+
+/// What an adapter's constructor gets: its own keys and the few engine facts it may need.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    /// The destination's configured name.
+    pub name: &'a str,
+    /// The adapter's own keys of its `[[destination]]` table; `settings.parse()` reads them
+    /// into the adapter's config struct, and its errors name the destination already.
+    pub settings: &'a Settings,
+    /// `batch.max_events` as configured; `None` when the adapter's default applies.
+    pub max_events: Option<usize>,
+    /// Requests are shown, never sent: put no credential in them.
+    pub dry_run: bool,
+}
+
+impl<'a> Setup<'a> {
+    pub fn of(config: &'a DestinationConfig) -> Self {
+        Self {
+            name: &config.name,
+            settings: &config.settings,
+            max_events: config.batch.max_events,
+            dry_run: config.dry_run,
+        }
+    }
+}
+
+/// Builds an adapter; errors name the key and line.
+pub type Constructor = fn(Setup<'_>) -> Result<Arc<dyn Destination>, ConfigError>;
+
+/// Constructors by config `type`.
+#[derive(Clone)]
+pub struct Registry {
+    entries: Vec<(&'static str, Constructor)>,
+}
+
+impl Registry {
+    /// The adapters compiled in.
+    pub fn builtin() -> Self {
+        Self {
+            entries: registry().to_vec(),
+        }
+    }
+
+    /// Add an adapter (or replace the one of the same `type`).
+    pub fn with(mut self, kind: &'static str, construct: Constructor) -> Self {
+        self.entries.retain(|(k, _)| *k != kind);
+        self.entries.push((kind, construct));
+        self
+    }
+
+    /// Build the adapter a destination's `type` names, and check its `types` against what
+    /// the adapter accepts.
+    pub fn build(&self, config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
+        let Some((_, construct)) = self.entries.iter().find(|(k, _)| *k == config.kind) else {
+            let known: Vec<&str> = self.entries.iter().map(|(k, _)| *k).collect();
+            return Err(config.settings.error(
+                "type",
+                format!(
+                    "unknown type `{}` (known: {})",
+                    config.kind,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let adapter = construct(Setup::of(config))?;
+        check_types(config, adapter.as_ref(), &config.settings)?;
+        Ok(adapter)
+    }
+}
+
+fn check_types(
+    config: &DestinationConfig,
+    adapter: &dyn Destination,
+    settings: &Settings,
+) -> Result<(), ConfigError> {
+    let accepts = adapter.accepts();
+    let Some(types) = &config.types else {
+        return Ok(());
+    };
+    if types.iter().all(|t| accepts.contains(t)) {
+        return Ok(());
+    }
+    let names: Vec<&str> = accepts.iter().map(|t| t.as_str()).collect();
+    Err(settings.error(
+        "types",
+        format!(
+            "a {} destination takes {} calls only",
+            config.kind,
+            names.join(", ")
+        ),
+    ))
+}
+
+/// Every adapter compiled in, by config `type`.
+pub fn registry() -> &'static [(&'static str, Constructor)] {
+    crate::destinations::REGISTRY
+}
+
+/// Build the adapter a destination's `type` names, from the adapters compiled in.
+pub fn build(config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
+    Registry::builtin().build(config)
+}

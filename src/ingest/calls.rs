@@ -1,0 +1,237 @@
+//! The two ways calls come in — one call at `/v1/{type}`, many at `/v1/batch` — each
+//! normalized, routed once, and answered only after the spool holds it. Inside a batch a
+//! refused message does not fail the others: it is kept as a rejected record and listed in
+//! the answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::{AppState, body};
+use crate::message::{Accepted, MessageType, Parsed};
+use crate::normalize::{self, BatchDefaults};
+use crate::route;
+use crate::spool::{Appended, Rejected};
+use crate::telemetry;
+
+pub(super) async fn single(
+    State(state): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ty: MessageType = kind.parse().map_err(|()| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint /v1/{kind}"),
+        )
+    })?;
+    let max = state.limits.max_message_bytes;
+    let bytes = body::read(body, max, "the message", "max_message_bytes").await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::json(&e))?;
+    let Value::Object(_) = &value else {
+        return Err(ApiError::not_an_object());
+    };
+    let body_key = value.get("writeKey").and_then(Value::as_str);
+    let source = authenticate(&state, &headers, body_key)?;
+    let defaults = BatchDefaults::default();
+    let normalized = normalize::normalize(value, Some(ty), &defaults, chrono::Utc::now(), new_id)
+        .map_err(|e| {
+        telemetry::messages_in(&source, "rejected", 1);
+        ApiError::bad("invalid_message", e.0)
+    })?;
+    let accepted =
+        accept(&state, &source, normalized).map_err(|e| ApiError::bad("invalid_message", e))?;
+    let appended = state.spool.append(vec![accepted]).await?;
+    count_appended(&source, &appended);
+    Ok(axum::Json(json!({"success": true})).into_response())
+}
+
+/// A `/v1/batch` body: the messages still raw, the envelope's keys read.
+struct Envelope<'b> {
+    source: String,
+    messages: Vec<&'b RawValue>,
+    defaults: BatchDefaults,
+}
+
+pub(super) async fn batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limits = &state.limits;
+    let max = limits.max_request_bytes;
+    let bytes = body::read(body, max, "the request body", "max_request_bytes").await?;
+    let envelope = envelope(&state, &headers, &bytes)?;
+    let source = envelope.source.clone();
+    let (accepted, rejected) = sort_messages(&state, envelope);
+    let appended = if accepted.is_empty() {
+        Vec::new()
+    } else {
+        state.spool.append(accepted).await?
+    };
+    count_appended(&source, &appended);
+    telemetry::messages_in(&source, "rejected", rejected.len());
+    if rejected.is_empty() {
+        return Ok(axum::Json(json!({"success": true})).into_response());
+    }
+    let listed: Vec<Value> = rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "error": r.error}))
+        .collect();
+    state.spool.reject(rejected).await?;
+    Ok(axum::Json(json!({"success": true, "rejected": listed})).into_response())
+}
+
+/// Read the envelope: who sent it, its messages (unparsed), and its batch-level defaults.
+fn envelope<'b>(
+    state: &AppState,
+    headers: &HeaderMap,
+    bytes: &'b [u8],
+) -> Result<Envelope<'b>, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Report malformed JSON as such, with its position; anything else is not an object.
+        return Err(match serde_json::from_slice::<&RawValue>(bytes) {
+            Err(e) => ApiError::json(&e),
+            Ok(_) => ApiError::not_an_object(),
+        });
+    }
+    let keys: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::json(&e))?;
+    let field = |name: &str| -> Result<Option<Value>, ApiError> {
+        keys.get(name)
+            .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|e| ApiError::json(&e)))
+            .transpose()
+    };
+    let object = |name: &str| -> Result<Option<Map<String, Value>>, ApiError> {
+        match field(name)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m)),
+            Some(_) => Err(ApiError::bad(
+                "invalid_batch",
+                format!("{name} must be an object"),
+            )),
+        }
+    };
+    let body_key = field("writeKey")?;
+    let source = authenticate(state, headers, body_key.as_ref().and_then(Value::as_str))?;
+    let Some(raw) = keys.get("batch") else {
+        return Err(ApiError::bad(
+            "invalid_batch",
+            "batch is required: {\"batch\": [ … ]}",
+        ));
+    };
+    let messages: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::bad("invalid_batch", "batch must be an array of messages"))?;
+    let most = state.limits.max_batch_messages;
+    if messages.len() > most {
+        return Err(ApiError::bad(
+            "too_many_messages",
+            format!(
+                "the batch has {} messages; max_batch_messages is {most}",
+                messages.len()
+            ),
+        ));
+    }
+    let defaults = BatchDefaults {
+        context: object("context")?,
+        integrations: object("integrations")?,
+        sent_at: field("sentAt")?,
+    };
+    Ok(Envelope {
+        source,
+        messages,
+        defaults,
+    })
+}
+
+/// Normalize each message of a batch: accepted ones ready for the spool, refused ones kept
+/// with the reason.
+fn sort_messages(state: &AppState, envelope: Envelope<'_>) -> (Vec<Accepted>, Vec<Rejected>) {
+    let Envelope {
+        source,
+        messages,
+        defaults,
+    } = envelope;
+    let now = chrono::Utc::now();
+    let max = state.limits.max_message_bytes;
+    let mut accepted = Vec::with_capacity(messages.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in messages.into_iter().enumerate() {
+        let outcome = if raw.get().len() > max {
+            Err(format!(
+                "message is larger than max_message_bytes ({max} bytes)"
+            ))
+        } else {
+            serde_json::from_str::<Value>(raw.get())
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    normalize::normalize(v, None, &defaults, now, new_id).map_err(|e| e.0)
+                })
+                .and_then(|n| accept(state, &source, n))
+        };
+        match outcome {
+            Ok(a) => accepted.push(a),
+            Err(error) => {
+                tracing::warn!(source = %source, index, error = %error, "message refused in a batch");
+                rejected.push(Rejected {
+                    source: source.clone(),
+                    index,
+                    error,
+                    raw: raw.get().to_string(),
+                    at: SystemTime::now(),
+                });
+            }
+        }
+    }
+    (accepted, rejected)
+}
+
+fn count_appended(source: &str, appended: &[Appended]) {
+    let duplicates = appended
+        .iter()
+        .filter(|a| **a == Appended::Duplicate)
+        .count();
+    telemetry::messages_in(source, "accepted", appended.len() - duplicates);
+    telemetry::messages_in(source, "duplicate", duplicates);
+    if duplicates > 0 {
+        tracing::debug!(source = %source, duplicates, "duplicate messages not enqueued again");
+    }
+}
+
+fn new_id() -> String {
+    format!("switchyard-{}", uuid::Uuid::new_v4())
+}
+
+/// Route a normalized message and shape it for the spool; why not, if it cannot be stored.
+fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Result<Accepted, String> {
+    let integrations = n.message.get("integrations").and_then(Value::as_object);
+    let destinations = route::route(n.ty, integrations, &state.routes)
+        .into_iter()
+        .map(|i| state.routes[i].name().to_string())
+        .collect();
+    if n.unparsed_created_at {
+        tracing::debug!(message_id = %n.message_id, "createdAt kept as given: not a date we can read");
+    }
+    // It was parsed from JSON, so it serializes; an error is reported, never stored empty.
+    let body = serde_json::to_string(&n.message)
+        .map_err(|e| format!("the normalized message cannot be serialized: {e}"))?;
+    Ok(Accepted {
+        source: source.to_string(),
+        message_id: n.message_id,
+        group_id: n.group_id,
+        body,
+        parsed: Some(Parsed::new(n.message)),
+        destinations,
+    })
+}

@@ -1,0 +1,75 @@
+//! The Segment-compatible HTTP API: `/v1/{identify,group,track,page,screen,alias}`,
+//! `/v1/batch` and `/v1/import`. Operator endpoints live in `ops`.
+//!
+//! - `calls.rs`: the handlers — a single call and a batch, normalized, routed, stored.
+//! - `auth.rs`: which source a request speaks for.
+//! - `body.rs`: reading a body within its limit.
+//! - `error.rs`: the JSON error answers.
+//!
+//! A call is routed here, once: the names of the destinations it goes to are stored with it.
+
+mod auth;
+mod body;
+mod calls;
+mod error;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::post;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::config::ServerConfig;
+use crate::route::RouteKey;
+use crate::secret::Secret;
+use crate::spool::Spool;
+use crate::telemetry;
+
+pub use error::ApiError;
+
+/// Everything a request handler needs; built once at start.
+pub struct AppState {
+    pub limits: ServerConfig,
+    /// (source name, write key).
+    pub sources: Vec<(String, Secret)>,
+    /// Each destination's routing keys, in config order.
+    pub routes: Vec<RouteKey>,
+    pub spool: Arc<dyn Spool>,
+}
+
+/// The router, apart from any socket, so tests and `server::run` share it.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/batch", post(calls::batch))
+        .route("/v1/import", post(calls::batch))
+        .route("/v1/{kind}", post(calls::single))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .route_layer(middleware::from_fn(measure))
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .pass_through_unaccepted(false),
+        )
+        .with_state(state)
+}
+
+/// Record how long each ingest call took (storage included), by route.
+async fn measure(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        telemetry::ingest_latency(&route, started.elapsed());
+    }
+    response
+}
