@@ -285,3 +285,56 @@ pub mod duration {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_destination_keys_are_read_from_the_struct() {
+        assert_eq!(
+            DestinationConfig::common_keys(),
+            [
+                "name",
+                "type",
+                "aliases",
+                "types",
+                "dry_run",
+                "timeout",
+                "rate_limit",
+                "retry",
+                "batch",
+                "concurrency"
+            ]
+        );
+    }
+
+    #[test]
+    fn source_errors_have_line_and_column() {
+        let text = "[[source]]\nname = \"web\"\nwrite_key = \"a\"\n\n[[source]]\nname = \"Web\"\nwrite_key = \"a\"\n";
+        let errors = load_with_env(text, &|_| None).unwrap_err().to_string();
+        assert_eq!(
+            errors,
+            "line 6, column 1: source name `Web` is used twice\n\
+             line 7, column 1: source `Web` reuses another source's write_key"
+        );
+    }
+
+    #[test]
+    fn validation_yields_what_the_worker_runs_with() {
+        let text = "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"A\"\ntype = \"webhook\"\nurl = \"http://x\"\nrate_limit = { requests_per_second = 4, burst = 2 }\nbatch = { max_events = 7, max_wait = \"5ms\" }\nconcurrency = 3\nretry = { initial_backoff = \"2s\", max_attempts = 5 }\n";
+        let config = load_with_env(text, &|_| None).unwrap();
+        let d = &config.destinations[0].delivery;
+        let quota = d.quota.expect("a quota");
+        assert_eq!(quota.burst_size().get(), 2);
+        assert_eq!(quota.replenish_interval(), Duration::from_millis(250));
+        assert_eq!((d.max_events, d.max_wait), (Some(7), Duration::from_millis(5)));
+        assert_eq!(d.concurrency, 3);
+        assert_eq!(d.retry.initial, Duration::from_secs(2));
+        assert_eq!(d.retry.max_attempts, Some(5));
+        let unlimited = "[server]\nallow_unauthenticated = true\n[[destination]]\nname = \"A\"\ntype = \"webhook\"\nurl = \"http://x\"\n";
+        let config = load_with_env(unlimited, &|_| None).unwrap();
+        assert!(config.destinations[0].delivery.quota.is_none());
+        assert_eq!(config.destinations[0].delivery.concurrency, 2);
+    }
+}
