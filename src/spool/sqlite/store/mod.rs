@@ -8,10 +8,11 @@
 //! cursor (one row update); nothing is written per delivered message.
 //!
 //! Layout: this file holds the state (`Store`, one `Lane` per destination); `open.rs` builds
-//! it from the file; `append.rs` takes messages in; `lease.rs` hands them out; `settle.rs`
-//! records outcomes; `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows
-//! between batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed
-//! messages for the destinations that have yet to lease them.
+//! it from the file; `append.rs` takes messages in; `lease.rs` hands them out; `retry_set.rs`
+//! keeps items out of log order (backoff, or behind their group); `settle.rs` records
+//! outcomes; `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows between
+//! batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed messages
+//! for the destinations that have yet to lease them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ mod count;
 mod housekeeping;
 mod lease;
 mod open;
+mod retry_set;
 mod settle;
 mod snapshot;
 pub(super) use snapshot::Snapshot;

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::lease::release_next;
+use super::retry_set::release_next;
 use super::{Store, ms};
 use crate::spool::sqlite::schema::storage;
 use crate::spool::{Attempt, Seq, SpoolError};
