@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::schema::{self, storage};
+use super::schema;
 use super::store::{from_ms, ms};
 use crate::spool::SpoolError;
 
@@ -63,7 +63,7 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
 
 /// Open an existing spool (never creates one: a wrong path should be an error).
 pub fn open(dir: &Path) -> Result<Connection, SpoolError> {
-    schema::open(dir, false)
+    Ok(schema::open(dir, false)?)
 }
 
 const COLUMNS: &str = "id, destination, source, message_id, group_id, reason, error, attempts, first_attempt, last_attempt, status, response, body";
@@ -97,18 +97,16 @@ pub fn list(
     let sql = format!(
         "SELECT {COLUMNS} FROM dead_letter WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR reason = ?2) ORDER BY id"
     );
-    let mut stmt = conn.prepare(&sql).map_err(storage)?;
-    let rows = stmt
-        .query_map(params![destination, reason], |r| from_row(r, false))
-        .map_err(storage)?;
-    rows.collect::<Result<_, _>>().map_err(storage)
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![destination, reason], |r| from_row(r, false))?;
+    rows.collect::<Result<_, _>>().map_err(SpoolError::from)
 }
 
 pub fn show(conn: &Connection, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
     let sql = format!("SELECT {COLUMNS} FROM dead_letter WHERE id = ?1");
     conn.query_row(&sql, [id], |r| from_row(r, true))
         .optional()
-        .map_err(storage)
+        .map_err(SpoolError::from)
 }
 
 fn selected_ids(conn: &Connection, which: &Selector) -> Result<Vec<i64>, SpoolError> {
@@ -123,9 +121,9 @@ fn selected_ids(conn: &Connection, which: &Selector) -> Result<Vec<i64>, SpoolEr
             None,
         ),
     };
-    let mut stmt = conn.prepare(sql).map_err(storage)?;
-    let rows = stmt.query_map([arg], |r| r.get(0)).map_err(storage)?;
-    rows.collect::<Result<_, _>>().map_err(storage)
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([arg], |r| r.get(0))?;
+    rows.collect::<Result<_, _>>().map_err(SpoolError::from)
 }
 
 /// A dead letter's (destination, source, message id, group id, body).
@@ -153,9 +151,7 @@ pub fn replay(
     which: &Selector,
     configured: &[String],
 ) -> Result<Replayed, SpoolError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = Replayed::default();
     let now = ms(SystemTime::now());
     for id in selected_ids(&tx, which)? {
@@ -165,8 +161,7 @@ pub fn replay(
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
-            .optional()
-            .map_err(storage)?;
+            .optional()?;
         let Some((destination, source, message_id, group_id, body)) = row else {
             out.skipped.push((id, "no such dead letter".into()));
             continue;
@@ -191,8 +186,7 @@ pub fn replay(
                 [&destination],
                 |r| r.get(0),
             )
-            .optional()
-            .map_err(storage)?;
+            .optional()?;
         let Some(dest) = dest else {
             out.skipped.push((
                 id,
@@ -204,32 +198,25 @@ pub fn replay(
         tx.execute(
             "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![source, message_id.unwrap_or_default(), group_id, body, bytes, now, super::schema::bit(dest)],
-        )
-        .map_err(storage)?;
+        )?;
         tx.execute(
             "UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0",
             [bytes],
-        )
-        .map_err(storage)?;
-        tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])
-            .map_err(storage)?;
+        )?;
+        tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
         out.replayed.push(id);
     }
-    tx.commit().map_err(storage)?;
+    tx.commit()?;
     Ok(out)
 }
 
 /// Delete dead letters for good; returns how many.
 pub fn purge(conn: &mut Connection, which: &Selector) -> Result<usize, SpoolError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut n = 0;
     for id in selected_ids(&tx, which)? {
-        n += tx
-            .execute("DELETE FROM dead_letter WHERE id = ?1", [id])
-            .map_err(storage)?;
+        n += tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
     }
-    tx.commit().map_err(storage)?;
+    tx.commit()?;
     Ok(n)
 }

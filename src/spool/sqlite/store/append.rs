@@ -13,7 +13,7 @@ use rusqlite::params;
 
 use super::{Store, ms};
 use crate::message::Accepted;
-use crate::spool::sqlite::schema::storage;
+use crate::spool::sqlite::StorageError;
 use crate::spool::{Appended, Rejected, Seq, SpoolError};
 
 impl Store {
@@ -23,7 +23,7 @@ impl Store {
         &mut self,
         messages: &[Accepted],
         fresh: &mut Vec<String>,
-    ) -> Result<Result<Vec<Appended>, SpoolError>, SpoolError> {
+    ) -> Result<Result<Vec<Appended>, SpoolError>, StorageError> {
         let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
         if self.bytes + incoming > self.max_bytes {
             return Ok(Err(SpoolError::Full {
@@ -63,15 +63,14 @@ impl Store {
     /// Whether `m`'s key is new (or its last sighting expired, before `horizon`), recording
     /// it as seen `now`. One statement for the dedupe check and the key: a key seen within the
     /// window changes nothing (a duplicate); a new or expired one is (re)written.
-    fn first_seen(&self, m: &Accepted, now: i64, horizon: i64) -> Result<bool, SpoolError> {
+    fn first_seen(&self, m: &Accepted, now: i64, horizon: i64) -> Result<bool, StorageError> {
         let changed = self
             .conn
             .prepare_cached(
                 "INSERT INTO seen (source, message_id, at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (source, message_id) DO UPDATE SET at = excluded.at WHERE seen.at <= ?4",
             )
-            .and_then(|mut s| s.execute(params![m.source, m.message_id, now, horizon]))
-            .map_err(storage)?;
+            .and_then(|mut s| s.execute(params![m.source, m.message_id, now, horizon]))?;
         Ok(changed > 0)
     }
 
@@ -91,12 +90,11 @@ impl Store {
     }
 
     /// Write `m` to the log for the destinations in `dests`; its parsed form is kept for them.
-    fn log(&mut self, m: &Accepted, dests: i64, now: i64) -> Result<(), SpoolError> {
+    fn log(&mut self, m: &Accepted, dests: i64, now: i64) -> Result<(), StorageError> {
         let bytes = m.body.len() as i64;
         self.conn
             .prepare_cached("INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now, dests]))
-            .map_err(storage)?;
+            .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now, dests]))?;
         self.high = self.conn.last_insert_rowid() as Seq;
         if let Some(parsed) = &m.parsed {
             self.cache
@@ -106,7 +104,7 @@ impl Store {
     }
 
     /// Keep messages refused at ingest as dead letters with reason `invalid`.
-    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<(), SpoolError> {
+    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<(), StorageError> {
         for r in rejected {
             let message_id = serde_json::from_str::<serde_json::Value>(&r.raw)
                 .ok()
@@ -120,8 +118,7 @@ impl Store {
                     "INSERT INTO dead_letter (destination, source, message_id, body, reason, error, attempts, last_attempt)
                      VALUES (NULL, ?1, ?2, ?3, 'invalid', ?4, 0, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![r.source, message_id, r.raw, format!("batch index {}: {}", r.index, r.error), ms(r.at)]))
-                .map_err(storage)?;
+                .and_then(|mut s| s.execute(params![r.source, message_id, r.raw, format!("batch index {}: {}", r.index, r.error), ms(r.at)]))?;
         }
         Ok(())
     }

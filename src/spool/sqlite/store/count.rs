@@ -10,19 +10,19 @@
 use rusqlite::params;
 
 use super::{Counts, Store};
-use crate::spool::sqlite::schema::storage;
-use crate::spool::{Depth, SpoolError};
+use crate::spool::Depth;
+use crate::spool::sqlite::StorageError;
 
 impl Store {
     /// Recount what another process may have changed, keeping leases.
-    pub fn recount(&mut self) -> Result<(), SpoolError> {
+    pub fn recount(&mut self) -> Result<(), StorageError> {
         self.count(false)?;
         Ok(())
     }
 
     /// Refresh every lane's counts and the byte total; with `all_bytes`, sum the log's bytes
     /// in the same pass (returned) rather than trusting `stats`.
-    pub(super) fn count(&mut self, all_bytes: bool) -> Result<i64, SpoolError> {
+    pub(super) fn count(&mut self, all_bytes: bool) -> Result<i64, StorageError> {
         self.high = self.high_seq()?;
         let names: Vec<String> = self.lanes.keys().cloned().collect();
         let (summed, unscanned) = self.count_unscanned(&names, all_bytes)?;
@@ -32,30 +32,23 @@ impl Store {
                 .conn
                 .query_row("SELECT log_bytes FROM stats WHERE id = 0", [], |r| {
                     r.get::<_, i64>(0)
-                })
-                .map_err(storage)?,
+                })?,
         };
         self.bytes = bytes.max(0) as u64;
         for (name, unscanned) in names.into_iter().zip(unscanned) {
             let (id, scan) = (self.lanes[&name].id, self.lanes[&name].scan);
             // Retry rows above the scan position are counted by the retry set, not the log.
-            let (retry_rows, attempted, above): (i64, i64, i64) = self
-                .conn
-                .query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), COALESCE(SUM(seq > ?2), 0)
+            let (retry_rows, attempted, above): (i64, i64, i64) = self.conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), COALESCE(SUM(seq > ?2), 0)
                      FROM retry WHERE dest = ?1",
-                    params![id, scan as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(storage)?;
-            let dead: i64 = self
-                .conn
-                .query_row(
-                    "SELECT COUNT(*) FROM dead_letter WHERE destination = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .map_err(storage)?;
+                params![id, scan as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let dead: i64 = self.conn.query_row(
+                "SELECT COUNT(*) FROM dead_letter WHERE destination = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
             if let Some(lane) = self.lanes.get_mut(&name) {
                 lane.counts = Counts {
                     unscanned: unscanned.saturating_sub(above.max(0) as u64),
@@ -75,7 +68,7 @@ impl Store {
         &self,
         names: &[String],
         all_bytes: bool,
-    ) -> Result<(Option<i64>, Vec<u64>), SpoolError> {
+    ) -> Result<(Option<i64>, Vec<u64>), StorageError> {
         let lowest = names.iter().map(|n| self.lanes[n].scan).min();
         let from = match lowest {
             _ if all_bytes => 0,
@@ -96,28 +89,26 @@ impl Store {
             let lane = &self.lanes[n];
             values.extend([lane.scan as i64, lane.bit]);
         }
-        let (bytes, counts) = self
-            .conn
-            .query_row(&sql, rusqlite::params_from_iter(values), |r| {
-                let counts = (0..names.len())
-                    .map(|i| r.get::<_, i64>(i + 1).map(|n| n.max(0) as u64))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((r.get::<_, i64>(0)?, counts))
-            })
-            .map_err(storage)?;
+        let (bytes, counts) =
+            self.conn
+                .query_row(&sql, rusqlite::params_from_iter(values), |r| {
+                    let counts = (0..names.len())
+                        .map(|i| r.get::<_, i64>(i + 1).map(|n| n.max(0) as u64))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((r.get::<_, i64>(0)?, counts))
+                })?;
         Ok((all_bytes.then_some(bytes), counts))
     }
 
     /// Change the byte total by `delta`, in memory and in the file. A delta, not the total:
     /// `dlq replay` adds to the file's total between our reads of it (see `bytes`).
-    pub(super) fn add_bytes(&mut self, delta: i64) -> Result<(), SpoolError> {
+    pub(super) fn add_bytes(&mut self, delta: i64) -> Result<(), StorageError> {
         if delta == 0 {
             return Ok(());
         }
         self.conn
             .prepare_cached("UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0")
-            .and_then(|mut s| s.execute([delta]))
-            .map_err(storage)?;
+            .and_then(|mut s| s.execute([delta]))?;
         self.bytes = self.bytes.saturating_add_signed(delta);
         Ok(())
     }

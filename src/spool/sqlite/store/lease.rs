@@ -17,8 +17,8 @@ use super::cache::ParsedCache;
 use super::retry_set::{group_has_rows, park};
 use super::{Flight, Lane, Store, below, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::schema::storage;
-use crate::spool::{Leased, Seq, SpoolError};
+use crate::spool::sqlite::StorageError;
+use crate::spool::{Leased, Seq};
 
 /// Most log rows (by seq span) one lease looks at.
 const SCAN_BUDGET: u64 = 1000;
@@ -26,7 +26,7 @@ const SCAN_BUDGET: u64 = 1000;
 impl Store {
     /// Due retries first (they are the oldest of their groups), then the log from the scan
     /// position; an item whose group is busy moves to the retry set to wait its turn.
-    pub fn lease(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+    pub fn lease(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, StorageError> {
         let mut out = self.lease_retries(destination, max)?;
         let released = self.scan_log(destination, max, &mut out)?;
         // The scan can release an item that only waited behind a crash's lost lease.
@@ -37,7 +37,11 @@ impl Store {
         Ok(out)
     }
 
-    fn lease_retries(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+    fn lease_retries(
+        &mut self,
+        destination: &str,
+        max: usize,
+    ) -> Result<Vec<Leased>, StorageError> {
         if self
             .lanes
             .get(destination)
@@ -72,7 +76,7 @@ impl Store {
         destination: &str,
         max: usize,
         out: &mut Vec<Leased>,
-    ) -> Result<bool, SpoolError> {
+    ) -> Result<bool, StorageError> {
         // The other lanes' scan positions: those below a row have yet to read it.
         let others: Vec<(i64, Seq)> = self
             .lanes
@@ -136,7 +140,12 @@ struct Scan<'a> {
 
 impl Scan<'_> {
     /// Lease up to `want` of the lane's rows in `(scan, upto]` into `out`.
-    fn window(&mut self, upto: Seq, want: usize, out: &mut Vec<Leased>) -> Result<(), SpoolError> {
+    fn window(
+        &mut self,
+        upto: Seq,
+        want: usize,
+        out: &mut Vec<Leased>,
+    ) -> Result<(), StorageError> {
         let rows = rows_between(self.conn, self.cache, self.lane, upto, want)?;
         // Fewer rows than asked: nothing else of ours up to `upto`.
         let exhausted = rows.len() < want;
@@ -151,7 +160,7 @@ impl Scan<'_> {
 
     /// One row read by the lane: passed by when the retry set holds it already, parked behind
     /// its group when an older item of the group is busy, leased into `out` otherwise.
-    fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), SpoolError> {
+    fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), StorageError> {
         let (seq, group, body, dests, in_retry) = row;
         let seq = seq as Seq;
         self.lane.scan = seq;
@@ -208,7 +217,7 @@ impl Scan<'_> {
     /// An older item of `group` is leased or waits in the retry set: a newer one waits behind
     /// it, in the retry set, so the scan can move on. With no retry rows at all (the common
     /// case) there is nothing to ask SQLite.
-    fn waiting(&self, group: &Arc<str>) -> Result<bool, SpoolError> {
+    fn waiting(&self, group: &Arc<str>) -> Result<bool, StorageError> {
         Ok(self.held.contains(group)
             || (self.lane.counts.retry_rows > 0 && group_has_rows(self.conn, self.lane.id, group)?))
     }
@@ -226,38 +235,35 @@ fn rows_between(
     lane: &Lane,
     upto: Seq,
     limit: usize,
-) -> Result<Vec<Row>, SpoolError> {
+) -> Result<Vec<Row>, StorageError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, group_id, body, dests, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
              FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
-        )
-        .map_err(storage)?;
-    let rows = stmt
-        .query_map(
-            params![
-                lane.scan as i64,
-                upto as i64,
-                lane.bit,
-                limit as i64,
-                lane.id
-            ],
-            |r| {
-                let seq: i64 = r.get(0)?;
-                let body = if cache.ready(seq as Seq) {
-                    None
-                } else {
-                    Some(r.get(2)?)
-                };
-                Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
-            },
-        )
-        .map_err(storage)?;
-    rows.collect::<Result<_, _>>().map_err(storage)
+        )?;
+    let rows = stmt.query_map(
+        params![
+            lane.scan as i64,
+            upto as i64,
+            lane.bit,
+            limit as i64,
+            lane.id
+        ],
+        |r| {
+            let seq: i64 = r.get(0)?;
+            let body = if cache.ready(seq as Seq) {
+                None
+            } else {
+                Some(r.get(2)?)
+            };
+            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
+        },
+    )?;
+    rows.collect::<Result<_, _>>().map_err(StorageError::from)
 }
 
-fn body_of(conn: &Connection, seq: Seq) -> Result<String, SpoolError> {
+fn body_of(conn: &Connection, seq: Seq) -> Result<String, StorageError> {
     conn.prepare_cached("SELECT body FROM log WHERE seq = ?1")
         .and_then(|mut s| s.query_row([seq as i64], |r| r.get(0)))
-        .map_err(storage)
+        .map_err(StorageError::from)
 }

@@ -15,8 +15,8 @@ use rusqlite::{Connection, params};
 
 use super::{Lane, Store, from_ms, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::schema::storage;
-use crate::spool::{Leased, Seq, SpoolError};
+use crate::spool::sqlite::StorageError;
+use crate::spool::{Leased, Seq};
 
 impl Store {
     /// Retry-set rows due by `before` (any due time when `None`) that may go now: the oldest
@@ -26,7 +26,7 @@ impl Store {
         destination: &str,
         max: usize,
         before: Option<i64>,
-    ) -> Result<Vec<(Leased, i64)>, SpoolError> {
+    ) -> Result<Vec<(Leased, i64)>, StorageError> {
         let Some(lane) = self.lanes.get(destination) else {
             return Ok(Vec::new());
         };
@@ -43,34 +43,28 @@ impl Store {
                    AND (r.group_id IS NULL OR NOT EXISTS
                         (SELECT 1 FROM retry e WHERE e.dest = ?1 AND e.group_id = r.group_id AND e.seq < r.seq))
                  ORDER BY r.due_at, r.seq",
-            )
-            .map_err(storage)?;
-        let mut rows = stmt
-            .query(params![lane.id, before.unwrap_or(i64::MAX)])
-            .map_err(storage)?;
+            )?;
+        let mut rows = stmt.query(params![lane.id, before.unwrap_or(i64::MAX)])?;
         let mut out = Vec::new();
         // Skipped rows are bounded by what is in flight: each group has one candidate row.
         while out.len() < max {
-            let Some(row) = rows.next().map_err(storage)? else {
+            let Some(row) = rows.next()? else {
                 break;
             };
-            let seq = row.get::<_, i64>(0).map_err(storage)? as Seq;
-            let group: Option<Arc<str>> = row
-                .get::<_, Option<String>>(1)
-                .map_err(storage)?
-                .map(Arc::from);
+            let seq = row.get::<_, i64>(0)? as Seq;
+            let group: Option<Arc<str>> = row.get::<_, Option<String>>(1)?.map(Arc::from);
             if lane.in_flight.contains_key(&seq) || group.as_ref().is_some_and(|g| held.contains(g))
             {
                 continue;
             }
-            let due = due_retry(row, seq, group, before.is_some()).map_err(storage)?;
+            let due = due_retry(row, seq, group, before.is_some())?;
             out.push(due);
         }
         Ok(out)
     }
 
     /// When the next retry may be due: what `wait` sleeps towards.
-    pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, SpoolError> {
+    pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, StorageError> {
         // Asked after every commit that touches the lane: with no retry rows (the common
         // case) there is nothing to ask SQLite.
         if self
@@ -94,12 +88,11 @@ pub(super) fn park(
     lane: &mut Lane,
     seq: Seq,
     group: &Arc<str>,
-) -> Result<bool, SpoolError> {
+) -> Result<bool, StorageError> {
     conn.prepare_cached(
         "INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)",
     )
-    .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))
-    .map_err(storage)?;
+    .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))?;
     lane.counts.retry_rows += 1;
     release_next(conn, lane, group)
 }
@@ -108,10 +101,10 @@ pub(super) fn group_has_rows(
     conn: &Connection,
     dest: i64,
     group: &str,
-) -> Result<bool, SpoolError> {
+) -> Result<bool, StorageError> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2)")
         .and_then(|mut s| s.query_row(params![dest, group], |r| r.get(0)))
-        .map_err(storage)
+        .map_err(StorageError::from)
 }
 
 /// When nothing of `group` is leased or in backoff any more, make its oldest waiting item due.
@@ -121,7 +114,7 @@ pub(super) fn release_next(
     conn: &Connection,
     lane: &Lane,
     group: &Arc<str>,
-) -> Result<bool, SpoolError> {
+) -> Result<bool, StorageError> {
     // Nothing waits in the retry set of this destination: nothing to release.
     if lane.counts.retry_rows == 0 {
         return Ok(false);
@@ -135,8 +128,7 @@ pub(super) fn release_next(
     }
     let busy: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NOT NULL)")
-        .and_then(|mut s| s.query_row(params![lane.id, group.as_ref()], |r| r.get(0)))
-        .map_err(storage)?;
+        .and_then(|mut s| s.query_row(params![lane.id, group.as_ref()], |r| r.get(0)))?;
     if busy {
         return Ok(false);
     }
@@ -145,8 +137,7 @@ pub(super) fn release_next(
             "UPDATE retry SET due_at = ?3 WHERE dest = ?1 AND seq =
            (SELECT MIN(seq) FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NULL)",
         )
-        .and_then(|mut s| s.execute(params![lane.id, group.as_ref(), ms(SystemTime::now())]))
-        .map_err(storage)?;
+        .and_then(|mut s| s.execute(params![lane.id, group.as_ref(), ms(SystemTime::now())]))?;
     Ok(n > 0)
 }
 

@@ -8,8 +8,7 @@
 
 use super::transaction::roll_back;
 use super::{Shared, publish, wake};
-use crate::spool::SpoolError;
-use crate::spool::sqlite::schema::storage;
+use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::Store;
 
 /// Housekeeping: notice other writers, collect garbage, refresh the oldest-pending times.
@@ -25,13 +24,13 @@ pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
         }
     }
     let snapshot = store.snapshot();
-    let collected = (|| -> Result<(), SpoolError> {
+    let collected = (|| -> Result<(), StorageError> {
+        store.conn.execute_batch("BEGIN IMMEDIATE")?;
+        store.collect_garbage()?;
         store
             .conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(storage)?;
-        store.collect_garbage()?;
-        store.conn.execute_batch("COMMIT").map_err(storage)
+            .execute_batch("COMMIT")
+            .map_err(StorageError::from)
     })();
     if let Err(e) = collected {
         tracing::warn!(error = %e, "spool housekeeping failed; will try again");

@@ -8,10 +8,11 @@
 //! answered before the commit.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Command, Deferred, Reply, Settlement, Shared, publish, wake};
-use crate::spool::sqlite::schema::storage;
+use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::{Snapshot, Store};
 use crate::spool::{Appended, Leased, SpoolError};
 
@@ -35,7 +36,7 @@ impl Done {
     }
 
     /// The transaction failed: nothing of this command was kept (see `Command::fail_or_defer`).
-    fn fail_or_defer(self, e: &SpoolError, deferred: &mut Deferred) {
+    fn fail_or_defer(self, e: &Arc<StorageError>, deferred: &mut Deferred) {
         match self {
             Done::Append(r, _) => fail(r, e),
             Done::Lease(r, _) => fail(r, e),
@@ -49,7 +50,7 @@ impl Command {
     /// After a failed transaction: fail an append or a lease back to its caller, who can try
     /// again; keep a settlement, to apply again later. Its caller (a worker) could do nothing
     /// useful with an error: the items stay leased, so nobody would ever lease them again.
-    fn fail_or_defer(self, e: &SpoolError, deferred: &mut Deferred) {
+    fn fail_or_defer(self, e: &Arc<StorageError>, deferred: &mut Deferred) {
         match self {
             Command::Append(_, r) => fail(r, e),
             Command::Lease(_, _, r) => fail(r, e),
@@ -59,10 +60,11 @@ impl Command {
     }
 }
 
-/// Tell a caller its command failed with the transaction.
-fn fail<T>(reply: Reply<T>, e: &SpoolError) {
+/// Tell a caller its command failed with the transaction: the error is the transaction's,
+/// shared by all its callers.
+fn fail<T>(reply: Reply<T>, e: &Arc<StorageError>) {
     // A caller that stopped waiting (a dropped request) needs no answer.
-    let _ = reply.send(Err(SpoolError::Storage(e.to_string())));
+    let _ = reply.send(Err(StorageError::Transaction(e.clone()).into()));
 }
 
 /// Apply `batch` in one transaction, then answer it; or fail or defer all of it.
@@ -74,7 +76,8 @@ pub(super) fn execute(
 ) {
     // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
     let snapshot = store.snapshot();
-    if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE").map_err(storage) {
+    if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = Arc::new(StorageError::from(e));
         // Nothing was applied (e.g. SQLITE_BUSY while `dlq replay` holds the write lock).
         tracing::warn!(error = %e, "cannot start a spool transaction; its callers are told to retry");
         for c in batch {
@@ -95,10 +98,16 @@ pub(super) fn execute(
             break;
         }
     }
-    let result = result.and_then(|()| store.conn.execute_batch("COMMIT").map_err(storage));
+    let result = result.and_then(|()| {
+        store
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(StorageError::from)
+    });
     match result {
         Ok(()) => committed(store, shared, done, &touched, fresh),
         Err(e) => {
+            let e = Arc::new(e);
             roll_back(store, snapshot);
             let kept = done.len() + commands.len();
             // One transaction, one fate: applied or not, every command of it failed.
@@ -156,7 +165,7 @@ fn apply(
     command: Command,
     touched: &mut Vec<String>,
     fresh: &mut Vec<String>,
-) -> (Done, Result<(), SpoolError>) {
+) -> (Done, Result<(), StorageError>) {
     match command {
         Command::Append(messages, reply) => match store.append(&messages, fresh) {
             Ok(answer) => {
