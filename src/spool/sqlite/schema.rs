@@ -1,14 +1,16 @@
 //! The spool's SQLite file: connection settings and the versioned schema.
 //!
 //! The schema version lives in `PRAGMA user_version`; `migrate` applies every step above the
-//! file's version in one transaction, so a file is always at one known version.
+//! file's version in one transaction, so a file is always at one known version. A log row is
+//! written in one place, `insert_log`, whoever writes it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
 use super::StorageError;
+use crate::spool::Seq;
 
 /// The file inside `spool.path`.
 pub const FILE: &str = "spool.sqlite3";
@@ -156,6 +158,39 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     Ok(tx.commit()?)
+}
+
+/// A message as the log holds it.
+pub struct LogRow<'a> {
+    pub source: &'a str,
+    pub message_id: &'a str,
+    pub group_id: Option<&'a str>,
+    /// The normalized message (JSON); its length is the row's `bytes`.
+    pub body: &'a str,
+    /// Unix milliseconds.
+    pub enqueued_at: i64,
+    /// The `bit` of each destination it goes to.
+    pub dests: i64,
+}
+
+/// Write `row` to the log; returns its seq. The one statement that does: the daemon's append
+/// and `dlq replay` must write the same columns the same way. Callers add the row's bytes to
+/// `stats` themselves, each by its own delta (see `Store::add_bytes`).
+pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> {
+    conn.prepare_cached(
+        "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        row.source,
+        row.message_id,
+        row.group_id,
+        row.body,
+        row.body.len() as i64,
+        row.enqueued_at,
+        row.dests
+    ])?;
+    Ok(conn.last_insert_rowid() as Seq)
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use rusqlite::params;
 use super::{Store, ms};
 use crate::message::Accepted;
 use crate::spool::sqlite::StorageError;
-use crate::spool::{Appended, Rejected, Seq, SpoolError};
+use crate::spool::sqlite::schema::{LogRow, insert_log};
+use crate::spool::{Appended, Rejected, SpoolError};
 
 impl Store {
     /// Dedupe, log and route `messages`; `fresh` gets each destination given new work. The
@@ -91,11 +92,15 @@ impl Store {
 
     /// Write `m` to the log for the destinations in `dests`; its parsed form is kept for them.
     fn log(&mut self, m: &Accepted, dests: i64, now: i64) -> Result<(), StorageError> {
-        let bytes = m.body.len() as i64;
-        self.conn
-            .prepare_cached("INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .and_then(|mut s| s.execute(params![m.source, m.message_id, m.group_id, m.body, bytes, now, dests]))?;
-        self.high = self.conn.last_insert_rowid() as Seq;
+        let row = LogRow {
+            source: &m.source,
+            message_id: &m.message_id,
+            group_id: m.group_id.as_deref(),
+            body: &m.body,
+            enqueued_at: now,
+            dests,
+        };
+        self.high = insert_log(&self.conn, &row)?;
         if let Some(parsed) = &m.parsed {
             self.cache
                 .insert(self.high, parsed.clone(), dests, m.body.len());
