@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+use self::sqlite::StorageError;
 use crate::message::{Accepted, Parsed};
 
 /// Position of a message in the log; increases with arrival.
@@ -89,7 +90,7 @@ pub enum SpoolError {
     #[error("the spool is full ({used} of {max} bytes); retry later")]
     Full { used: u64, max: u64 },
     #[error("spool storage failed: {0}")]
-    Storage(String),
+    Storage(#[from] StorageError),
 }
 
 impl SpoolError {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::schema::{self, storage};
+use super::schema::{self, LogRow};
 use super::store::{from_ms, ms};
 use crate::spool::SpoolError;
 
@@ -63,7 +63,7 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
 
 /// Open an existing spool (never creates one: a wrong path should be an error).
 pub fn open(dir: &Path) -> Result<Connection, SpoolError> {
-    schema::open(dir, false)
+    Ok(schema::open(dir, false)?)
 }
 
 const COLUMNS: &str = "id, destination, source, message_id, group_id, reason, error, attempts, first_attempt, last_attempt, status, response, body";
@@ -97,18 +97,16 @@ pub fn list(
     let sql = format!(
         "SELECT {COLUMNS} FROM dead_letter WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR reason = ?2) ORDER BY id"
     );
-    let mut stmt = conn.prepare(&sql).map_err(storage)?;
-    let rows = stmt
-        .query_map(params![destination, reason], |r| from_row(r, false))
-        .map_err(storage)?;
-    rows.collect::<Result<_, _>>().map_err(storage)
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![destination, reason], |r| from_row(r, false))?;
+    rows.collect::<Result<_, _>>().map_err(SpoolError::from)
 }
 
 pub fn show(conn: &Connection, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
     let sql = format!("SELECT {COLUMNS} FROM dead_letter WHERE id = ?1");
     conn.query_row(&sql, [id], |r| from_row(r, true))
         .optional()
-        .map_err(storage)
+        .map_err(SpoolError::from)
 }
 
 fn selected_ids(conn: &Connection, which: &Selector) -> Result<Vec<i64>, SpoolError> {
@@ -123,9 +121,9 @@ fn selected_ids(conn: &Connection, which: &Selector) -> Result<Vec<i64>, SpoolEr
             None,
         ),
     };
-    let mut stmt = conn.prepare(sql).map_err(storage)?;
-    let rows = stmt.query_map([arg], |r| r.get(0)).map_err(storage)?;
-    rows.collect::<Result<_, _>>().map_err(storage)
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([arg], |r| r.get(0))?;
+    rows.collect::<Result<_, _>>().map_err(SpoolError::from)
 }
 
 /// A dead letter's (destination, source, message id, group id, body).
@@ -153,83 +151,83 @@ pub fn replay(
     which: &Selector,
     configured: &[String],
 ) -> Result<Replayed, SpoolError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut out = Replayed::default();
     let now = ms(SystemTime::now());
     for id in selected_ids(&tx, which)? {
-        let row: Option<Stored> = tx
-            .query_row(
-                "SELECT destination, source, message_id, group_id, body FROM dead_letter WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()
-            .map_err(storage)?;
-        let Some((destination, source, message_id, group_id, body)) = row else {
-            out.skipped.push((id, "no such dead letter".into()));
-            continue;
-        };
-        let Some(destination) = destination else {
-            out.skipped.push((
-                id,
-                "refused at ingest (invalid): there is no destination to replay to".into(),
-            ));
-            continue;
-        };
-        if !configured.contains(&destination) {
-            out.skipped.push((
-                id,
-                format!("destination `{destination}` is not in the config"),
-            ));
-            continue;
+        match replay_one(&tx, id, configured, now)? {
+            Ok(()) => out.replayed.push(id),
+            Err(why) => out.skipped.push((id, why)),
         }
-        let dest: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM destination WHERE name = ?1",
-                [&destination],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(storage)?;
-        let Some(dest) = dest else {
-            out.skipped.push((
-                id,
-                format!("destination `{destination}` is unknown to the spool"),
-            ));
-            continue;
-        };
-        let bytes = body.len() as i64;
-        tx.execute(
-            "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![source, message_id.unwrap_or_default(), group_id, body, bytes, now, super::schema::bit(dest)],
-        )
-        .map_err(storage)?;
-        tx.execute(
-            "UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0",
-            [bytes],
-        )
-        .map_err(storage)?;
-        tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])
-            .map_err(storage)?;
-        out.replayed.push(id);
     }
-    tx.commit().map_err(storage)?;
+    tx.commit()?;
     Ok(out)
+}
+
+/// Put dead letter `id` back in the log, routed to its destination only, enqueued `now`;
+/// the inner error says why it was left in place.
+fn replay_one(
+    tx: &Connection,
+    id: i64,
+    configured: &[String],
+    now: i64,
+) -> Result<Result<(), String>, SpoolError> {
+    let row: Option<Stored> = tx
+        .query_row(
+            "SELECT destination, source, message_id, group_id, body FROM dead_letter WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((destination, source, message_id, group_id, body)) = row else {
+        return Ok(Err("no such dead letter".into()));
+    };
+    let Some(destination) = destination else {
+        return Ok(Err(
+            "refused at ingest (invalid): there is no destination to replay to".into(),
+        ));
+    };
+    if !configured.contains(&destination) {
+        return Ok(Err(format!(
+            "destination `{destination}` is not in the config"
+        )));
+    }
+    let dest: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM destination WHERE name = ?1",
+            [&destination],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(dest) = dest else {
+        return Ok(Err(format!(
+            "destination `{destination}` is unknown to the spool"
+        )));
+    };
+    let row = LogRow {
+        source: &source,
+        message_id: message_id.as_deref().unwrap_or_default(),
+        group_id: group_id.as_deref(),
+        body: &body,
+        enqueued_at: now,
+        dests: schema::bit(dest),
+    };
+    schema::insert_log(tx, &row)?;
+    tx.execute(
+        "UPDATE stats SET log_bytes = log_bytes + ?1 WHERE id = 0",
+        [body.len() as i64],
+    )?;
+    tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
+    Ok(Ok(()))
 }
 
 /// Delete dead letters for good; returns how many.
 pub fn purge(conn: &mut Connection, which: &Selector) -> Result<usize, SpoolError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut n = 0;
     for id in selected_ids(&tx, which)? {
-        n += tx
-            .execute("DELETE FROM dead_letter WHERE id = ?1", [id])
-            .map_err(storage)?;
+        n += tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
     }
-    tx.commit().map_err(storage)?;
+    tx.commit()?;
     Ok(n)
 }

@@ -5,8 +5,14 @@
 //! commands into one transaction (group commit); async callers wait on a oneshot answer, so
 //! the tokio runtime never blocks on SQLite. Leases live in that thread's memory only: after
 //! a crash, whatever was leased and not settled is due again (at-least-once).
+//!
+//! Layout: this file is the `Spool` the daemon calls (open, lock, send a command, wait for
+//! its answer); `writer/` is the thread and its transactions; `store/` is the state machine
+//! it runs; `schema.rs` is the file and its versions; `error.rs` says what can fail, as data;
+//! `dlq.rs` is what `switchyard dlq` does to the same file from another process.
 
 pub mod dlq;
+mod error;
 pub mod schema;
 mod store;
 #[cfg(test)]
@@ -27,6 +33,7 @@ use self::writer::{Command, Reply, Settlement, Shared};
 use super::{Appended, Attempt, Depth, Leased, Rejected, Seq, Spool, SpoolError};
 use crate::message::{Accepted, Parsed};
 
+pub use error::StorageError;
 pub use store::{from_ms, ms};
 
 pub struct SqliteSpool {
@@ -66,12 +73,12 @@ impl SqliteSpool {
                 writer::run(store, rx, for_thread);
                 drop(lock);
             })
-            .map_err(|e| SpoolError::Storage(format!("cannot start the spool writer: {e}")))?;
+            .map_err(StorageError::StartWriter)?;
         Ok(Self { commands, shared })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SpoolError> {
-        let stopped = || SpoolError::Storage("the spool writer has stopped".into());
+        let stopped = || SpoolError::from(StorageError::WriterStopped);
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -81,26 +88,25 @@ impl SqliteSpool {
 /// Two daemons on one spool would each lease the same messages: the second is refused. The
 /// OS drops the lock with the process, so a crash never leaves it behind. (`switchyard dlq`
 /// does not take it: SQLite itself keeps its writes apart from the daemon's.)
-fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| SpoolError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+fn lock(dir: &Path) -> Result<std::fs::File, StorageError> {
+    std::fs::create_dir_all(dir).map_err(StorageError::io("create", dir))?;
     let path = dir.join("spool.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(StorageError::io("open", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Storage(format!(
-            "another switchyard daemon is using the spool in {}",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(SpoolError::Storage(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StorageError::Io {
+            what: "lock",
+            path,
+            source,
+        }),
     }
 }
 

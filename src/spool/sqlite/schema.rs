@@ -1,14 +1,16 @@
 //! The spool's SQLite file: connection settings and the versioned schema.
 //!
 //! The schema version lives in `PRAGMA user_version`; `migrate` applies every step above the
-//! file's version in one transaction, so a file is always at one known version.
+//! file's version in one transaction, so a file is always at one known version. A log row is
+//! written in one place, `insert_log`, whoever writes it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
-use crate::spool::SpoolError;
+use super::StorageError;
+use crate::spool::Seq;
 
 /// The file inside `spool.path`.
 pub const FILE: &str = "spool.sqlite3";
@@ -107,66 +109,88 @@ pub fn bit(id: i64) -> i64 {
 /// The version this build writes.
 pub const VERSION: i64 = STEPS.len() as i64;
 
-pub fn storage(e: impl std::fmt::Display) -> SpoolError {
-    SpoolError::Storage(e.to_string())
-}
-
 pub fn file(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
 /// Open (creating when `create`) and bring the schema up to date.
-pub fn open(dir: &Path, create: bool) -> Result<Connection, SpoolError> {
+pub fn open(dir: &Path, create: bool) -> Result<Connection, StorageError> {
     let path = file(dir);
     if !create && !path.exists() {
-        return Err(SpoolError::Storage(format!(
-            "no spool at {}",
-            path.display()
-        )));
+        return Err(StorageError::NoSpool { path });
     }
     if create {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| storage(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(StorageError::io("create", dir))?;
     }
-    let mut conn = Connection::open(&path)
-        .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+    let mut conn = match Connection::open(&path) {
+        Ok(conn) => conn,
+        Err(source) => return Err(StorageError::Open { path, source }),
+    };
     // The daemon and `switchyard dlq` may write at the same time; each waits its turn.
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(storage)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     // Room for every statement the writer repeats, so none is compiled again.
     conn.set_prepared_statement_cache_capacity(64);
     // WAL lets `dlq` read while the daemon writes; synchronous=FULL fsyncs the WAL on every
     // commit, which is what makes a 200 from ingest mean "on disk".
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(storage)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(storage)?;
-    conn.pragma_update(None, "foreign_keys", "OFF")
-        .map_err(storage)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     migrate(&mut conn)?;
     Ok(conn)
 }
 
 /// Apply every step above the file's `user_version`.
-pub fn migrate(conn: &mut Connection) -> Result<(), SpoolError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    let current: i64 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(storage)?;
+pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > VERSION {
-        return Err(SpoolError::Storage(format!(
-            "the spool was written by a newer switchyard (schema {current}; this build knows {VERSION})"
-        )));
+        return Err(StorageError::NewerSchema {
+            found: current,
+            known: VERSION,
+        });
     }
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(step)
-            .map_err(|e| storage(format!("migrating the spool to schema {}: {e}", i + 1)))?;
+            .map_err(|source| StorageError::Migrate {
+                version: i + 1,
+                source,
+            })?;
     }
-    tx.pragma_update(None, "user_version", VERSION)
-        .map_err(storage)?;
-    tx.commit().map_err(storage)
+    tx.pragma_update(None, "user_version", VERSION)?;
+    Ok(tx.commit()?)
+}
+
+/// A message as the log holds it.
+pub struct LogRow<'a> {
+    pub source: &'a str,
+    pub message_id: &'a str,
+    pub group_id: Option<&'a str>,
+    /// The normalized message (JSON); its length is the row's `bytes`.
+    pub body: &'a str,
+    /// Unix milliseconds.
+    pub enqueued_at: i64,
+    /// The `bit` of each destination it goes to.
+    pub dests: i64,
+}
+
+/// Write `row` to the log; returns its seq. The one statement that does: the daemon's append
+/// and `dlq replay` must write the same columns the same way. Callers add the row's bytes to
+/// `stats` themselves, each by its own delta (see `Store::add_bytes`).
+pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> {
+    conn.prepare_cached(
+        "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        row.source,
+        row.message_id,
+        row.group_id,
+        row.body,
+        row.body.len() as i64,
+        row.enqueued_at,
+        row.dests
+    ])?;
+    Ok(conn.last_insert_rowid() as Seq)
 }
 
 #[cfg(test)]

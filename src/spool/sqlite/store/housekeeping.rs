@@ -7,8 +7,7 @@ use rusqlite::params;
 
 use super::{Store, below, from_ms, ms};
 use crate::spool::Seq;
-use crate::spool::SpoolError;
-use crate::spool::sqlite::schema::storage;
+use crate::spool::sqlite::StorageError;
 
 /// Most seqs one housekeeping pass sweeps: it runs twice a second, so this bounds both one
 /// transaction's length and the rate at which delivered rows are freed (well above ingest).
@@ -19,25 +18,20 @@ const EXPIRE_CHUNK: i64 = 50_000;
 impl Store {
     /// Delete the log rows in `(after, upto]` that no destination in `held` (a mask of bits)
     /// still owes and no retry row refers to, and account for their bytes.
-    fn free_rows(&mut self, after: Seq, upto: Seq, held: i64) -> Result<(), SpoolError> {
+    fn free_rows(&mut self, after: Seq, upto: Seq, held: i64) -> Result<(), StorageError> {
         if upto <= after {
             return Ok(());
         }
         let freed: i64 = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "DELETE FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) = 0
+            let mut stmt = self.conn.prepare_cached(
+                "DELETE FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) = 0
                        AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.seq = log.seq)
                      RETURNING bytes",
-                )
-                .map_err(storage)?;
-            let bytes = stmt
-                .query_map(params![after as i64, upto as i64, held], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map_err(storage)?;
-            bytes.sum::<Result<i64, _>>().map_err(storage)?
+            )?;
+            let bytes = stmt.query_map(params![after as i64, upto as i64, held], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            bytes.sum::<Result<i64, _>>()?
         };
         self.add_bytes(-freed)
     }
@@ -45,7 +39,7 @@ impl Store {
     /// A lane owed nothing above its scan position, with nothing leased from the log, has
     /// passed every row up to the top of the log: move its scan and cursor there, so rows
     /// routed elsewhere are not kept for a destination that never leases them.
-    fn pass_idle_lanes(&mut self) -> Result<(), SpoolError> {
+    fn pass_idle_lanes(&mut self) -> Result<(), StorageError> {
         let idle: Vec<String> = self
             .lanes
             .iter()
@@ -76,7 +70,7 @@ impl Store {
     /// expired dedupe keys. Bounded work per call: rows that waited in the retry set and were
     /// settled since the last call, plus one slice of the log below every configured cursor
     /// (a range delete by seq, so delivering costs no write per message).
-    pub fn collect_garbage(&mut self) -> Result<(), SpoolError> {
+    pub fn collect_garbage(&mut self) -> Result<(), StorageError> {
         self.pass_idle_lanes()?;
         let cursors = self.cursors();
         for seq in std::mem::take(&mut self.freeable) {
@@ -109,13 +103,12 @@ impl Store {
             .execute(
                 "DELETE FROM seen WHERE (source, message_id) IN (SELECT source, message_id FROM seen WHERE at < ?1 LIMIT ?2)",
                 params![horizon, EXPIRE_CHUNK],
-            )
-            .map_err(storage)?;
+            )?;
         Ok(())
     }
 
     /// Refresh each lane's oldest unsettled enqueue time (two index probes per lane).
-    pub fn refresh_oldest(&mut self) -> Result<(), SpoolError> {
+    pub fn refresh_oldest(&mut self) -> Result<(), StorageError> {
         for lane in self.lanes.values_mut() {
             let oldest: Option<i64> = self
                 .conn
@@ -125,8 +118,7 @@ impl Store {
                         (SELECT MIN(seq) FROM retry WHERE dest = ?1))",
                     params![lane.id, lane.cursor as i64, lane.bit],
                     |r| r.get(0),
-                )
-                .map_err(storage)?;
+                )?;
             lane.oldest = oldest.map(from_ms);
         }
         Ok(())

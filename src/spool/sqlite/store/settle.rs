@@ -5,13 +5,13 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::lease::release_next;
+use super::retry_set::release_next;
 use super::{Store, ms};
-use crate::spool::sqlite::schema::storage;
-use crate::spool::{Attempt, Seq, SpoolError};
+use crate::spool::sqlite::StorageError;
+use crate::spool::{Attempt, Seq};
 
 impl Store {
-    pub fn ack(&mut self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError> {
+    pub fn ack(&mut self, destination: &str, seqs: &[Seq]) -> Result<(), StorageError> {
         for &seq in seqs {
             self.settle(destination, seq, |_, _| Ok(()))?;
         }
@@ -24,7 +24,7 @@ impl Store {
         seq: Seq,
         at: SystemTime,
         a: &Attempt,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<(), StorageError> {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
@@ -49,8 +49,7 @@ impl Store {
                     "UPDATE retry SET group_id = ?3, due_at = ?4, attempts = ?5, first_attempt = ?6, last_attempt = ?7, reason = ?8, status = ?9
                      WHERE dest = ?1 AND seq = ?2",
                 )
-                .and_then(|mut s| s.execute(p))
-                .map_err(storage)?;
+                .and_then(|mut s| s.execute(p))?;
             if flight.attempts == 0 {
                 lane.counts.attempted += 1;
             }
@@ -60,8 +59,7 @@ impl Store {
                     "INSERT INTO retry (dest, seq, group_id, due_at, attempts, first_attempt, last_attempt, reason, status)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
-                .and_then(|mut s| s.execute(p))
-                .map_err(storage)?;
+                .and_then(|mut s| s.execute(p))?;
             lane.counts.retry_rows += 1;
             lane.counts.attempted += 1;
         }
@@ -73,7 +71,7 @@ impl Store {
         destination: &str,
         seq: Seq,
         a: &Attempt,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<(), StorageError> {
         self.settle(destination, seq, |conn, seq| {
             let reason = if a.gave_up { "exhausted" } else { "permanent" };
             conn.prepare_cached(
@@ -82,8 +80,7 @@ impl Store {
             )
             .and_then(|mut s| {
                 s.execute(params![destination, reason, a.reason, a.attempts, ms(a.first_attempt), ms(a.last_attempt), a.status, a.response, seq as i64])
-            })
-            .map_err(storage)?;
+            })?;
             Ok(())
         })?;
         if let Some(lane) = self.lanes.get_mut(destination) {
@@ -98,8 +95,8 @@ impl Store {
         &mut self,
         destination: &str,
         seq: Seq,
-        then: impl FnOnce(&Connection, Seq) -> Result<(), SpoolError>,
-    ) -> Result<(), SpoolError> {
+        then: impl FnOnce(&Connection, Seq) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
@@ -111,8 +108,7 @@ impl Store {
         if flight.from_retry {
             self.conn
                 .prepare_cached("DELETE FROM retry WHERE dest = ?1 AND seq = ?2")
-                .and_then(|mut s| s.execute(params![lane.id, seq as i64]))
-                .map_err(storage)?;
+                .and_then(|mut s| s.execute(params![lane.id, seq as i64]))?;
             lane.counts.retry_rows = lane.counts.retry_rows.saturating_sub(1);
             if flight.attempts > 0 {
                 lane.counts.attempted = lane.counts.attempted.saturating_sub(1);
@@ -127,7 +123,7 @@ impl Store {
     }
 
     /// Move the durable cursor up to the oldest item still leased from the log.
-    pub(super) fn advance(&mut self, destination: &str) -> Result<(), SpoolError> {
+    pub(super) fn advance(&mut self, destination: &str) -> Result<(), StorageError> {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
@@ -141,8 +137,7 @@ impl Store {
             lane.cursor = cursor;
             self.conn
                 .prepare_cached("UPDATE destination SET cursor = ?1 WHERE id = ?2")
-                .and_then(|mut s| s.execute(params![cursor as i64, lane.id]))
-                .map_err(storage)?;
+                .and_then(|mut s| s.execute(params![cursor as i64, lane.id]))?;
         }
         Ok(())
     }

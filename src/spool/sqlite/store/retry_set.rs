@@ -1,0 +1,165 @@
+//! The retry set: items out of log order for one destination, either in backoff after a
+//! failed attempt (`due_at` set) or parked behind an older item of their group (`due_at`
+//! NULL, until released).
+//!
+//! Invariants kept here: a group never overtakes itself. A retry row is due only when it is
+//! the oldest row of its group in the set and neither it nor its group is leased; a parked
+//! item is released one at a time, and only once nothing of its group is leased or in
+//! backoff. `counts.retry_rows` follows every row added here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+
+use super::{Lane, Store, from_ms, ms};
+use crate::message::Parsed;
+use crate::spool::sqlite::StorageError;
+use crate::spool::{Leased, Seq};
+
+impl Store {
+    /// Retry-set rows due by `before` (any due time when `None`) that may go now: the oldest
+    /// row of its group, not leased, and its group not leased.
+    pub(super) fn due_retries(
+        &self,
+        destination: &str,
+        max: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<(Leased, i64)>, StorageError> {
+        let Some(lane) = self.lanes.get(destination) else {
+            return Ok(Vec::new());
+        };
+        let held: HashSet<Arc<str>> = lane
+            .in_flight
+            .values()
+            .filter_map(|f| f.group.clone())
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at FROM retry r JOIN log l ON l.seq = r.seq
+                 WHERE r.dest = ?1 AND r.due_at IS NOT NULL AND r.due_at <= ?2
+                   AND (r.group_id IS NULL OR NOT EXISTS
+                        (SELECT 1 FROM retry e WHERE e.dest = ?1 AND e.group_id = r.group_id AND e.seq < r.seq))
+                 ORDER BY r.due_at, r.seq",
+            )?;
+        let mut rows = stmt.query(params![lane.id, before.unwrap_or(i64::MAX)])?;
+        let mut out = Vec::new();
+        // Skipped rows are bounded by what is in flight: each group has one candidate row.
+        while out.len() < max {
+            let Some(row) = rows.next()? else {
+                break;
+            };
+            let seq = row.get::<_, i64>(0)? as Seq;
+            let group: Option<Arc<str>> = row.get::<_, Option<String>>(1)?.map(Arc::from);
+            if lane.in_flight.contains_key(&seq) || group.as_ref().is_some_and(|g| held.contains(g))
+            {
+                continue;
+            }
+            let due = due_retry(row, seq, group, before.is_some())?;
+            out.push(due);
+        }
+        Ok(out)
+    }
+
+    /// When the next retry may be due: what `wait` sleeps towards.
+    pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, StorageError> {
+        // Asked after every commit that touches the lane: with no retry rows (the common
+        // case) there is nothing to ask SQLite.
+        if self
+            .lanes
+            .get(destination)
+            .is_none_or(|l| l.counts.retry_rows == 0)
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .due_retries(destination, 1, None)?
+            .first()
+            .map(|(_, due)| from_ms(*due)))
+    }
+}
+
+/// Move a log item behind its busy group: into the retry set, not due (`due_at` NULL) until
+/// `release_next` lets it go. True when that released an item of the group at once.
+pub(super) fn park(
+    conn: &Connection,
+    lane: &mut Lane,
+    seq: Seq,
+    group: &Arc<str>,
+) -> Result<bool, StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)",
+    )
+    .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))?;
+    lane.counts.retry_rows += 1;
+    release_next(conn, lane, group)
+}
+
+pub(super) fn group_has_rows(
+    conn: &Connection,
+    dest: i64,
+    group: &str,
+) -> Result<bool, StorageError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2)")
+        .and_then(|mut s| s.query_row(params![dest, group], |r| r.get(0)))
+        .map_err(StorageError::from)
+}
+
+/// When nothing of `group` is leased or in backoff any more, make its oldest waiting item due.
+/// One at a time: the next is released when that one settles, so a group never overtakes
+/// itself.
+pub(super) fn release_next(
+    conn: &Connection,
+    lane: &Lane,
+    group: &Arc<str>,
+) -> Result<bool, StorageError> {
+    // Nothing waits in the retry set of this destination: nothing to release.
+    if lane.counts.retry_rows == 0 {
+        return Ok(false);
+    }
+    if lane
+        .in_flight
+        .values()
+        .any(|f| f.group.as_ref() == Some(group))
+    {
+        return Ok(false);
+    }
+    let busy: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NOT NULL)")
+        .and_then(|mut s| s.query_row(params![lane.id, group.as_ref()], |r| r.get(0)))?;
+    if busy {
+        return Ok(false);
+    }
+    let n = conn
+        .prepare_cached(
+            "UPDATE retry SET due_at = ?3 WHERE dest = ?1 AND seq =
+           (SELECT MIN(seq) FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NULL)",
+        )
+        .and_then(|mut s| s.execute(params![lane.id, group.as_ref(), ms(SystemTime::now())]))?;
+    Ok(n > 0)
+}
+
+/// A due retry row as a lease hands it out (its body only `with_body`), with its due time.
+fn due_retry(
+    row: &rusqlite::Row<'_>,
+    seq: Seq,
+    group: Option<Arc<str>>,
+    with_body: bool,
+) -> rusqlite::Result<(Leased, i64)> {
+    let body: String = if with_body {
+        row.get(4)?
+    } else {
+        String::new()
+    };
+    let leased = Leased {
+        seq,
+        body: Arc::from(body),
+        parsed: Parsed::default(),
+        group_id: group,
+        attempts: row.get::<_, i64>(2)? as u32,
+        first_attempt: row.get::<_, Option<i64>>(3)?.map(from_ms),
+    };
+    Ok((leased, row.get::<_, i64>(5)?))
+}

@@ -1,0 +1,52 @@
+//! Housekeeping between batches, every `TICK`: noticing what `switchyard dlq` changed in the
+//! file, freeing rows nobody owes, and refreshing the oldest-pending times for metrics.
+//!
+//! Invariants kept here: an outside change (the file's `data_version` moved) is recounted
+//! without touching leases, and every lane's worker is woken for it; garbage collection runs
+//! in a transaction of its own, rolled back in the file and in memory if it fails, so it
+//! never takes callers' commands down with it.
+
+use super::transaction::roll_back;
+use super::{Shared, publish, wake};
+use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::store::Store;
+
+/// Housekeeping: notice other writers, collect garbage, refresh the oldest-pending times.
+pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
+    let version = data_version(store);
+    if version != *seen_version {
+        *seen_version = version;
+        if let Err(e) = store.recount() {
+            tracing::error!(error = %e, "cannot recount the spool after an outside change");
+        }
+        for name in store.lanes.keys() {
+            wake(shared, name);
+        }
+    }
+    let snapshot = store.snapshot();
+    let collected = (|| -> Result<(), StorageError> {
+        store.conn.execute_batch("BEGIN IMMEDIATE")?;
+        store.collect_garbage()?;
+        store
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(StorageError::from)
+    })();
+    if let Err(e) = collected {
+        tracing::warn!(error = %e, "spool housekeeping failed; will try again");
+        // Keeps the settled rows to free and the byte count in step with the file.
+        roll_back(store, snapshot);
+    }
+    if let Err(e) = store.refresh_oldest() {
+        tracing::warn!(error = %e, "cannot refresh the oldest pending times");
+    }
+    publish(store, shared, store.lanes.keys().cloned().collect());
+}
+
+/// Changes when another connection commits to the file.
+pub(super) fn data_version(store: &Store) -> i64 {
+    store
+        .conn
+        .pragma_query_value(None, "data_version", |r| r.get(0))
+        .unwrap_or(0)
+}
