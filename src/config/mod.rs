@@ -328,7 +328,10 @@ mod tests {
         let quota = d.quota.expect("a quota");
         assert_eq!(quota.burst_size().get(), 2);
         assert_eq!(quota.replenish_interval(), Duration::from_millis(250));
-        assert_eq!((d.max_events, d.max_wait), (Some(7), Duration::from_millis(5)));
+        assert_eq!(
+            (d.max_events, d.max_wait),
+            (Some(7), Duration::from_millis(5))
+        );
         assert_eq!(d.concurrency, 3);
         assert_eq!(d.retry.initial, Duration::from_secs(2));
         assert_eq!(d.retry.max_attempts, Some(5));

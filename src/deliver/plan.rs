@@ -144,25 +144,9 @@ pub(super) fn outcomes(
             }),
             Verdict::Retry { after, failure } => {
                 let a = record(failure, leased.attempts + 1);
-                let elapsed = now.duration_since(first_attempt).unwrap_or_default();
-                match policy.decide(a.attempts, elapsed, after, jitter()) {
-                    Decision::RetryIn(wait) => out.later.push(Later {
-                        seq,
-                        wait,
-                        attempt: a,
-                        deferred: false,
-                    }),
-                    Decision::GiveUp(why) => {
-                        let reason = format!("{why}; last error: {}", a.reason);
-                        out.dead.push((
-                            seq,
-                            Attempt {
-                                reason,
-                                gave_up: true,
-                                ..a
-                            },
-                        ));
-                    }
+                match retry_or_give_up(seq, a, after, policy, now, jitter()) {
+                    Ok(later) => out.later.push(later),
+                    Err(dead) => out.dead.push(dead),
                 }
             }
             Verdict::Permanent { failure } => {
@@ -171,6 +155,38 @@ pub(super) fn outcomes(
         }
     }
     out
+}
+
+/// A failed attempt's next step under the retry policy: back in the queue after a backoff
+/// (never before the destination's `after`), or a dead letter once the policy gives up.
+fn retry_or_give_up(
+    seq: Seq,
+    a: Attempt,
+    after: Option<Duration>,
+    policy: &RetryPolicy,
+    now: SystemTime,
+    jitter: f64,
+) -> Result<Later, (Seq, Attempt)> {
+    let elapsed = now.duration_since(a.first_attempt).unwrap_or_default();
+    match policy.decide(a.attempts, elapsed, after, jitter) {
+        Decision::RetryIn(wait) => Ok(Later {
+            seq,
+            wait,
+            attempt: a,
+            deferred: false,
+        }),
+        Decision::GiveUp(why) => {
+            let reason = format!("{why}; last error: {}", a.reason);
+            Err((
+                seq,
+                Attempt {
+                    reason,
+                    gave_up: true,
+                    ..a
+                },
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

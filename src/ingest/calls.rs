@@ -108,22 +108,7 @@ fn envelope<'b>(
     }
     let keys: BTreeMap<String, &RawValue> =
         serde_json::from_slice(bytes).map_err(|e| ApiError::json(&e))?;
-    let field = |name: &str| -> Result<Option<Value>, ApiError> {
-        keys.get(name)
-            .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|e| ApiError::json(&e)))
-            .transpose()
-    };
-    let object = |name: &str| -> Result<Option<Map<String, Value>>, ApiError> {
-        match field(name)? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m)),
-            Some(_) => Err(ApiError::bad(
-                "invalid_batch",
-                format!("{name} must be an object"),
-            )),
-        }
-    };
-    let body_key = field("writeKey")?;
+    let body_key = field(&keys, "writeKey")?;
     let source = authenticate(state, headers, body_key.as_ref().and_then(Value::as_str))?;
     let Some(raw) = keys.get("batch") else {
         return Err(ApiError::bad(
@@ -144,15 +129,37 @@ fn envelope<'b>(
         ));
     }
     let defaults = BatchDefaults {
-        context: object("context")?,
-        integrations: object("integrations")?,
-        sent_at: field("sentAt")?,
+        context: object(&keys, "context")?,
+        integrations: object(&keys, "integrations")?,
+        sent_at: field(&keys, "sentAt")?,
     };
     Ok(Envelope {
         source,
         messages,
         defaults,
     })
+}
+
+/// An envelope key, parsed.
+fn field(keys: &BTreeMap<String, &RawValue>, name: &str) -> Result<Option<Value>, ApiError> {
+    keys.get(name)
+        .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|e| ApiError::json(&e)))
+        .transpose()
+}
+
+/// An envelope key that must be an object when present (`null` counts as absent).
+fn object(
+    keys: &BTreeMap<String, &RawValue>,
+    name: &str,
+) -> Result<Option<Map<String, Value>>, ApiError> {
+    match field(keys, name)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(ApiError::bad(
+            "invalid_batch",
+            format!("{name} must be an object"),
+        )),
+    }
 }
 
 /// Normalize each message of a batch: accepted ones ready for the spool, refused ones kept
