@@ -166,6 +166,27 @@ fn a_newer_item_of_a_group_waits_for_the_older_ones_retry() {
 }
 
 #[test]
+fn a_deferral_is_not_counted_as_retrying_however_often_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("m", Some("g"), &["A"])]);
+    for _ in 0..3 {
+        let leased = lease(&mut s, "A", 10);
+        assert_eq!(ids(&leased), ["m"]);
+        s.retry_at("A", leased[0].1, past(), &attempt(0)).unwrap();
+        let d = s.depth("A");
+        assert_eq!((d.pending, d.retrying), (1, 0));
+    }
+    // Once an attempt is made it counts, once.
+    let leased = lease(&mut s, "A", 10);
+    s.retry_at("A", leased[0].1, past(), &attempt(1)).unwrap();
+    assert_eq!(s.depth("A").retrying, 1);
+    let leased = lease(&mut s, "A", 10);
+    s.retry_at("A", leased[0].1, past(), &attempt(2)).unwrap();
+    assert_eq!(s.depth("A").retrying, 1);
+}
+
+#[test]
 fn the_waiting_item_goes_after_the_older_one_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store(dir.path());

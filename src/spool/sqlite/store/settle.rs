@@ -50,7 +50,8 @@ impl Store {
                      WHERE dest = ?1 AND seq = ?2",
                 )
                 .and_then(|mut s| s.execute(p))?;
-            if flight.attempts == 0 {
+            // `retrying` counts items with an attempt made; a deferral spends none.
+            if flight.attempts == 0 && a.attempts > 0 {
                 lane.counts.attempted += 1;
             }
         } else {
@@ -61,7 +62,9 @@ impl Store {
                 )
                 .and_then(|mut s| s.execute(p))?;
             lane.counts.retry_rows += 1;
-            lane.counts.attempted += 1;
+            if a.attempts > 0 {
+                lane.counts.attempted += 1;
+            }
         }
         self.advance(destination)
     }
