@@ -44,6 +44,7 @@ pub fn router(state: Arc<OpsState>) -> Router {
             "/ready",
             get(|| async { axum::Json(json!({"status": "ready"})) }),
         )
+        .method_not_allowed_fallback(crate::ingest::method_not_allowed)
         .with_state(state)
 }
 

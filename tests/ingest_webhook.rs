@@ -372,3 +372,57 @@ async fn gzip_bodies_are_accepted() {
     let got = rx.wait_for("/hook", 1).await;
     assert_eq!(got[0].json()["groupId"], "zipped");
 }
+
+#[tokio::test]
+async fn a_dry_run_log_hides_credentials_in_the_url() {
+    let config = format!(
+        "{}[[destination]]\nname = \"Dry\"\ntype = \"webhook\"\nurl = \"http://user:PASS@127.0.0.1:9/dry?token=SECRET&team=growth\"\ndry_run = true\n",
+        source()
+    );
+    let d = Daemon::start("", &config).await;
+    let (status, _) = d
+        .post(
+            "/v1/group",
+            Some(KEY),
+            &json!({"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let logs = d.wait_for_log("dry run: would send").await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("dry run: would send"))
+        .unwrap();
+    assert!(
+        line.contains("url=http://user:***@127.0.0.1:9/dry?token=***&team=growth"),
+        "{line}"
+    );
+    assert!(!logs.contains("PASS") && !logs.contains("SECRET"), "{logs}");
+}
+
+#[tokio::test]
+async fn wrong_methods_and_encodings_answer_json() {
+    let rx = Receiver::start().await;
+    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx, "/a", ""))).await;
+    let (status, body) = d
+        .post_raw(
+            "/v1/batch",
+            Some(KEY),
+            b"{}".to_vec(),
+            &[("content-encoding", "br")],
+        )
+        .await;
+    assert_eq!(status, 415);
+    assert_eq!(body["code"], "unsupported_encoding", "{body}");
+    assert_eq!(body["success"], false);
+    for path in ["/v1/batch", "/health"] {
+        let answer = reqwest::Client::new()
+            .put(d.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["code"], "method_not_allowed", "{path}: {body}");
+    }
+}

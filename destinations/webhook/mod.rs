@@ -129,17 +129,10 @@ fn headers(s: &Settings, configured: &BTreeMap<String, String>) -> Result<Header
                 format!("header `{k}` has a value that is not valid in HTTP"),
             )
         })?;
-        value.set_sensitive(looks_secret(k));
+        value.set_sensitive(crate::destination::looks_secret(k));
         headers.insert(key, value);
     }
     Ok(headers)
-}
-
-fn looks_secret(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["auth", "token", "key", "secret", "cookie", "password"]
-        .iter()
-        .any(|w| n.contains(w))
 }
 
 impl Destination for Webhook {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::plan::{halves, merge, rebase, screen};
 use super::{AUTH_RETRY, Worker, transport};
 use crate::destination::{
-    Classification, Failure, Item, OutRequest, Translation, Verdict, redacted_headers,
+    Classification, Failure, Item, OutRequest, Translation, Verdict, redacted_headers, redacted_url,
 };
 use crate::route;
 use crate::spool::Leased;
@@ -155,7 +155,7 @@ impl Worker {
         tracing::info!(
             destination = %self.name,
             method = %request.method,
-            url = %request.url,
+            url = %redacted_url(&request.url),
             headers = ?redacted_headers(&request.headers),
             body = %String::from_utf8_lossy(&request.body),
             "dry run: would send"

@@ -54,7 +54,7 @@ impl fmt::Debug for OutRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutRequest")
             .field("method", &self.method)
-            .field("url", &self.url)
+            .field("url", &redacted_url(&self.url))
             .field("headers", &redacted_headers(&self.headers))
             .field("body", &String::from_utf8_lossy(&self.body))
             .field("items", &self.items)
@@ -78,6 +78,51 @@ pub fn redacted_headers(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// A URL fit for a log line: a password in it, and the values of query parameters whose
+/// names look like credentials (`token`, `key`, `secret`, `sig`, …), shown as `***`.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "<a URL that cannot be parsed>".to_string();
+    };
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have credentials, and this one has some.
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let shown = if looks_secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), shown)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+/// A header or parameter name that likely carries a credential.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "cookie",
+        "pass",
+        "sig",
+        "session",
+        "credential",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
 /// A response as `classify` sees it.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -94,5 +139,23 @@ pub fn excerpt(body: &[u8]) -> String {
         format!("{text}…")
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_url_hides_its_credentials() {
+        assert_eq!(
+            redacted_url("http://user:PASS@host/dry?token=SECRET&team=growth&api_key=K"),
+            "http://user:***@host/dry?token=***&team=growth&api_key=***"
+        );
+        assert_eq!(
+            redacted_url("https://api.mixpanel.com/groups?verbose=1"),
+            "https://api.mixpanel.com/groups?verbose=1"
+        );
+        assert_eq!(redacted_url("not a url"), "<a URL that cannot be parsed>");
     }
 }

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
+use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
@@ -15,18 +16,13 @@ pub(super) fn authenticate(
     let header_key = basic_user(headers)?;
     let key = header_key.as_deref().or(body_key).filter(|k| !k.is_empty());
     match key {
-        Some(key) => state
-            .sources
-            .iter()
-            .find(|(_, secret)| secret.expose() == key)
-            .map(|(name, _)| name.clone())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_write_key",
-                    "unknown write key",
-                )
-            }),
+        Some(key) => source_of(state, key).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_write_key",
+                "unknown write key",
+            )
+        }),
         None if state.limits.allow_unauthenticated => Ok("unauthenticated".into()),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -34,6 +30,18 @@ pub(super) fn authenticate(
             "no write key: send it as the HTTP Basic user name or as writeKey in the body",
         )),
     }
+}
+
+/// The source whose write key is `key`. Every key is compared, each in constant time, so
+/// the answer's timing does not tell how much of a guess was right, nor which source's.
+fn source_of(state: &AppState, key: &str) -> Option<String> {
+    let mut found = None;
+    for (name, secret) in &state.sources {
+        if bool::from(secret.expose().as_bytes().ct_eq(key.as_bytes())) {
+            found = Some(name.clone());
+        }
+    }
+    found
 }
 
 /// The Basic-auth user name, if the request has a Basic `Authorization` header.

@@ -51,13 +51,38 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(measure))
         .layer(
             RequestDecompressionLayer::new()
                 .gzip(true)
                 .pass_through_unaccepted(false),
         )
+        .layer(middleware::map_response(explain_unsupported_encoding))
         .with_state(state)
+}
+
+/// A known path asked with the wrong method, answered like every other error.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (calls are POSTed)",
+    )
+}
+
+/// The decompression layer refuses a `Content-Encoding` it cannot read with a bare 415;
+/// say so in JSON like every other error.
+async fn explain_unsupported_encoding(response: Response) -> Response {
+    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return response;
+    }
+    let error = ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_encoding",
+        "Content-Encoding must be gzip or identity",
+    );
+    axum::response::IntoResponse::into_response(error)
 }
 
 /// Record how long each ingest call took (storage included), by route.
