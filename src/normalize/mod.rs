@@ -59,52 +59,10 @@ pub fn normalize(
     let ty = message_type(&msg, implied)?;
     msg.insert("type".into(), Value::String(ty.as_str().into()));
 
-    for field in ["traits", "context", "integrations", "properties"] {
-        match msg.get(field) {
-            None | Some(Value::Object(_)) => {}
-            Some(Value::Null) => {
-                msg.remove(field);
-            }
-            Some(_) => return Err(invalid(format!("{field} must be an object"))),
-        }
-    }
-    merge_object(&mut msg, "context", defaults.context.as_ref());
-    merge_object(&mut msg, "integrations", defaults.integrations.as_ref());
-    if !msg.contains_key("sentAt")
-        && let Some(sent_at) = &defaults.sent_at
-    {
-        msg.insert("sentAt".into(), sent_at.clone());
-    }
-
-    let user = id_field(&mut msg, "userId")?;
-    let anon = id_field(&mut msg, "anonymousId")?;
-    if user.is_none() && anon.is_none() {
-        return Err(invalid("userId or anonymousId is required"));
-    }
-    let group_id = id_field(&mut msg, "groupId")?;
-    match ty {
-        MessageType::Group if group_id.is_none() => return Err(invalid("groupId is required")),
-        MessageType::Track if !non_empty_string(msg.get("event")) => {
-            return Err(invalid("event is required on a track call"));
-        }
-        MessageType::Alias if id_field(&mut msg, "previousId")?.is_none() => {
-            return Err(invalid("previousId is required on an alias call"));
-        }
-        _ => {}
-    }
-    let message_id = match id_field(&mut msg, "messageId")? {
-        Some(id) if id.chars().count() > MAX_MESSAGE_ID_CHARS => {
-            return Err(invalid(format!(
-                "messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"
-            )));
-        }
-        Some(id) => id,
-        None => {
-            let id = new_id();
-            msg.insert("messageId".into(), Value::String(id.clone()));
-            id
-        }
-    };
+    check_objects(&mut msg)?;
+    merge_defaults(&mut msg, defaults);
+    let group_id = required_ids(&mut msg, ty)?;
+    let message_id = message_id(&mut msg, new_id)?;
 
     let mut unparsed_created_at = false;
     if matches!(ty, MessageType::Group | MessageType::Identify)
@@ -125,6 +83,73 @@ pub fn normalize(
         },
         message: msg,
         unparsed_created_at,
+    })
+}
+
+/// `traits`, `context`, `integrations` and `properties` are objects when present (`null`
+/// counts as absent).
+fn check_objects(msg: &mut Map<String, Value>) -> Result<(), Invalid> {
+    for field in ["traits", "context", "integrations", "properties"] {
+        match msg.get(field) {
+            None | Some(Value::Object(_)) => {}
+            Some(Value::Null) => {
+                msg.remove(field);
+            }
+            Some(_) => return Err(invalid(format!("{field} must be an object"))),
+        }
+    }
+    Ok(())
+}
+
+/// The batch's `context`, `integrations` and `sentAt`, under the message's own keys.
+fn merge_defaults(msg: &mut Map<String, Value>, defaults: &BatchDefaults) {
+    merge_object(msg, "context", defaults.context.as_ref());
+    merge_object(msg, "integrations", defaults.integrations.as_ref());
+    if !msg.contains_key("sentAt")
+        && let Some(sent_at) = &defaults.sent_at
+    {
+        msg.insert("sentAt".into(), sent_at.clone());
+    }
+}
+
+/// The ids a call of type `ty` must carry; its `groupId`, when it has one.
+fn required_ids(msg: &mut Map<String, Value>, ty: MessageType) -> Result<Option<String>, Invalid> {
+    let user = id_field(msg, "userId")?;
+    let anon = id_field(msg, "anonymousId")?;
+    if user.is_none() && anon.is_none() {
+        return Err(invalid("userId or anonymousId is required"));
+    }
+    let group_id = id_field(msg, "groupId")?;
+    match ty {
+        MessageType::Group if group_id.is_none() => return Err(invalid("groupId is required")),
+        MessageType::Track if !non_empty_string(msg.get("event")) => {
+            return Err(invalid("event is required on a track call"));
+        }
+        MessageType::Alias if id_field(msg, "previousId")?.is_none() => {
+            return Err(invalid("previousId is required on an alias call"));
+        }
+        _ => {}
+    }
+    Ok(group_id)
+}
+
+/// The message's id, checked, or a new one written into it.
+fn message_id(
+    msg: &mut Map<String, Value>,
+    new_id: impl FnOnce() -> String,
+) -> Result<String, Invalid> {
+    Ok(match id_field(msg, "messageId")? {
+        Some(id) if id.chars().count() > MAX_MESSAGE_ID_CHARS => {
+            return Err(invalid(format!(
+                "messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"
+            )));
+        }
+        Some(id) => id,
+        None => {
+            let id = new_id();
+            msg.insert("messageId".into(), Value::String(id.clone()));
+            id
+        }
     })
 }
 
