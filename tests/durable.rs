@@ -66,6 +66,19 @@ fn dead_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_answered_200() {
+    kill_9_under_load(None).await;
+}
+
+/// The same with 40 group ids repeated all through the load: most items wait behind an older
+/// item of their group (in memory), and a crash must lose none of them either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_with_repeated_group_ids() {
+    kill_9_under_load(Some(40)).await;
+}
+
+/// Kill -9 three times while 5,000 messages are sent (each message its own group, or spread
+/// over `groups`); every message answered 200 must reach both destinations.
+async fn kill_9_under_load(groups: Option<usize>) {
     const TOTAL: usize = 5000;
     const PER_REQUEST: usize = 50;
     const BATCH: usize = 50;
@@ -103,7 +116,15 @@ async fn kill_9_loses_nothing_answered_200() {
                 let Some(ids) = queue.lock().unwrap().pop() else {
                     return;
                 };
-                let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .map(|id| match groups {
+                        Some(n) => {
+                            group(id, &format!("g{}", id[2..].parse::<usize>().unwrap() % n))
+                        }
+                        None => group(id, id),
+                    })
+                    .collect();
                 // Like an SDK: resend the same messages until a 200; dedupe absorbs repeats.
                 loop {
                     let url = format!("{}/v1/batch", base.lock().unwrap());
@@ -154,7 +175,7 @@ async fn kill_9_loses_nothing_answered_200() {
         let unique: HashSet<&String> = all.iter().collect();
         duplicates.insert(path, all.len() - unique.len());
     }
-    println!("duplicates after {KILLS} kills: {duplicates:?}");
+    println!("duplicates after {KILLS} kills ({groups:?} groups): {duplicates:?}");
     for (path, d) in duplicates {
         // Only the batches in flight (batches settle in lease order) can be delivered and not
         // yet acked when the process dies.

@@ -3,6 +3,9 @@
 //! closed-loop at a concurrency or open-loop at a fixed rate, for a duration or a count.
 //! Prints one JSON report: accepted messages/s and request latency percentiles (open-loop
 //! latency is measured from each request's scheduled time, so a stall is not hidden).
+//!
+//! Group ids are drawn by `--groups` (distinct, uniform:N, zipf:N); a group's traits depend
+//! only on its index, as a company's do, and each message carries its own `bench_id` trait.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use switchyard_bench::{group_id, now_micros};
+use switchyard_bench::{Groups, bench_id, now_micros};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -41,6 +44,13 @@ struct Args {
     /// First message sequence number (keep ids unique across runs against one receiver).
     #[arg(long, default_value_t = 0)]
     start_seq: u64,
+    /// Group ids: `distinct` (one per message), `uniform:N` or `zipf:N[:S]`.
+    #[arg(long, default_value = "distinct")]
+    groups: Groups,
+    /// Write each group's last accepted message (`acct-<g>\t<seq>` lines) here: the state a
+    /// destination that keeps the newest values per group must end in.
+    #[arg(long)]
+    last_seqs: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,15 +66,18 @@ struct Totals {
     requests: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latency_us: Mutex<Histogram<u64>>,
+    /// Group index → the highest seq accepted for it.
+    last: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
-fn message(seq: u64) -> String {
+fn message(groups: &Groups, seq: u64) -> String {
     let now = now_micros();
-    let gid = group_id(seq, now);
-    let user = seq % 10_000;
-    let employees = 10 + seq % 5000;
+    let id = bench_id(seq, now);
+    let g = groups.index(seq);
+    let user = (g * 5 + seq % 5) % 1_000_000;
+    let employees = 10 + g % 5000;
     format!(
-        r#"{{"type":"group","messageId":"m-{seq}-{now}","userId":"user-{user}","groupId":"{gid}","traits":{{"name":"Company {seq}","createdAt":"2021-03-04T05:06:07Z","employees":"{employees}","industry":"Software","plan":"enterprise","website":"https://company{seq}.example.com","email":"billing@company{seq}.example.com","phone":"+1 415 555 0100","description":"A customer account created by the bench","address":{{"street":"{seq} Market St","city":"San Francisco","state":"CA","postal_code":"94107","country":"US"}},"mrr":1234.5,"seats":42}},"context":{{"library":{{"name":"analytics-node","version":"3.1.0"}},"ip":"203.0.113.7","userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench"}},"integrations":{{"All":true,"Salesforce":true}}}}"#
+        r#"{{"type":"group","messageId":"m-{seq}-{now}","userId":"user-{user}","groupId":"acct-{g}","traits":{{"name":"Company {g}","createdAt":"2021-03-04T05:06:07Z","employees":"{employees}","industry":"Software","plan":"enterprise","website":"https://company{g}.example.com","email":"billing@company{g}.example.com","phone":"+1 415 555 0100","description":"A customer account created by the bench","address":{{"street":"{g} Market St","city":"San Francisco","state":"CA","postal_code":"94107","country":"US"}},"mrr":1234.5,"seats":42,"bench_id":"{id}"}},"context":{{"library":{{"name":"analytics-node","version":"3.1.0"}},"ip":"203.0.113.7","userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench"}},"integrations":{{"All":true,"Salesforce":true}}}}"#
     )
 }
 
@@ -85,10 +98,11 @@ async fn send(
     started: Instant,
 ) {
     let n = seqs.end - seqs.start;
+    let accepted = seqs.clone();
     let (path, body) = match args.mode {
-        Mode::Single => ("/v1/group", message(seqs.start)),
+        Mode::Single => ("/v1/group", message(&args.groups, seqs.start)),
         Mode::Batch => {
-            let items: Vec<String> = seqs.map(message).collect();
+            let items: Vec<String> = seqs.map(|seq| message(&args.groups, seq)).collect();
             ("/v1/batch", format!(r#"{{"batch":[{}]}}"#, items.join(",")))
         }
     };
@@ -103,6 +117,13 @@ async fn send(
         Ok(r) if r.status().is_success() => {
             let _ = r.bytes().await;
             t.accepted.fetch_add(n, Ordering::Relaxed);
+            if args.last_seqs.is_some() {
+                let mut last = t.last.lock().unwrap_or_else(|p| p.into_inner());
+                for seq in accepted {
+                    let slot = last.entry(args.groups.index(seq)).or_default();
+                    *slot = (*slot).max(seq);
+                }
+            }
             None
         }
         Ok(r) => Some(r.status().as_u16().to_string()),
@@ -145,6 +166,7 @@ async fn main() {
         latency_us: Mutex::new(
             Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
         ),
+        last: Mutex::new(std::collections::HashMap::new()),
     });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -214,5 +236,13 @@ async fn main() {
         "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0},
         "next_seq": t.next_seq.load(Ordering::Relaxed).min(t.end_seq),
     });
+    if let Some(path) = &args.last_seqs {
+        let last = t.last.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: String = last
+            .iter()
+            .map(|(g, seq)| format!("acct-{g}\t{seq}\n"))
+            .collect();
+        std::fs::write(path, lines).expect("write --last-seqs");
+    }
     println!("{report}");
 }

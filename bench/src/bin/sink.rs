@@ -1,9 +1,15 @@
 //! The bench receiver: plays Mixpanel (`/mixpanel/groups`, `/mixpanel/engage`), Salesforce
 //! (`/salesforce/services/oauth2/token` and the composite upsert) and a webhook (`/webhook`) at
-//! once; counts events per destination, remembers ids for loss and duplicate checks, times
-//! delivery from the send time in each group id, and injects faults on demand.
+//! once; counts events per destination, remembers each message's `bench_id` (Mixpanel's
+//! `$set.bench_id`, the record's `Bench_Id__c`, the webhook message's `traits.bench_id`; the
+//! group id where a sender has none) for loss and duplicate checks, times delivery from the
+//! send time in it, and injects faults on demand.
 //!
-//! Control: `GET /_stats`, `POST /_reset`, `POST /_fault/{destination}` with
+//! For destinations that keep the newest values per group (and may merge a group's calls),
+//! the sink also keeps each group's newest delivered message; `POST /_expect` with the load
+//! generator's `--last-seqs` lines makes `/_stats` say how many groups are `caught_up`.
+//!
+//! Control: `GET /_stats`, `POST /_reset`, `POST /_expect`, `POST /_fault/{destination}` with
 //! `{"error_rate":0.1,"statuses":[503,429],"retry_after":2,"latency_ms":0,"down":false,
 //!   "record_failure_rate":0.0}`.
 
@@ -50,6 +56,8 @@ struct Counter {
     requests: u64,
     events: u64,
     seen: HashSet<u64>,
+    /// Group → the highest message seq delivered for it.
+    latest: HashMap<String, u64>,
     latency_us: Histogram<u64>,
     first_at: Option<u64>,
     last_at: Option<u64>,
@@ -61,6 +69,7 @@ impl Default for Counter {
             requests: 0,
             events: 0,
             seen: HashSet::new(),
+            latest: HashMap::new(),
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("valid histogram bounds"),
             first_at: None,
@@ -73,20 +82,36 @@ impl Default for Counter {
 struct Sink {
     counters: Mutex<HashMap<&'static str, Counter>>,
     faults: Mutex<HashMap<String, Fault>>,
+    /// Group → the seq of its last accepted message (`POST /_expect`).
+    expected: Mutex<HashMap<String, u64>>,
+}
+
+/// The seq in a bench id `m<seq>-<micros>`.
+fn seq_of(id: &str) -> Option<u64> {
+    id.strip_prefix('m')?.split('-').next()?.parse().ok()
 }
 
 type Shared = Arc<Sink>;
 
 impl Sink {
-    fn record<'a>(&self, dest: &'static str, ids: impl Iterator<Item = &'a str>) {
+    /// Count delivered events, each as `(group, id)`.
+    fn record<'a>(
+        &self,
+        dest: &'static str,
+        ids: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+    ) {
         let now = now_micros();
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let c = counters.entry(dest).or_default();
         c.requests += 1;
         c.first_at.get_or_insert(now);
         c.last_at = Some(now);
-        for id in ids {
+        for (group, id) in ids {
             c.events += 1;
+            if let (Some(g), Some(seq)) = (group, seq_of(id)) {
+                let slot = c.latest.entry(g.to_string()).or_default();
+                *slot = (*slot).max(seq);
+            }
             let mut h = DefaultHasher::new();
             id.hash(&mut h);
             if c.seen.insert(h.finish())
@@ -143,6 +168,15 @@ impl Sink {
 struct MixpanelUpdate<'a> {
     #[serde(rename = "$group_id", borrow, default)]
     group_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "$set", borrow, default)]
+    set: Option<Traits<'a>>,
+}
+
+/// The one trait the sink reads.
+#[derive(Deserialize)]
+struct Traits<'a> {
+    #[serde(borrow, default)]
+    bench_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 async fn mixpanel_groups(State(s): State<Shared>, body: Bytes) -> Response {
@@ -158,7 +192,11 @@ async fn mixpanel_groups(State(s): State<Shared>, body: Bytes) -> Response {
     };
     s.record(
         "mixpanel",
-        updates.iter().filter_map(|u| u.group_id.as_deref()),
+        updates.iter().filter_map(|u| {
+            let bench = u.set.as_ref().and_then(|t| t.bench_id.as_deref());
+            let group = u.group_id.as_deref();
+            Some((group, bench.or(group)?))
+        }),
     );
     axum::Json(json!({"status": 1, "error": null})).into_response()
 }
@@ -170,7 +208,7 @@ async fn mixpanel_engage(State(s): State<Shared>, body: Bytes) -> Response {
     let n = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
         .map(|v| v.len())
         .unwrap_or(0);
-    s.record("mixpanel_engage", (0..n).map(|_| ""));
+    s.record("mixpanel_engage", (0..n).map(|_| (None, "")));
     axum::Json(json!({"status": 1, "error": null})).into_response()
 }
 
@@ -209,7 +247,7 @@ async fn salesforce_upsert(
             .into_response();
     };
     let lock_rate = s.record_failure_rate("salesforce");
-    let mut delivered = Vec::new();
+    let mut delivered: Vec<(Option<&str>, &str)> = Vec::new();
     let results: Vec<Value> = c
         .records
         .iter()
@@ -217,7 +255,9 @@ async fn salesforce_upsert(
             if lock_rate > 0.0 && rand::random::<f64>() < lock_rate {
                 json!({"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]})
             } else {
-                delivered.push(r.get(&field).and_then(Value::as_str).unwrap_or_default());
+                let group = r.get(&field).and_then(Value::as_str);
+                let id = r.get("Bench_Id__c").and_then(Value::as_str).or(group);
+                delivered.push((group, id.unwrap_or_default()));
                 json!({"id": "001000000000001AAA", "success": true, "errors": [], "created": true})
             }
         })
@@ -237,6 +277,16 @@ enum Hooked<'a> {
 struct HookMessage<'a> {
     #[serde(rename = "groupId", borrow, default)]
     group_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    traits: Option<Traits<'a>>,
+}
+
+impl HookMessage<'_> {
+    fn id(&self) -> Option<(Option<&str>, &str)> {
+        let bench = self.traits.as_ref().and_then(|t| t.bench_id.as_deref());
+        let group = self.group_id.as_deref();
+        Some((group, bench.or(group)?))
+    }
 }
 
 async fn webhook(State(s): State<Shared>, body: Bytes) -> Response {
@@ -244,22 +294,27 @@ async fn webhook(State(s): State<Shared>, body: Bytes) -> Response {
         return r;
     }
     match serde_json::from_slice::<Hooked<'_>>(&body) {
-        Ok(Hooked::One(m)) => s.record("webhook", m.group_id.as_deref().into_iter()),
-        Ok(Hooked::Many(ms)) => {
-            s.record("webhook", ms.iter().filter_map(|m| m.group_id.as_deref()))
-        }
+        Ok(Hooked::One(m)) => s.record("webhook", m.id().into_iter()),
+        Ok(Hooked::Many(ms)) => s.record("webhook", ms.iter().filter_map(HookMessage::id)),
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     }
     StatusCode::OK.into_response()
 }
 
 async fn stats(State(s): State<Shared>) -> Response {
+    let expected = s.expected.lock().unwrap_or_else(|p| p.into_inner());
     let counters = s.counters.lock().unwrap_or_else(|p| p.into_inner());
     let out: serde_json::Map<String, Value> = counters
         .iter()
         .map(|(name, c)| {
             let h = &c.latency_us;
+            let caught_up = expected
+                .iter()
+                .filter(|(g, seq)| c.latest.get(g.as_str()).is_some_and(|got| got >= seq))
+                .count();
             let v = json!({
+                "caught_up": caught_up,
+                "expected_groups": expected.len(),
                 "requests": c.requests,
                 "events": c.events,
                 "unique": c.seen.len(),
@@ -280,6 +335,20 @@ async fn stats(State(s): State<Shared>) -> Response {
 
 async fn reset(State(s): State<Shared>) -> StatusCode {
     s.counters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    s.expected.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    StatusCode::NO_CONTENT
+}
+
+/// `group\tseq` lines: each group's last accepted message.
+async fn expect(State(s): State<Shared>, body: String) -> StatusCode {
+    let mut expected = s.expected.lock().unwrap_or_else(|p| p.into_inner());
+    for line in body.lines() {
+        if let Some((g, seq)) = line.split_once('\t')
+            && let Ok(seq) = seq.trim().parse()
+        {
+            expected.insert(g.to_string(), seq);
+        }
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -310,6 +379,7 @@ async fn main() -> std::io::Result<()> {
         .route("/webhook", post(webhook))
         .route("/_stats", get(stats))
         .route("/_reset", post(reset))
+        .route("/_expect", post(expect))
         .route("/_fault/{dest}", post(set_fault))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

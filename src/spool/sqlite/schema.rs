@@ -95,6 +95,11 @@ ALTER TABLE log ADD COLUMN dests INTEGER NOT NULL DEFAULT 0;
 UPDATE log SET dests = COALESCE((SELECT SUM(1 << r.dest) FROM route r WHERE r.seq = log.seq), 0);
 DROP TABLE route;
 "#,
+    r#"
+-- Items a destination holds in memory behind an older item of their group, below its cursor:
+-- their seqs, delta-encoded varints, rewritten with each transaction that changes them.
+ALTER TABLE destination ADD COLUMN held BLOB;
+"#,
 ];
 
 /// Destination ids are bit positions in `log.dests` (an SQLite integer, 64-bit signed): ids

@@ -250,14 +250,109 @@ fn a_waiting_item_survives_a_crash_behind_its_leased_elder() {
             "v2 waits while v1 is leased"
         );
     }
+    // v2 waited in memory: after the crash both are read from the log again, in order, and
+    // go together in one batch (which keeps their order), v1 first.
     let mut s = store(dir.path());
     assert_eq!(
         ids(&lease(&mut s, "A", 10)),
-        ["v1"],
+        ["v1", "v2"],
         "v1 is due again and still goes first"
     );
     let v1 = s.lease("A", 10).unwrap();
     assert!(v1.is_empty());
+}
+
+#[test]
+fn items_behind_a_leased_elder_wait_in_memory_and_go_together_once_it_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+    let v1 = lease(&mut s, "A", 10);
+    append(
+        &mut s,
+        vec![
+            msg("v2", Some("g"), &["A"]),
+            msg("other", Some("h"), &["A"]),
+            msg("v3", Some("g"), &["A"]),
+        ],
+    );
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["other"],
+        "v2 and v3 wait behind v1"
+    );
+    assert_eq!(s.depth("A").pending, 2);
+    assert!(
+        s.next_due("A").unwrap().is_none(),
+        "nothing is due while v1 is out"
+    );
+    // Nothing was written for them: no retry rows.
+    let rows: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM retry", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    s.ack("A", &[v1[0].1]).unwrap();
+    assert!(
+        s.next_due("A").unwrap().is_some(),
+        "the worker is told to lease at once"
+    );
+    append(&mut s, vec![msg("v4", Some("g"), &["A"])]);
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v2", "v3", "v4"]);
+}
+
+#[test]
+fn an_item_held_in_memory_below_the_cursor_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        append(
+            &mut s,
+            vec![msg("a1", Some("g"), &["A"]), msg("b", Some("h"), &["A"])],
+        );
+        let first = lease(&mut s, "A", 10);
+        append(&mut s, vec![msg("a2", Some("g"), &["A"])]);
+        assert!(lease(&mut s, "A", 10).is_empty(), "a2 waits behind a1");
+        // Both settle: a2 is ready but not leased, and the cursor passes it.
+        s.ack("A", &[first[0].1, first[1].1]).unwrap();
+        // Housekeeping keeps its row: the hold, not the cursor, says it is still owed.
+        s.collect_garbage().unwrap();
+        s.save_holds().unwrap();
+    }
+    {
+        let mut s = store(dir.path());
+        assert_eq!(s.depth("A").pending, 1);
+        // Leased again, and the process dies before it settles.
+        assert_eq!(ids(&lease(&mut s, "A", 10)), ["a2"]);
+        s.save_holds().unwrap();
+    }
+    let mut s = store(dir.path());
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["a2"],
+        "still owed after a second crash"
+    );
+}
+
+#[test]
+fn a_backoff_moves_the_items_waiting_in_memory_to_the_retry_set_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+    let v1 = lease(&mut s, "A", 10);
+    append(
+        &mut s,
+        vec![msg("v2", Some("g"), &["A"]), msg("v3", Some("g"), &["A"])],
+    );
+    assert!(lease(&mut s, "A", 10).is_empty());
+    s.retry_at("A", v1[0].1, past(), &attempt(1)).unwrap();
+    assert_eq!(s.depth("A").pending, 3);
+    // The cursor no longer waits for them: they are kept in the retry set, behind v1.
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v1"]);
+    let again = s.lease("A", 10).unwrap();
+    assert!(again.is_empty(), "v2 and v3 wait for v1 to settle");
+    s.ack("A", &[v1[0].1]).unwrap();
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v2"]);
 }
 
 #[test]

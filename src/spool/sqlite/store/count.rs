@@ -7,6 +7,9 @@
 //! it from another process; after another process wrote, `recount` reads everything again
 //! without touching leases.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::params;
 
 use super::{Counts, Store};
@@ -49,7 +52,9 @@ impl Store {
                 [&name],
                 |r| r.get(0),
             )?;
+            let per_group = self.retry_rows_per_group(id)?;
             if let Some(lane) = self.lanes.get_mut(&name) {
+                lane.hold.set_retry_rows(per_group);
                 lane.counts = Counts {
                     unscanned: unscanned.saturating_sub(above.max(0) as u64),
                     retry_rows: retry_rows as u64,
@@ -59,6 +64,20 @@ impl Store {
             }
         }
         Ok(bytes)
+    }
+
+    /// The retry set's rows per group for one destination.
+    fn retry_rows_per_group(&self, dest: i64) -> Result<HashMap<Arc<str>, u64>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT group_id, COUNT(*) FROM retry WHERE dest = ?1 AND group_id IS NOT NULL GROUP BY group_id",
+        )?;
+        let rows = stmt.query_map([dest], |r| {
+            Ok((
+                Arc::from(r.get::<_, String>(0)?),
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(StorageError::from)
     }
 
     /// Log rows above each lane's scan position routed to it (retry rows included): one pass
@@ -127,7 +146,7 @@ impl Store {
                 (n + 1, a + u64::from(f.attempts > 0))
             });
         Depth {
-            pending: (c.unscanned + c.retry_rows).saturating_sub(from_retry),
+            pending: (c.unscanned + c.retry_rows + lane.hold.len()).saturating_sub(from_retry),
             in_flight: lane.in_flight.len() as u64,
             retrying: c.attempted.saturating_sub(retrying_leased),
             dead_letters: c.dead,

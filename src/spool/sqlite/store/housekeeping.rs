@@ -46,7 +46,7 @@ impl Store {
             .filter(|(_, l)| {
                 l.scan < self.high
                     && l.counts.unscanned == 0
-                    && l.in_flight.values().all(|f| f.from_retry)
+                    && l.in_flight.values().all(|f| f.from_retry || f.from_hold)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -59,9 +59,10 @@ impl Store {
         Ok(())
     }
 
-    /// Every destination's `(bit, cursor)`, configured or not.
+    /// Every destination's `(bit, floor)`, configured or not: rows above it may still be
+    /// owed (a held row keeps its destination's floor below it).
     fn cursors(&self) -> Vec<(i64, Seq)> {
-        let mut all: Vec<(i64, Seq)> = self.lanes.values().map(|l| (l.bit, l.cursor)).collect();
+        let mut all: Vec<(i64, Seq)> = self.lanes.values().map(|l| (l.bit, l.floor())).collect();
         all.extend(self.others.iter().copied());
         all
     }
@@ -78,7 +79,7 @@ impl Store {
         }
         // Rows above the lowest configured cursor wait for it: sweeping them now would have to
         // look at them again later.
-        let low = self.lanes.values().map(|l| l.cursor).min().unwrap_or(0);
+        let low = self.lanes.values().map(|l| l.floor()).min().unwrap_or(0);
         let upto = low.min(self.gc_from + SWEEP_SPAN);
         if upto > self.gc_from {
             // Split the slice where an unconfigured destination's cursor falls: below it that

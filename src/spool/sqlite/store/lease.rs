@@ -1,20 +1,21 @@
-//! Leasing: due retries first, then the log from the scan position, keeping each group's
-//! items in order for each destination.
+//! Leasing: due retries first, then items released from the hold, then the log from the
+//! scan position, keeping each group's items in order for each destination.
 //!
-//! Invariants kept here: an item is leased only when nothing older of its group is leased or
-//! waiting in the retry set (otherwise it is parked there, see `retry_set.rs`); the scan
+//! Invariants kept here: an item is leased only when nothing older of its group is leased,
+//! held or waiting in the retry set (otherwise it waits: in memory behind an item in flight,
+//! see `hold.rs`, or in the retry set behind one in backoff, see `retry_set.rs`); the scan
 //! position only moves past rows this lane has read; one lease looks at no more than
 //! `SCAN_BUDGET` seqs, so one transaction stays short, and a lane that stopped at the budget
 //! is woken to lease again at once.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
 use super::cache::ParsedCache;
-use super::retry_set::{group_has_rows, park};
+use super::hold::{MAX_HELD, Waiting};
+use super::retry_set::park;
 use super::{Flight, Lane, Store, below, ms};
 use crate::message::Parsed;
 use crate::spool::sqlite::StorageError;
@@ -27,7 +28,11 @@ impl Store {
     /// Due retries first (they are the oldest of their groups), then the log from the scan
     /// position; an item whose group is busy moves to the retry set to wait its turn.
     pub fn lease(&mut self, destination: &str, max: usize) -> Result<Vec<Leased>, StorageError> {
+        if let Some(lane) = self.lanes.get_mut(destination) {
+            lane.hold.next_epoch();
+        }
         let mut out = self.lease_retries(destination, max)?;
+        self.lease_ready(destination, max, &mut out)?;
         let released = self.scan_log(destination, max, &mut out)?;
         // The scan can release an item that only waited behind a crash's lost lease.
         if released && out.len() < max {
@@ -57,17 +62,62 @@ impl Store {
         if let Some(lane) = self.lanes.get_mut(destination) {
             for l in &out {
                 let attempts = l.attempts;
+                if let Some(g) = &l.group_id {
+                    lane.hold.leased(g);
+                }
                 lane.in_flight.insert(
                     l.seq,
                     Flight {
                         group: l.group_id.clone(),
                         from_retry: true,
+                        from_hold: false,
                         attempts,
                     },
                 );
             }
         }
         Ok(out)
+    }
+
+    /// Lease the items the hold released (their group's older item settled) into `out`.
+    fn lease_ready(
+        &mut self,
+        destination: &str,
+        max: usize,
+        out: &mut Vec<Leased>,
+    ) -> Result<(), StorageError> {
+        let Some(lane) = self.lanes.get_mut(destination) else {
+            return Ok(());
+        };
+        while out.len() < max {
+            let Some((group, items)) = lane.hold.take_ready(max - out.len()) else {
+                break;
+            };
+            for Waiting { seq, parsed } in items {
+                lane.in_flight.insert(
+                    seq,
+                    Flight {
+                        group: Some(group.clone()),
+                        from_retry: false,
+                        from_hold: true,
+                        attempts: 0,
+                    },
+                );
+                let body = match parsed.is_ready() {
+                    true => Arc::from(""),
+                    false => Arc::from(body_of(&self.conn, seq)?),
+                };
+                out.push(Leased {
+                    seq,
+                    body,
+                    parsed,
+                    group_id: Some(group.clone()),
+                    attempts: 0,
+                    first_attempt: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Lease from the log into `out`; true when an item waiting in the retry set was released.
@@ -88,13 +138,11 @@ impl Store {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(false);
         };
-        let held = held_before(lane, out);
         let mut scan = Scan {
             conn: &self.conn,
             cache: &mut self.cache,
             lane,
             others,
-            held,
             released: false,
         };
         // Items of busy groups are moved aside without counting towards `max`, and rows of
@@ -102,7 +150,8 @@ impl Store {
         // one transaction) short when a hot group has a long backlog or this destination gets
         // few of the rows.
         let mut budget = SCAN_BUDGET;
-        while out.len() < max && scan.lane.scan < high {
+        // Reading stops once the hold is full: memory stays bounded whatever the backlog.
+        while out.len() < max && scan.lane.scan < high && scan.lane.hold.len() < MAX_HELD {
             if budget == 0 {
                 self.rewake.push(destination.to_string());
                 break;
@@ -115,16 +164,6 @@ impl Store {
     }
 }
 
-/// Groups leased before this call (not those just leased from the retry set, in `out`):
-/// items of one group leased together stay together.
-fn held_before(lane: &Lane, out: &[Leased]) -> HashSet<Arc<str>> {
-    lane.in_flight
-        .iter()
-        .filter(|(seq, _)| !out.iter().any(|l| l.seq == **seq))
-        .filter_map(|(_, f)| f.group.clone())
-        .collect()
-}
-
 /// One lease's pass over the log for one lane: the parts of the store it reads and changes.
 struct Scan<'a> {
     conn: &'a Connection,
@@ -132,8 +171,6 @@ struct Scan<'a> {
     lane: &'a mut Lane,
     /// The other lanes' `(bit, scan)`: a lane below a row has yet to read it.
     others: Vec<(i64, Seq)>,
-    /// Groups leased before this call (`held_before`).
-    held: HashSet<Arc<str>>,
     /// An item waiting in the retry set was released: the caller leases retries again.
     released: bool,
 }
@@ -158,8 +195,9 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// One row read by the lane: passed by when the retry set holds it already, parked behind
-    /// its group when an older item of the group is busy, leased into `out` otherwise.
+    /// One row read by the lane: passed by when the retry set holds it already; behind its
+    /// group when an older item of it waits in the retry set (there too) or is in flight or
+    /// held (in memory); leased into `out` otherwise.
     fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), StorageError> {
         let (seq, group, body, dests, in_retry) = row;
         let seq = seq as Seq;
@@ -171,17 +209,23 @@ impl Scan<'_> {
         }
         self.lane.counts.unscanned = self.lane.counts.unscanned.saturating_sub(1);
         let group: Option<Arc<str>> = group.map(Arc::from);
-        if let Some(g) = &group
-            && self.waiting(g)?
-        {
-            self.released |= park(self.conn, self.lane, seq, g)?;
-            return Ok(());
+        if let Some(g) = &group {
+            if self.lane.hold.in_retry(g) {
+                self.released |= park(self.conn, self.lane, seq, g)?;
+                return Ok(());
+            }
+            if self.lane.hold.must_wait(g) {
+                self.lane.hold.park(g, Waiting { seq, parsed });
+                return Ok(());
+            }
+            self.lane.hold.leased(g);
         }
         self.lane.in_flight.insert(
             seq,
             Flight {
                 group: group.clone(),
                 from_retry: false,
+                from_hold: false,
                 attempts: 0,
             },
         );
@@ -212,14 +256,6 @@ impl Scan<'_> {
         let behind = dests & below(&self.others, seq);
         self.cache.insert(seq, cell.clone(), behind, bytes);
         cell
-    }
-
-    /// An older item of `group` is leased or waits in the retry set: a newer one waits behind
-    /// it, in the retry set, so the scan can move on. With no retry rows at all (the common
-    /// case) there is nothing to ask SQLite.
-    fn waiting(&self, group: &Arc<str>) -> Result<bool, StorageError> {
-        Ok(self.held.contains(group)
-            || (self.lane.counts.retry_rows > 0 && group_has_rows(self.conn, self.lane.id, group)?))
     }
 }
 

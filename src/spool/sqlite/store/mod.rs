@@ -10,7 +10,8 @@
 //! Layout: this file holds the state (`Store`, one `Lane` per destination); `open.rs` builds
 //! it from the file; `append.rs` takes messages in; `lease.rs` hands them out; `retry_set.rs`
 //! keeps items out of log order (backoff, or behind their group); `settle.rs` records
-//! outcomes; `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows between
+//! outcomes; `hold.rs` keeps items behind their group's item in flight, in memory;
+//! `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows between
 //! batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed messages
 //! for the destinations that have yet to lease them.
 
@@ -21,10 +22,12 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 
 use crate::spool::Seq;
+use crate::spool::sqlite::StorageError;
 
 mod append;
 mod cache;
 mod count;
+mod hold;
 mod housekeeping;
 mod lease;
 mod open;
@@ -40,6 +43,9 @@ struct Flight {
     group: Option<Arc<str>>,
     /// Leased from the retry set (its row stays there until settled) rather than the log.
     from_retry: bool,
+    /// Leased from the hold: recorded in `destination.held` until settled, so, like a retry,
+    /// it does not keep the cursor below itself.
+    from_hold: bool,
     /// Attempts made before this lease, to keep `Depth::retrying` right.
     attempts: u32,
 }
@@ -70,6 +76,9 @@ pub(super) struct Lane {
     scan: Seq,
     /// Leased items by seq; ordered so the oldest one leased from the log bounds the cursor.
     in_flight: BTreeMap<Seq, Flight>,
+    /// Items waiting in memory behind an older item of their group, and which groups are
+    /// busy or have rows in the retry set (`hold.rs`).
+    hold: hold::Hold,
     counts: Counts,
     /// Enqueue time of the oldest unsettled item, refreshed by `tick`.
     oldest: Option<SystemTime>,
@@ -102,6 +111,32 @@ pub(super) struct Store {
     cache: cache::ParsedCache,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
+}
+
+impl Lane {
+    /// Every row at or below it is done for this destination: its cursor, or below the
+    /// oldest item it holds in memory (whose row must stay). Housekeeping frees up to here.
+    fn floor(&self) -> Seq {
+        match self.hold.oldest() {
+            Some(held) => self.cursor.min(held - 1),
+            None => self.cursor,
+        }
+    }
+}
+
+impl Store {
+    /// Write the held seqs of every lane whose hold changed: once per transaction, before
+    /// its commit, so the file and memory agree after a crash.
+    pub fn save_holds(&mut self) -> Result<(), StorageError> {
+        for lane in self.lanes.values_mut().filter(|l| l.hold.dirty) {
+            let held = lane.hold.encode();
+            self.conn
+                .prepare_cached("UPDATE destination SET held = ?1 WHERE id = ?2")
+                .and_then(|mut s| s.execute(rusqlite::params![held, lane.id]))?;
+            lane.hold.dirty = false;
+        }
+        Ok(())
+    }
 }
 
 /// The bits of the destinations, among `(bit, position)` pairs, whose position (cursor or

@@ -7,6 +7,7 @@
 //! configured keep their rows: their cursors are remembered so housekeeping spares them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -45,6 +46,7 @@ impl Store {
                 cursor: 0,
                 scan: 0,
                 in_flight: BTreeMap::new(),
+                hold: Default::default(),
                 counts: Counts::default(),
                 oldest: None,
             };
@@ -161,6 +163,35 @@ impl Store {
     /// `stats`: spools written by versions that stored the total as an absolute value may have
     /// lost `dlq replay`'s additions. In one transaction, so a concurrent `dlq` cannot slip in
     /// between the read and the write.
+    /// Park again what each lane held in memory when it stopped (`destination.held`), in
+    /// order, each group ready at once. Only what is at or below the cursor: the rest is read
+    /// from the log again, in order. A held item below the cursor is the oldest of its group
+    /// still owed (anything older of it was in flight, which keeps the cursor below itself),
+    /// so leasing it first keeps the group's order.
+    fn restore_holds(&mut self) -> Result<(), StorageError> {
+        for lane in self.lanes.values_mut() {
+            let held: Option<Vec<u8>> = self.conn.query_row(
+                "SELECT held FROM destination WHERE id = ?1",
+                [lane.id],
+                |r| r.get(0),
+            )?;
+            lane.hold = Default::default();
+            let below = super::hold::decode(&held.unwrap_or_default());
+            for seq in below.into_iter().filter(|s| *s <= lane.cursor) {
+                let group: Option<Option<String>> = self
+                    .conn
+                    .prepare_cached("SELECT group_id FROM log WHERE seq = ?1")?
+                    .query_row([seq as i64], |r| r.get(0))
+                    .optional()?;
+                if let Some(Some(group)) = group {
+                    lane.hold.restore(Arc::from(group), seq);
+                }
+            }
+            lane.hold.dirty = false;
+        }
+        Ok(())
+    }
+
     fn load(&mut self) -> Result<(), StorageError> {
         for lane in self.lanes.values_mut() {
             lane.cursor = self.conn.query_row(
@@ -171,6 +202,7 @@ impl Store {
             lane.scan = lane.cursor;
             lane.in_flight.clear();
         }
+        self.restore_holds()?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let loaded = (|| {
             let bytes = self.count(true)?;

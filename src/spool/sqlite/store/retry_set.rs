@@ -7,7 +7,6 @@
 //! item is released one at a time, and only once nothing of its group is leased or in
 //! backoff. `counts.retry_rows` follows every row added here.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -30,11 +29,6 @@ impl Store {
         let Some(lane) = self.lanes.get(destination) else {
             return Ok(Vec::new());
         };
-        let held: HashSet<Arc<str>> = lane
-            .in_flight
-            .values()
-            .filter_map(|f| f.group.clone())
-            .collect();
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -53,7 +47,8 @@ impl Store {
             };
             let seq = row.get::<_, i64>(0)? as Seq;
             let group: Option<Arc<str>> = row.get::<_, Option<String>>(1)?.map(Arc::from);
-            if lane.in_flight.contains_key(&seq) || group.as_ref().is_some_and(|g| held.contains(g))
+            if lane.in_flight.contains_key(&seq)
+                || group.as_ref().is_some_and(|g| lane.hold.is_busy(g))
             {
                 continue;
             }
@@ -63,15 +58,18 @@ impl Store {
         Ok(out)
     }
 
-    /// When the next retry may be due: what `wait` sleeps towards.
+    /// When the next retry may be due (now, when the hold released an item): what `wait`
+    /// sleeps towards.
     pub fn next_due(&self, destination: &str) -> Result<Option<SystemTime>, StorageError> {
+        let Some(lane) = self.lanes.get(destination) else {
+            return Ok(None);
+        };
+        if lane.hold.has_ready() {
+            return Ok(Some(SystemTime::now()));
+        }
         // Asked after every commit that touches the lane: with no retry rows (the common
         // case) there is nothing to ask SQLite.
-        if self
-            .lanes
-            .get(destination)
-            .is_none_or(|l| l.counts.retry_rows == 0)
-        {
+        if lane.counts.retry_rows == 0 {
             return Ok(None);
         }
         Ok(self
@@ -81,30 +79,32 @@ impl Store {
     }
 }
 
-/// Move a log item behind its busy group: into the retry set, not due (`due_at` NULL) until
-/// `release_next` lets it go. True when that released an item of the group at once.
+/// Move a log item behind its group's item in backoff: into the retry set, not due (`due_at`
+/// NULL) until `release_next` lets it go. True when that released an item of the group at once.
 pub(super) fn park(
     conn: &Connection,
     lane: &mut Lane,
     seq: Seq,
     group: &Arc<str>,
 ) -> Result<bool, StorageError> {
+    park_row(conn, lane, seq, group)?;
+    release_next(conn, lane, group)
+}
+
+/// The retry-set row of an item waiting behind its group (no release attempted).
+pub(super) fn park_row(
+    conn: &Connection,
+    lane: &mut Lane,
+    seq: Seq,
+    group: &Arc<str>,
+) -> Result<(), StorageError> {
     conn.prepare_cached(
         "INSERT INTO retry (dest, seq, group_id, due_at, attempts) VALUES (?1, ?2, ?3, NULL, 0)",
     )
     .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))?;
     lane.counts.retry_rows += 1;
-    release_next(conn, lane, group)
-}
-
-pub(super) fn group_has_rows(
-    conn: &Connection,
-    dest: i64,
-    group: &str,
-) -> Result<bool, StorageError> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM retry WHERE dest = ?1 AND group_id = ?2)")
-        .and_then(|mut s| s.query_row(params![dest, group], |r| r.get(0)))
-        .map_err(StorageError::from)
+    lane.hold.retry_rows(group, 1);
+    Ok(())
 }
 
 /// When nothing of `group` is leased or in backoff any more, make its oldest waiting item due.
@@ -115,15 +115,8 @@ pub(super) fn release_next(
     lane: &Lane,
     group: &Arc<str>,
 ) -> Result<bool, StorageError> {
-    // Nothing waits in the retry set of this destination: nothing to release.
-    if lane.counts.retry_rows == 0 {
-        return Ok(false);
-    }
-    if lane
-        .in_flight
-        .values()
-        .any(|f| f.group.as_ref() == Some(group))
-    {
+    // Nothing of the group waits in the retry set, or the group is busy: nothing to release.
+    if !lane.hold.in_retry(group) || lane.hold.is_busy(group) {
         return Ok(false);
     }
     let busy: bool = conn

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::retry_set::release_next;
+use super::retry_set::{park_row, release_next};
 use super::{Store, ms};
 use crate::spool::sqlite::StorageError;
 use crate::spool::{Attempt, Seq};
@@ -32,6 +32,10 @@ impl Store {
             not_leased(destination, seq);
             return Ok(());
         };
+        if flight.from_hold {
+            // From now on its retry row is the record.
+            lane.hold.done(seq);
+        }
         let p = params![
             lane.id,
             seq as i64,
@@ -64,6 +68,16 @@ impl Store {
             lane.counts.retry_rows += 1;
             if a.attempts > 0 {
                 lane.counts.attempted += 1;
+            }
+            if let Some(g) = &flight.group {
+                lane.hold.retry_rows(g, 1);
+            }
+        }
+        // A backoff may be long: what waited in memory behind this item waits in the retry
+        // set from now on, so the cursor need not stay below it.
+        if let Some(g) = &flight.group {
+            for seq in lane.hold.backed_off(g) {
+                park_row(&self.conn, lane, seq, g)?;
             }
         }
         self.advance(destination)
@@ -108,11 +122,17 @@ impl Store {
             return Ok(());
         };
         then(&self.conn, seq)?;
+        if flight.from_hold {
+            lane.hold.done(seq);
+        }
         if flight.from_retry {
             self.conn
                 .prepare_cached("DELETE FROM retry WHERE dest = ?1 AND seq = ?2")
                 .and_then(|mut s| s.execute(params![lane.id, seq as i64]))?;
             lane.counts.retry_rows = lane.counts.retry_rows.saturating_sub(1);
+            if let Some(g) = &flight.group {
+                lane.hold.retry_rows(g, -1);
+            }
             if flight.attempts > 0 {
                 lane.counts.attempted = lane.counts.attempted.saturating_sub(1);
             }
@@ -120,6 +140,10 @@ impl Store {
             self.freeable.push(seq);
         }
         if let Some(g) = &flight.group {
+            if lane.hold.settled(g) {
+                // Its next item waits in memory, ready: the worker may be asleep.
+                self.rewake.push(destination.to_string());
+            }
             release_next(&self.conn, lane, g)?;
         }
         self.advance(destination)
@@ -133,7 +157,7 @@ impl Store {
         let oldest_leased = lane
             .in_flight
             .iter()
-            .find(|(_, f)| !f.from_retry)
+            .find(|(_, f)| !f.from_retry && !f.from_hold)
             .map(|(s, _)| *s);
         let cursor = oldest_leased.map(|s| s - 1).unwrap_or(lane.scan);
         if cursor != lane.cursor {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::hold::Hold;
 use super::{Counts, Flight, Store};
 use crate::spool::Seq;
 
@@ -23,6 +24,7 @@ struct SavedLane {
     cursor: Seq,
     scan: Seq,
     in_flight: BTreeMap<Seq, Flight>,
+    hold: Hold,
     counts: Counts,
 }
 
@@ -37,6 +39,7 @@ impl Store {
                     cursor: l.cursor,
                     scan: l.scan,
                     in_flight: l.in_flight.clone(),
+                    hold: l.hold.clone(),
                     counts: l.counts,
                 };
                 (name.clone(), saved)
@@ -59,6 +62,7 @@ impl Store {
                 lane.cursor = saved.cursor;
                 lane.scan = saved.scan;
                 lane.in_flight = saved.in_flight;
+                lane.hold = saved.hold;
                 lane.counts = saved.counts;
             }
         }

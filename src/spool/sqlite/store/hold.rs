@@ -1,0 +1,349 @@
+//! Per-group hold-back, in memory: a newer item of a group waits while an older one of the
+//! same group is in flight, without a row written, a query made or a rescan per lease.
+//!
+//! Where an item waits:
+//! - behind an item **in flight**: here, in `parked`. Its log row is the record; the cursor
+//!   moves on past it (so a crash re-sends no more than before), and the seqs held here are
+//!   written with each transaction that changes them (`destination.held`, a few bytes each):
+//!   after a restart they are parked again, ahead of everything else of their group, and
+//!   housekeeping keeps their rows until they settle (`floor`).
+//! - behind an item **in backoff** (a failed attempt): in the SQL retry set, as before
+//!   (`retry_set.rs`), because a backoff may last minutes and the cursor must not wait for it.
+//!   When an in-flight item goes into backoff, the items parked behind it here move there.
+//!
+//! At most [`MAX_HELD`] items wait here per destination: a lease stops reading the log there,
+//! which bounds memory whatever the backlog.
+//!
+//! Invariants: `busy[g]` counts the items of `g` in flight; a log item waits while its group
+//! is busy since an earlier lease or has items parked; when a group's last item in flight
+//! settles, the group becomes `ready` and its parked items are leased together, in order, in
+//! the next lease (as many as fit; the rest wait for that batch), so a group is never in two
+//! batches at once and never overtakes itself — and a hot group moves a batch of its calls
+//! per round trip, not one. Ready groups are leased before the log is read further.
+//! `in_retry[g]` counts the group's rows in the SQL retry set: a newer item of such a group
+//! waits there, never here.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::message::Parsed;
+use crate::spool::Seq;
+
+/// Most items held in memory per destination.
+pub(super) const MAX_HELD: u64 = 5000;
+
+/// A log item waiting in memory, with the lane's copy of its parsed message.
+#[derive(Debug, Clone)]
+pub(super) struct Waiting {
+    pub seq: Seq,
+    pub parsed: Parsed,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Hold {
+    /// Group → (items in flight, the lease call that last made it busy).
+    busy: HashMap<Arc<str>, (u32, u64)>,
+    parked: HashMap<Arc<str>, VecDeque<Waiting>>,
+    /// Groups with parked items and nothing in flight, to lease before reading the log
+    /// further, in the order they became free.
+    ready: VecDeque<Arc<str>>,
+    /// Every seq parked here, with its group.
+    seqs: BTreeMap<Seq, Arc<str>>,
+    /// Seqs leased from here and not settled yet, with their group: recorded with `seqs` in
+    /// the file, since the cursor does not wait for them.
+    out: BTreeMap<Seq, Arc<str>>,
+    /// Group → its rows in the SQL retry set.
+    in_retry: HashMap<Arc<str>, u64>,
+    /// Counts lease calls, so items of one group read in one lease are leased together.
+    epoch: u64,
+    /// `seqs` changed since it was last written to the file.
+    pub dirty: bool,
+}
+
+impl Hold {
+    /// A new lease call begins.
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// An item of `group` was leased (from the log, the retry set or the hold).
+    pub fn leased(&mut self, group: &Arc<str>) {
+        let slot = self.busy.entry(group.clone()).or_insert((0, 0));
+        slot.0 += 1;
+        slot.1 = self.epoch;
+    }
+
+    /// Whether a log item of `group` read now must wait behind an older one: the group is
+    /// busy since an earlier lease call, or has items parked (items of one group read in the
+    /// same call go together, and the batch keeps their order).
+    pub fn must_wait(&self, group: &Arc<str>) -> bool {
+        self.parked.contains_key(group)
+            || self
+                .busy
+                .get(group)
+                .is_some_and(|(n, epoch)| *n > 0 && *epoch != self.epoch)
+    }
+
+    /// Whether `group` has rows in the SQL retry set (newer items wait there).
+    pub fn in_retry(&self, group: &str) -> bool {
+        self.in_retry.get(group).is_some_and(|n| *n > 0)
+    }
+
+    /// Whether any item of `group` is in flight or parked.
+    pub fn is_busy(&self, group: &str) -> bool {
+        self.busy.get(group).is_some_and(|(n, _)| *n > 0) || self.parked.contains_key(group)
+    }
+
+    /// Whether a group is ready to lease.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub fn park(&mut self, group: &Arc<str>, item: Waiting) {
+        self.dirty = true;
+        self.seqs.insert(item.seq, group.clone());
+        self.parked
+            .entry(group.clone())
+            .or_default()
+            .push_back(item);
+    }
+
+    /// An in-flight item of `group` settled for good (delivered or dead-lettered): true when
+    /// that made the group ready (its parked items may be leased).
+    pub fn settled(&mut self, group: &Arc<str>) -> bool {
+        let Some(slot) = self.busy.get_mut(group) else {
+            return false;
+        };
+        slot.0 = slot.0.saturating_sub(1);
+        if slot.0 > 0 {
+            return false;
+        }
+        self.busy.remove(group);
+        if self.parked.contains_key(group) {
+            self.ready.push_back(group.clone());
+            return true;
+        }
+        false
+    }
+
+    /// An in-flight item of `group` went into backoff: the items parked behind it leave
+    /// memory (the caller writes them to the retry set, behind it).
+    pub fn backed_off(&mut self, group: &Arc<str>) -> Vec<Seq> {
+        if let Some(slot) = self.busy.get_mut(group) {
+            slot.0 = slot.0.saturating_sub(1);
+            if slot.0 == 0 {
+                self.busy.remove(group);
+            }
+        }
+        self.ready.retain(|g| g != group);
+        let moved: Vec<Seq> = self
+            .parked
+            .remove(group)
+            .into_iter()
+            .flatten()
+            .map(|w| w.seq)
+            .collect();
+        for seq in &moved {
+            self.seqs.remove(seq);
+        }
+        self.dirty |= !moved.is_empty();
+        moved
+    }
+
+    /// The next ready group and up to `max` of its parked items, oldest first, leased now;
+    /// the rest stay parked until these settle.
+    pub fn take_ready(&mut self, max: usize) -> Option<(Arc<str>, Vec<Waiting>)> {
+        let group = self.ready.pop_front()?;
+        let queue = self.parked.get_mut(&group)?;
+        let items: Vec<Waiting> = queue.drain(..max.min(queue.len())).collect();
+        if queue.is_empty() {
+            self.parked.remove(&group);
+        }
+        for item in &items {
+            self.seqs.remove(&item.seq);
+            self.out.insert(item.seq, group.clone());
+            self.leased(&group);
+        }
+        self.dirty |= !items.is_empty();
+        Some((group, items))
+    }
+
+    /// The oldest seq held here.
+    pub fn oldest(&self) -> Option<Seq> {
+        let parked = self.seqs.first_key_value().map(|(seq, _)| *seq);
+        let out = self.out.first_key_value().map(|(seq, _)| *seq);
+        match (parked, out) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// An item leased from here settled (or went to the retry set): no longer recorded here.
+    pub fn done(&mut self, seq: Seq) {
+        self.dirty |= self.out.remove(&seq).is_some();
+    }
+
+    /// Items parked again after a restart (from `destination.held`), oldest first: their
+    /// group is free, so it is ready at once.
+    pub fn restore(&mut self, group: Arc<str>, seq: Seq) {
+        if !self.parked.contains_key(&group) {
+            self.ready.push_back(group.clone());
+        }
+        self.park(
+            &group,
+            Waiting {
+                seq,
+                parsed: Parsed::default(),
+            },
+        );
+    }
+
+    /// The seqs parked or leased from here, for the file: ascending, each as the varint of
+    /// its distance from the previous one.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut all: Vec<Seq> = self.seqs.keys().chain(self.out.keys()).copied().collect();
+        all.sort_unstable();
+        let mut out = Vec::with_capacity(all.len() * 3);
+        let mut previous = 0;
+        for seq in all {
+            let mut delta = seq - previous;
+            previous = seq;
+            loop {
+                let byte = (delta & 0x7f) as u8;
+                delta >>= 7;
+                if delta == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// Items held here (parked or ready): pending for status.
+    pub fn len(&self) -> u64 {
+        self.seqs.len() as u64
+    }
+
+    /// A row of `group` entered (`+1`) or left (`-1`) the SQL retry set.
+    pub fn retry_rows(&mut self, group: &Arc<str>, delta: i64) {
+        let n = self.in_retry.entry(group.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.in_retry.remove(group);
+        }
+    }
+
+    /// The retry set's rows per group, as read from the file (at start, after another
+    /// process wrote).
+    pub fn set_retry_rows(&mut self, rows: HashMap<Arc<str>, u64>) {
+        self.in_retry = rows;
+    }
+}
+
+/// The seqs `Hold::encode` wrote; a truncated last varint is dropped.
+pub(super) fn decode(bytes: &[u8]) -> Vec<Seq> {
+    let mut seqs = Vec::new();
+    let (mut previous, mut delta, mut shift) = (0u64, 0u64, 0u32);
+    for &byte in bytes {
+        delta |= u64::from(byte & 0x7f) << shift.min(63);
+        shift += 7;
+        if byte & 0x80 == 0 {
+            previous += delta;
+            seqs.push(previous);
+            (delta, shift) = (0, 0);
+        }
+    }
+    seqs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(seq: Seq) -> Waiting {
+        Waiting {
+            seq,
+            parsed: Parsed::default(),
+        }
+    }
+
+    #[test]
+    fn a_free_group_goes_with_its_parked_items_in_one_lease_in_order() {
+        let g: Arc<str> = Arc::from("acme");
+        let mut h = Hold::default();
+        h.next_epoch();
+        h.leased(&g);
+        // Read in the same lease call: goes along; in a later one: waits.
+        assert!(!h.must_wait(&g));
+        h.next_epoch();
+        assert!(h.must_wait(&g));
+        for seq in [5, 7, 9] {
+            h.park(&g, waiting(seq));
+        }
+        assert_eq!((h.oldest(), h.len()), (Some(5), 3));
+        assert!(
+            h.settled(&g),
+            "its last item in flight settled: the group is ready"
+        );
+        assert!(
+            h.must_wait(&g),
+            "a newer item still waits behind the parked ones"
+        );
+        h.next_epoch();
+        let (_, first) = h.take_ready(2).unwrap();
+        assert_eq!(first.iter().map(|w| w.seq).collect::<Vec<_>>(), [5, 7]);
+        // 9 did not fit: it waits for 5 and 7, and so does anything newer.
+        assert!(h.must_wait(&g) && !h.has_ready());
+        assert!(!h.settled(&g));
+        assert!(h.settled(&g));
+        let (_, rest) = h.take_ready(10).unwrap();
+        assert_eq!(rest.iter().map(|w| w.seq).collect::<Vec<_>>(), [9]);
+        // All taken in this call: a newer item read in the same call goes along with them.
+        assert!(!h.must_wait(&g));
+        assert!(!h.settled(&g), "nothing left to release");
+        // Leased from here, they stay recorded until each is done.
+        assert_eq!(h.oldest(), Some(5));
+        for seq in [5, 7, 9] {
+            h.done(seq);
+        }
+        assert!(!h.is_busy(&g) && h.oldest().is_none());
+    }
+
+    #[test]
+    fn held_seqs_round_trip_through_the_file_form() {
+        let g: Arc<str> = Arc::from("acme");
+        let mut h = Hold::default();
+        for seq in [3, 130, 131, 1 << 40] {
+            h.park(&g, waiting(seq));
+        }
+        assert!(h.dirty);
+        assert_eq!(decode(&h.encode()), vec![3, 130, 131, 1 << 40]);
+        assert_eq!(decode(&[]), Vec::<Seq>::new());
+        let mut restored = Hold::default();
+        for seq in decode(&h.encode()) {
+            restored.restore(g.clone(), seq);
+        }
+        let (_, items) = restored.take_ready(10).unwrap();
+        assert_eq!(items.len(), 4);
+        assert!(!restored.must_wait(&g) || restored.is_busy("acme"));
+    }
+
+    #[test]
+    fn a_backoff_sends_the_parked_items_to_the_retry_set() {
+        let g: Arc<str> = Arc::from("acme");
+        let mut h = Hold::default();
+        h.next_epoch();
+        h.leased(&g);
+        h.next_epoch();
+        h.park(&g, waiting(9));
+        h.park(&g, waiting(11));
+        assert_eq!(h.backed_off(&g), vec![9, 11]);
+        assert!(!h.is_busy(&g) && h.len() == 0);
+        h.retry_rows(&g, 3);
+        assert!(h.in_retry("acme"));
+        h.retry_rows(&g, -3);
+        assert!(!h.in_retry("acme"));
+    }
+}
