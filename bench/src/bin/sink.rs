@@ -7,7 +7,9 @@
 //!
 //! For destinations that keep the newest values per group (and may merge a group's calls),
 //! the sink also keeps each group's newest delivered message; `POST /_expect` with the load
-//! generator's `--last-seqs` lines makes `/_stats` say how many groups are `caught_up`.
+//! generator's `--last-seqs` lines makes `GET /_groups/{destination}` say how many groups were
+//! reached at all and how many got their highest-numbered message last (`caught_up`; two
+//! calls of one group sent at once may be accepted in either order, so this one is a hint).
 //!
 //! Control: `GET /_stats`, `POST /_reset`, `POST /_expect`, `POST /_fault/{destination}` with
 //! `{"error_rate":0.1,"statuses":[503,429],"retry_after":2,"latency_ms":0,"down":false,
@@ -302,19 +304,12 @@ async fn webhook(State(s): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn stats(State(s): State<Shared>) -> Response {
-    let expected = s.expected.lock().unwrap_or_else(|p| p.into_inner());
     let counters = s.counters.lock().unwrap_or_else(|p| p.into_inner());
     let out: serde_json::Map<String, Value> = counters
         .iter()
         .map(|(name, c)| {
             let h = &c.latency_us;
-            let caught_up = expected
-                .iter()
-                .filter(|(g, seq)| c.latest.get(g.as_str()).is_some_and(|got| got >= seq))
-                .count();
             let v = json!({
-                "caught_up": caught_up,
-                "expected_groups": expected.len(),
                 "requests": c.requests,
                 "events": c.events,
                 "unique": c.seen.len(),
@@ -331,6 +326,40 @@ async fn stats(State(s): State<Shared>) -> Response {
         })
         .collect();
     axum::Json(Value::Object(out)).into_response()
+}
+
+/// How the groups `POST /_expect` named fared at `dest`: how many were reached at all, and how
+/// many got their highest-numbered message last. A pass over every group: asked once a run
+/// looks done, not on every poll (the sink shares the cores with what it measures).
+async fn groups(State(s): State<Shared>, Path(dest): Path<String>) -> Response {
+    let expected = s.expected.lock().unwrap_or_else(|p| p.into_inner());
+    let counters = s.counters.lock().unwrap_or_else(|p| p.into_inner());
+    let empty = HashMap::new();
+    let latest = counters
+        .iter()
+        .find(|(name, _)| **name == dest)
+        .map_or(&empty, |(_, c)| &c.latest);
+    let reached = expected
+        .keys()
+        .filter(|g| latest.contains_key(g.as_str()))
+        .count();
+    let caught_up = expected
+        .iter()
+        .filter(|(g, seq)| latest.get(g.as_str()).is_some_and(|got| got >= seq))
+        .count();
+    axum::Json(json!({"expected_groups": expected.len(), "groups_reached": reached, "caught_up": caught_up}))
+        .into_response()
+}
+
+/// Each group's newest delivered message seq at `dest`, for looking into a run.
+async fn latest(State(s): State<Shared>, Path(dest): Path<String>) -> Response {
+    let counters = s.counters.lock().unwrap_or_else(|p| p.into_inner());
+    let latest = counters
+        .iter()
+        .find(|(name, _)| **name == dest)
+        .map(|(_, c)| c.latest.clone())
+        .unwrap_or_default();
+    axum::Json(latest).into_response()
 }
 
 async fn reset(State(s): State<Shared>) -> StatusCode {
@@ -379,7 +408,13 @@ async fn main() -> std::io::Result<()> {
         .route("/webhook", post(webhook))
         .route("/_stats", get(stats))
         .route("/_reset", post(reset))
-        .route("/_expect", post(expect))
+        .route("/_latest/{dest}", get(latest))
+        .route("/_groups/{dest}", get(groups))
+        // One line per group: a run with distinct group ids sends megabytes.
+        .route(
+            "/_expect",
+            post(expect).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/_fault/{dest}", post(set_fault))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
