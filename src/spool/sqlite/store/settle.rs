@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, params};
 
 use super::retry_set::{park_row, release_next};
-use super::{Store, ms};
+use super::{Flight, Lane, Store, ms};
 use crate::spool::sqlite::StorageError;
 use crate::spool::{Attempt, Seq};
 
@@ -36,43 +36,7 @@ impl Store {
             // From now on its retry row is the record.
             lane.hold.done(seq);
         }
-        let p = params![
-            lane.id,
-            seq as i64,
-            flight.group.as_deref(),
-            ms(at),
-            a.attempts,
-            ms(a.first_attempt),
-            ms(a.last_attempt),
-            a.reason,
-            a.status
-        ];
-        if flight.from_retry {
-            self.conn
-                .prepare_cached(
-                    "UPDATE retry SET group_id = ?3, due_at = ?4, attempts = ?5, first_attempt = ?6, last_attempt = ?7, reason = ?8, status = ?9
-                     WHERE dest = ?1 AND seq = ?2",
-                )
-                .and_then(|mut s| s.execute(p))?;
-            // `retrying` counts items with an attempt made; a deferral spends none.
-            if flight.attempts == 0 && a.attempts > 0 {
-                lane.counts.attempted += 1;
-            }
-        } else {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO retry (dest, seq, group_id, due_at, attempts, first_attempt, last_attempt, reason, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .and_then(|mut s| s.execute(p))?;
-            lane.counts.retry_rows += 1;
-            if a.attempts > 0 {
-                lane.counts.attempted += 1;
-            }
-            if let Some(g) = &flight.group {
-                lane.hold.retry_rows(g, 1);
-            }
-        }
+        write_retry_row(&self.conn, lane, seq, &flight, at, a)?;
         // A backoff may be long: what waited in memory behind this item waits in the retry
         // set from now on, so the cursor need not stay below it.
         if let Some(g) = &flight.group {
@@ -168,6 +132,54 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The item's retry row: its first (a row of its own, counted), or an update of the row it
+/// was leased from.
+fn write_retry_row(
+    conn: &Connection,
+    lane: &mut Lane,
+    seq: Seq,
+    flight: &Flight,
+    at: SystemTime,
+    a: &Attempt,
+) -> Result<(), StorageError> {
+    let p = params![
+        lane.id,
+        seq as i64,
+        flight.group.as_deref(),
+        ms(at),
+        a.attempts,
+        ms(a.first_attempt),
+        ms(a.last_attempt),
+        a.reason,
+        a.status
+    ];
+    if flight.from_retry {
+        conn.prepare_cached(
+            "UPDATE retry SET group_id = ?3, due_at = ?4, attempts = ?5, first_attempt = ?6, last_attempt = ?7, reason = ?8, status = ?9
+             WHERE dest = ?1 AND seq = ?2",
+        )
+        .and_then(|mut s| s.execute(p))?;
+        // `retrying` counts items with an attempt made; a deferral spends none.
+        if flight.attempts == 0 && a.attempts > 0 {
+            lane.counts.attempted += 1;
+        }
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO retry (dest, seq, group_id, due_at, attempts, first_attempt, last_attempt, reason, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| s.execute(p))?;
+    lane.counts.retry_rows += 1;
+    if a.attempts > 0 {
+        lane.counts.attempted += 1;
+    }
+    if let Some(g) = &flight.group {
+        lane.hold.retry_rows(g, 1);
+    }
+    Ok(())
 }
 
 /// An outcome for an item this process has not leased. Leases outlive failed transactions, so
