@@ -71,6 +71,18 @@ impl From<SpoolError> for ApiError {
                 retry_after: Some(e.retry_after()),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", e.to_string())
             },
+            SpoolError::Storage(_) if e.is_disk_full() => {
+                // A person must free space; the SDKs keep the messages and retry meanwhile.
+                tracing::error!(error = %e, "the spool's disk is full: ingest refuses calls until space is freed");
+                Self {
+                    retry_after: Some(e.retry_after()),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "disk_full",
+                        "the spool's disk is full; retry later",
+                    )
+                }
+            }
             SpoolError::Storage(_) => {
                 tracing::error!(error = %e, "could not store accepted messages");
                 ApiError::new(
@@ -80,5 +92,51 @@ impl From<SpoolError> for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spool::sqlite::StorageError;
+
+    fn answer(e: SpoolError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = ApiError::from(e).into_response();
+        let status = response.status();
+        let after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            response.into_body(),
+            usize::MAX,
+        ))
+        .unwrap()
+        .unwrap();
+        (status, after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn a_full_disk_is_503_with_retry_after_and_says_so() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        // As a group commit reports it: the shared transaction's error.
+        let e = StorageError::Transaction(Arc::new(StorageError::Sqlite(full)));
+        let (status, after, body) = answer(SpoolError::Storage(e));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(after.as_deref(), Some("5"));
+        assert_eq!(body["code"], "disk_full");
+        let (status, after, body) = answer(SpoolError::Storage(StorageError::WriterStopped));
+        assert_eq!((status, after), (StatusCode::INTERNAL_SERVER_ERROR, None));
+        assert_eq!(body["code"], "internal");
+        let (status, after, _) = answer(SpoolError::Full { used: 2, max: 1 });
+        assert_eq!(
+            (status, after.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("5"))
+        );
     }
 }

@@ -94,6 +94,11 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// The spool's disk is full (see [`sqlite::StorageError::is_disk_full`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Storage(e) if e.is_disk_full())
+    }
+
     /// What to tell a client that should retry.
     pub fn retry_after(&self) -> Duration {
         Duration::from_secs(5)

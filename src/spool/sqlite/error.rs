@@ -72,6 +72,21 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The disk (or the file system's quota) is full: nothing can be stored until a person
+    /// frees space, but nothing stored is lost either.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            StorageError::Io { source, .. } | StorageError::StartWriter(source) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            StorageError::Transaction(inner) => inner.is_disk_full(),
+            _ => false,
+        }
+    }
+
     /// For `map_err`: `what` (a verb) failed on `path`.
     pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.to_path_buf();
