@@ -6,7 +6,7 @@
 pub mod time;
 pub mod traits;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::{Map, Value};
 
 use crate::message::MessageType;
@@ -225,9 +225,11 @@ fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Resul
     let corrected = match (timestamp, sent_at) {
         (None, _) => received_at,
         (Some(ts), None) => ts,
-        // Checked: dates far apart (signed years beyond 9999) must not overflow the clock.
+        // Checked: dates far apart (signed years beyond 9999) must not overflow the clock,
+        // nor give a date before year 0 or after 9999 (RFC 3339 has four-digit years).
         (Some(ts), Some(sent)) => received_at
             .checked_sub_signed(sent - ts)
+            .filter(|t| (0..=9999).contains(&t.year()))
             .ok_or_else(|| invalid("timestamp and sentAt are too far apart to correct for skew"))?,
     };
     if let Some(original) = msg.get("timestamp").cloned() {

@@ -183,3 +183,19 @@ fn extreme_dates_are_refused_not_a_panic() {
         "timestamp": "+200000-01-01T00:00:00", "sentAt": "-200000-01-01T00:00:00"}));
     assert!(r.is_err(), "{r:?}");
 }
+
+#[test]
+fn a_wild_sent_at_cannot_push_the_timestamp_out_of_four_digit_years() {
+    // sentAt 8,000 years ahead of timestamp: received − (sentAt − timestamp) is year −5976.
+    let r = group(json!({"userId": "u", "groupId": "g",
+        "timestamp": "2024-05-01T12:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}));
+    assert_eq!(
+        r.unwrap_err().0,
+        "timestamp and sentAt are too far apart to correct for skew"
+    );
+    // A sane skew is still corrected.
+    let ok = group(json!({"userId": "u", "groupId": "g",
+        "timestamp": "2024-05-01T12:00:00Z", "sentAt": "2024-05-01T12:00:05Z"}))
+    .unwrap();
+    assert_eq!(ok.message["timestamp"], "2024-05-01T11:59:55.000Z");
+}
