@@ -74,16 +74,12 @@ impl Registry {
             ));
         };
         let adapter = construct(Setup::of(config))?;
-        check_types(config, adapter.as_ref(), &config.settings)?;
+        check_types(config, adapter.as_ref())?;
         Ok(adapter)
     }
 }
 
-fn check_types(
-    config: &DestinationConfig,
-    adapter: &dyn Destination,
-    settings: &Settings,
-) -> Result<(), ConfigError> {
+fn check_types(config: &DestinationConfig, adapter: &dyn Destination) -> Result<(), ConfigError> {
     let accepts = adapter.accepts();
     let Some(types) = &config.types else {
         return Ok(());
@@ -92,7 +88,7 @@ fn check_types(
         return Ok(());
     }
     let names: Vec<&str> = accepts.iter().map(|t| t.as_str()).collect();
-    Err(settings.error(
+    Err(config.settings.error(
         "types",
         format!(
             "a {} destination takes {} calls only",

@@ -351,17 +351,6 @@ async fn groups(State(s): State<Shared>, Path(dest): Path<String>) -> Response {
         .into_response()
 }
 
-/// Each group's newest delivered message seq at `dest`, for looking into a run.
-async fn latest(State(s): State<Shared>, Path(dest): Path<String>) -> Response {
-    let counters = s.counters.lock().unwrap_or_else(|p| p.into_inner());
-    let latest = counters
-        .iter()
-        .find(|(name, _)| **name == dest)
-        .map(|(_, c)| c.latest.clone())
-        .unwrap_or_default();
-    axum::Json(latest).into_response()
-}
-
 async fn reset(State(s): State<Shared>) -> StatusCode {
     s.counters.lock().unwrap_or_else(|p| p.into_inner()).clear();
     s.expected.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -408,7 +397,6 @@ async fn main() -> std::io::Result<()> {
         .route("/webhook", post(webhook))
         .route("/_stats", get(stats))
         .route("/_reset", post(reset))
-        .route("/_latest/{dest}", get(latest))
         .route("/_groups/{dest}", get(groups))
         // One line per group: a run with distinct group ids sends megabytes.
         .route(

@@ -326,8 +326,10 @@ mod tests {
             restored.restore(g.clone(), seq);
         }
         let (_, items) = restored.take_ready(10).unwrap();
-        assert_eq!(items.len(), 4);
-        assert!(!restored.must_wait(&g) || restored.is_busy("acme"));
+        let seqs: Vec<Seq> = items.iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, vec![3, 130, 131, 1 << 40]);
+        assert!(restored.is_busy("acme"), "all four are leased now");
+        assert_eq!(restored.oldest(), Some(3), "and recorded until they settle");
     }
 
     #[test]
