@@ -3,6 +3,8 @@
 use crate::destination::Constructor;
 
 #[cfg(test)]
+mod coalesce;
+#[cfg(test)]
 pub(crate) mod golden;
 pub mod mixpanel;
 pub mod salesforce;

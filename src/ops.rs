@@ -77,6 +77,7 @@ async fn destinations(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
                 "in_flight": depth.in_flight,
                 "retrying": depth.retrying,
                 "dead_letters": depth.dead_letters,
+                "coalesced": d.status.coalesced(),
                 "paused_until": d.status.paused_until().map(rfc3339),
                 "last_error": d.status.last_error(),
                 "unhealthy": d.status.unhealthy(),

@@ -79,6 +79,12 @@ pub fn deliveries(destination: &str, outcome: &'static str, n: usize) {
     }
 }
 
+/// Calls a destination received inside another call's update of the same group.
+pub fn coalesced(destination: &str, n: usize) {
+    counter!("switchyard_coalesced_total", "destination" => destination.to_string())
+        .increment(n as u64);
+}
+
 /// Time to answer one ingest request (the spool commit included).
 pub fn ingest_latency(endpoint: &str, took: Duration) {
     histogram!("switchyard_ingest_latency_seconds", "endpoint" => endpoint.to_string())

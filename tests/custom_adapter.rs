@@ -62,7 +62,7 @@ impl Destination for Companies {
         let items = (0..batch.len()).collect();
         Translation {
             requests: vec![OutRequest::json(Method::POST, &self.url, body, items)],
-            settled: Vec::new(),
+            ..Translation::default()
         }
     }
 }

@@ -87,6 +87,8 @@ pub struct Mixpanel {
     group_key: String,
     operation: Operation,
     associate_user: bool,
+    /// Merge a group's calls in a batch into one update (`coalesce`, default on).
+    coalesce: bool,
 }
 
 /// At most 2,000 updates per Groups request (MPD:reference/limits-1.mdx).
@@ -118,6 +120,7 @@ impl Mixpanel {
             group_key: c.group_key,
             operation: c.operation,
             associate_user: c.associate_user,
+            coalesce: setup.coalesce.unwrap_or(true),
         })
     }
 }
@@ -148,6 +151,10 @@ impl Destination for Mixpanel {
 
     fn accepts(&self) -> &'static [MessageType] {
         &[MessageType::Group]
+    }
+
+    fn coalesces(&self) -> bool {
+        self.coalesce
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

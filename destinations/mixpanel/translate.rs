@@ -1,5 +1,13 @@
 //! Group calls → Groups and Engage requests. Pure: no clock, no I/O. The project token is
 //! written into each update as it is serialized (masked when the destination is a dry run).
+//!
+//! Coalescing (`coalesce`, on by default): the calls of one group in a batch become one
+//! Groups update, their properties merged in batch order as Mixpanel would apply them one
+//! after another (`$set`: the later value of a property wins; `$set_once`: the earlier
+//! stays); a user's membership in a group is sent once however many of its calls name it
+//! (`$union` adds a value once). Each update carries every call it stands for.
+
+use std::collections::HashMap;
 
 use http::Method;
 use serde::Serialize;
@@ -28,13 +36,27 @@ const RENAMED: &[(&str, &str)] = &[
     ("avatar", "$avatar"),
 ];
 
-/// Serialized updates waiting to be packed into requests, with the batch index each carries.
-type Updates = Vec<(usize, Vec<u8>)>;
+/// Serialized updates waiting to be packed into requests, with the batch indexes each
+/// carries (more than one when calls were coalesced into it).
+type Updates = Vec<(Vec<usize>, Vec<u8>)>;
+
+/// One group's profile update: one call's traits as they are, or several calls' merged.
+struct GroupCalls<'a> {
+    group_id: &'a str,
+    properties: Properties<'a>,
+    items: Vec<usize>,
+}
+
+/// One user's membership in one group: `(user, group)` and the calls that name it.
+type Membership<'a> = ((&'a str, &'a str), Vec<usize>);
 
 pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
     let mut t = Translation::default();
-    let mut groups: Updates = Vec::new();
-    let mut engage: Updates = Vec::new();
+    let mut groups: Vec<GroupCalls<'_>> = Vec::new();
+    let mut memberships: Vec<Membership<'_>> = Vec::new();
+    // Where a group's update and a membership are, when coalescing.
+    let mut group_at: HashMap<&str, usize> = HashMap::new();
+    let mut membership_at: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
         // The engine hands this adapter group calls only, and every group call has a groupId;
@@ -47,38 +69,82 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
             .and_then(Value::as_object)
             .filter(|t| !t.is_empty());
         if let Some(traits) = traits {
-            let update = match group_update(mp, group_id, traits) {
-                Ok(u) if u.len() > MAX_UPDATE_BYTES => Err(format!(
-                    "the group update is {} bytes; Mixpanel takes at most 1 MB",
-                    u.len()
-                )),
-                other => other,
-            };
-            match update {
-                Ok(update) => groups.push((i, update)),
-                Err(why) => {
-                    t.settled
-                        .push((i, Verdict::permanent(Failure::translation(why))));
-                    continue;
+            match group_at.get(group_id).filter(|_| mp.coalesce) {
+                Some(&k) => {
+                    let g = &mut groups[k];
+                    let earlier =
+                        std::mem::replace(&mut g.properties, Properties::Merged(Map::new()));
+                    g.properties = earlier.merge(traits, mp.operation);
+                    g.items.push(i);
+                    t.coalesced.push(i);
+                }
+                None => {
+                    group_at.insert(group_id, groups.len());
+                    groups.push(GroupCalls {
+                        group_id,
+                        properties: Properties::Traits(traits),
+                        items: vec![i],
+                    });
                 }
             }
         }
         let user_id = m.get("userId").and_then(Value::as_str);
         match user_id.filter(|_| mp.associate_user) {
-            Some(user_id) => match engage_update(mp, user_id, group_id) {
-                Ok(update) => engage.push((i, update)),
-                Err(why) => t
-                    .settled
-                    .push((i, Verdict::permanent(Failure::translation(why)))),
+            Some(user_id) => match membership_at
+                .get(&(user_id, group_id))
+                .filter(|_| mp.coalesce)
+            {
+                Some(&k) => memberships[k].1.push(i),
+                None => {
+                    membership_at.insert((user_id, group_id), memberships.len());
+                    memberships.push(((user_id, group_id), vec![i]));
+                }
             },
             // Empty traits and no user to associate: nothing to send, and nothing lost.
             None if traits.is_none() => t.settled.push((i, Verdict::Delivered)),
             None => {}
         }
     }
+    let groups = serialized(
+        &mut t,
+        groups.into_iter().map(|g| {
+            let update = group_update(mp, g.group_id, &g.properties).and_then(|u| match u.len() {
+                n if n > MAX_UPDATE_BYTES => Err(format!(
+                    "the group update is {n} bytes; Mixpanel takes at most 1 MB"
+                )),
+                _ => Ok(u),
+            });
+            (g.items, update)
+        }),
+    );
+    let engage = serialized(
+        &mut t,
+        memberships
+            .into_iter()
+            .map(|((user_id, group_id), items)| (items, engage_update(mp, user_id, group_id))),
+    );
     pack(&mut t, &format!("{}/groups?verbose=1", mp.host), groups);
     pack(&mut t, &format!("{}/engage?verbose=1", mp.host), engage);
     t
+}
+
+/// The updates that serialized; the calls of one that did not are settled as untranslatable.
+fn serialized(
+    t: &mut Translation,
+    updates: impl Iterator<Item = (Vec<usize>, Result<Vec<u8>, String>)>,
+) -> Updates {
+    let mut ok = Vec::new();
+    for (items, update) in updates {
+        match update {
+            Ok(u) => ok.push((items, u)),
+            Err(why) => t.settled.extend(
+                items
+                    .into_iter()
+                    .map(|i| (i, Verdict::permanent(Failure::translation(why.clone())))),
+            ),
+        }
+    }
+    ok
 }
 
 /// `{"$token","$group_key","$group_id","$set"|"$set_once"}` (MPD openapi `/groups#group-set`).
@@ -87,7 +153,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
 fn group_update(
     mp: &Mixpanel,
     group_id: &str,
-    traits: &Map<String, Value>,
+    properties: &Properties<'_>,
 ) -> Result<Vec<u8>, String> {
     let op = match mp.operation {
         Operation::Set => "$set",
@@ -98,7 +164,7 @@ fn group_update(
         group_key: &mp.group_key,
         group_id,
         op,
-        traits,
+        properties,
     })
 }
 
@@ -107,7 +173,7 @@ struct GroupUpdate<'a> {
     group_key: &'a str,
     group_id: &'a str,
     op: &'static str,
-    traits: &'a Map<String, Value>,
+    properties: &'a Properties<'a>,
 }
 
 impl Serialize for GroupUpdate<'_> {
@@ -116,21 +182,54 @@ impl Serialize for GroupUpdate<'_> {
         map.serialize_entry("$token", self.token)?;
         map.serialize_entry("$group_key", self.group_key)?;
         map.serialize_entry("$group_id", self.group_id)?;
-        // A trait spelled like a renamed one (`$name` next to `name`) would give one property
-        // twice: merge them in a map, as for any other message shape we did not plan for.
-        if self.traits.keys().any(|k| k.starts_with('$')) {
-            map.serialize_entry(self.op, &properties(self.traits))?;
-        } else {
-            map.serialize_entry(self.op, &Properties(self.traits))?;
+        match self.properties {
+            // A trait spelled like a renamed one (`$name` next to `name`) would give one
+            // property twice: merge them in a map, as for any other message shape we did not
+            // plan for.
+            Properties::Traits(traits) if traits.keys().any(|k| k.starts_with('$')) => {
+                map.serialize_entry(self.op, &properties(traits))?
+            }
+            Properties::Traits(traits) => map.serialize_entry(self.op, &AsProperties(traits))?,
+            Properties::Merged(merged) => map.serialize_entry(self.op, merged)?,
         }
         map.end()
     }
 }
 
-/// Traits as profile properties, written as they are read (see `properties`).
-struct Properties<'a>(&'a Map<String, Value>);
+/// A group's properties: one call's traits, written as they are read (see `properties`), or
+/// the properties of several calls merged.
+enum Properties<'a> {
+    Traits(&'a Map<String, Value>),
+    Merged(Map<String, Value>),
+}
 
-impl Serialize for Properties<'_> {
+impl Properties<'_> {
+    /// Lay a later call's traits over these, as Mixpanel would apply its update after them:
+    /// with `$set` the later value of each property wins (an object such as `address` is one
+    /// property, replaced whole); with `$set_once` a property already set stays.
+    fn merge(self, later: &Map<String, Value>, op: Operation) -> Self {
+        let mut merged = match self {
+            Properties::Traits(traits) => properties(traits),
+            Properties::Merged(merged) => merged,
+        };
+        for (key, value) in properties(later) {
+            match op {
+                Operation::Set => {
+                    merged.insert(key, value);
+                }
+                Operation::SetOnce => {
+                    merged.entry(key).or_insert(value);
+                }
+            }
+        }
+        Properties::Merged(merged)
+    }
+}
+
+/// Traits as profile properties, written as they are read (see `properties`).
+struct AsProperties<'a>(&'a Map<String, Value>);
+
+impl Serialize for AsProperties<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (key, value) in self.0 {
@@ -216,20 +315,23 @@ fn serialize(update: &impl Serialize) -> Result<Vec<u8>, String> {
 fn pack(t: &mut Translation, url: &str, updates: Updates) {
     let mut body: Vec<u8> = Vec::new();
     let mut items: Vec<usize> = Vec::new();
-    for (i, update) in updates {
-        let full = items.len() == MAX_UPDATES || body.len() + 1 + update.len() + 1 > BODY_BUDGET;
-        if !items.is_empty() && full {
+    let mut count = 0;
+    for (calls, update) in updates {
+        let full = count == MAX_UPDATES || body.len() + 1 + update.len() + 1 > BODY_BUDGET;
+        if count > 0 && full {
             t.requests.push(finish(
                 url,
                 std::mem::take(&mut body),
                 std::mem::take(&mut items),
             ));
+            count = 0;
         }
-        body.push(if items.is_empty() { b'[' } else { b',' });
+        body.push(if count == 0 { b'[' } else { b',' });
         body.extend_from_slice(&update);
-        items.push(i);
+        items.extend(calls);
+        count += 1;
     }
-    if !items.is_empty() {
+    if count > 0 {
         t.requests.push(finish(url, body, items));
     }
 }

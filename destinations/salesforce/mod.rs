@@ -107,6 +107,9 @@ pub struct Salesforce {
     mapping: Vec<(Vec<String>, String)>,
     request_limit_pause: Duration,
     tokens: auth::Tokens,
+    /// One record per group per batch, the group's calls merged (`coalesce`, default on);
+    /// else one record per call, a group's records in successive requests.
+    coalesce: bool,
 }
 
 /// sObject Collections take at most 200 records (SF-COLL); one item makes at most one record.
@@ -161,6 +164,7 @@ impl Salesforce {
             mapping,
             request_limit_pause: c.request_limit_pause,
             tokens,
+            coalesce: setup.coalesce.unwrap_or(true),
         })
     }
 }
@@ -212,6 +216,10 @@ impl Destination for Salesforce {
 
     fn accepts(&self) -> &'static [MessageType] {
         &[MessageType::Group]
+    }
+
+    fn coalesces(&self) -> bool {
+        self.coalesce
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

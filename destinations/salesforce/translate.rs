@@ -1,5 +1,11 @@
 //! Group calls → sObject Collections upserts by external id. Pure but for a WARN and a counter
 //! when a value is left out, so that an operator sees the data Salesforce did not get.
+//!
+//! A request never holds two records with one external id (they would race each other,
+//! inference from SF-COLL's in-order processing). Coalescing (`coalesce`, on by default)
+//! merges a group's calls in a batch into one record, later values winning field by field
+//! (so `address.city` and `address.street` merge as the fields they map to); without it each
+//! call is its own record, and a group's second record goes in a later request than its first.
 
 use std::collections::HashMap;
 
@@ -19,12 +25,16 @@ struct Record<'a> {
     fields: Vec<(&'a str, &'a Value)>,
     /// Batch indexes of the calls merged into it; the record's verdict is each one's.
     items: Vec<usize>,
+    /// Records of one group before this one in the batch (always 0 when coalescing): the
+    /// record goes in a request after theirs.
+    round: usize,
 }
 
 pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
     let mut t = Translation::default();
     let mut records: Vec<Record<'_>> = Vec::new();
-    let mut by_group: HashMap<&str, usize> = HashMap::new();
+    // A group's record to merge into (when coalescing), and how many records it has.
+    let mut by_group: HashMap<&str, (usize, usize)> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
         let m = item.message;
         // The engine hands this adapter group calls only, and every group call has a groupId;
@@ -32,29 +42,40 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
         let Some(group_id) = item.group_call() else {
             continue;
         };
-        // One record per group per request: two records with one external id in a request
-        // would race each other (inference from SF-COLL's in-order processing); later calls win.
-        let k = *by_group.entry(group_id).or_insert_with(|| {
-            records.push(Record {
-                group_id,
-                fields: Vec::new(),
-                items: Vec::new(),
-            });
-            records.len() - 1
-        });
+        let k = match by_group.get_mut(group_id) {
+            Some((k, _)) if sf.coalesce => {
+                t.coalesced.push(i);
+                *k
+            }
+            seen => {
+                let round = seen.as_ref().map_or(0, |(_, n)| *n);
+                records.push(Record {
+                    group_id,
+                    fields: Vec::new(),
+                    items: Vec::new(),
+                    round,
+                });
+                by_group.insert(group_id, (records.len() - 1, round + 1));
+                records.len() - 1
+            }
+        };
         if let Some(traits) = m.get("traits").and_then(Value::as_object) {
             apply(sf, traits, &mut records[k].fields, item.message_id());
         }
         records[k].items.push(i);
     }
-    let (empty, records): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.fields.is_empty());
+    let (empty, mut records): (Vec<_>, Vec<_>) =
+        records.into_iter().partition(|r| r.fields.is_empty());
     // No mapped trait: nothing to write, and an upsert of the bare id could only create a
     // record without the required `Name`.
     for r in empty {
         t.settled
             .extend(r.items.into_iter().map(|i| (i, Verdict::Delivered)));
     }
-    for chunk in records.chunks(MAX_BATCH) {
+    // Stable: within a round, records keep batch order.
+    records.sort_by_key(|r| r.round);
+    let rounds = records.chunk_by(|a, b| a.round == b.round);
+    for chunk in rounds.flat_map(|round| round.chunks(MAX_BATCH)) {
         match request(sf, chunk) {
             Ok(r) => t.requests.push(r),
             Err(e) => {

@@ -75,6 +75,13 @@ pub fn build(setup: Setup<'_>) -> Result<Arc<dyn Destination>, ConfigError> {
 impl Webhook {
     fn new(setup: Setup<'_>) -> Result<Self, ConfigError> {
         let s = setup.settings;
+        if setup.coalesce == Some(true) {
+            return Err(s.error(
+                "coalesce",
+                "a webhook receiver gets every call as it was sent (each event matters to it), \
+                 so calls are never merged; remove coalesce",
+            ));
+        }
         let c: WebhookConfig = s.parse()?;
         let url = s.http_url("url", &c.url)?;
         let method = match c.method.to_ascii_uppercase().as_str() {

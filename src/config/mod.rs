@@ -147,6 +147,9 @@ pub struct DestinationConfig {
     /// two of them: per-group order holds whatever the value.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Merge a group's calls waiting together into one update (adapters whose updates are
+    /// idempotent state); `None`: the adapter's default.
+    pub coalesce: Option<bool>,
     /// The adapter's own keys, still spanned; filled in by [`load`].
     #[serde(skip)]
     pub settings: Settings,
@@ -304,7 +307,8 @@ mod tests {
                 "rate_limit",
                 "retry",
                 "batch",
-                "concurrency"
+                "concurrency",
+                "coalesce"
             ]
         );
     }

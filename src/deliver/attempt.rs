@@ -16,10 +16,18 @@ use crate::destination::{
 use crate::route;
 use crate::spool::Leased;
 
+/// What attempting a batch decided, by batch index.
+pub(super) struct Attempted {
+    pub verdicts: Vec<Option<Verdict>>,
+    /// Merged into another item's update by the adapter (coalesced).
+    pub merged: Vec<bool>,
+}
+
 impl Worker {
     /// Translate, send and classify: a verdict per leased item.
-    pub(super) async fn attempt(&self, batch: &[Leased]) -> Vec<Option<Verdict>> {
+    pub(super) async fn attempt(&self, batch: &[Leased]) -> Attempted {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        let mut merged = vec![false; batch.len()];
         let empty = Map::new();
         let mut items = Vec::with_capacity(batch.len());
         // `live[j]` is the batch index of the adapter's item `j`.
@@ -35,20 +43,24 @@ impl Worker {
                 Err(refused) => verdicts[i] = Some(refused),
             }
         }
-        let mut adapter_verdicts = vec![None; items.len()];
-        self.send_all(&items, &mut adapter_verdicts).await;
-        for (j, v) in adapter_verdicts.into_iter().enumerate() {
+        let mut decided = Attempted {
+            verdicts: vec![None; items.len()],
+            merged: vec![false; items.len()],
+        };
+        self.send_all(&items, &mut decided).await;
+        for (j, v) in decided.verdicts.into_iter().enumerate() {
             verdicts[live[j]] = v;
+            merged[live[j]] = decided.merged[j];
         }
-        verdicts
+        Attempted { verdicts, merged }
     }
 
     /// Translate `items` and send every request, splitting the ones found too large.
-    async fn send_all(&self, items: &[Item<'_>], verdicts: &mut [Option<Verdict>]) {
+    async fn send_all(&self, items: &[Item<'_>], decided: &mut Attempted) {
         let mut queue = VecDeque::new();
         self.take(
             self.adapter.translate(items, SystemTime::now()),
-            verdicts,
+            decided,
             &mut queue,
         );
         while let Some(request) = queue.pop_front() {
@@ -56,7 +68,7 @@ impl Worker {
                 let after = until.duration_since(SystemTime::now()).ok();
                 for &j in &request.items {
                     let reason = "destination paused".to_string();
-                    merge(verdicts, j, Verdict::Defer { after, reason });
+                    merge(&mut decided.verdicts, j, Verdict::Defer { after, reason });
                 }
                 continue;
             }
@@ -69,7 +81,7 @@ impl Worker {
                 for half in [first, second] {
                     let sub: Vec<Item<'_>> = half.iter().map(|&j| items[j]).collect();
                     let t = rebase(self.adapter.translate(&sub, SystemTime::now()), half);
-                    self.take(t, verdicts, &mut split);
+                    self.take(t, decided, &mut split);
                 }
                 split.append(&mut queue);
                 queue = split;
@@ -79,20 +91,18 @@ impl Worker {
                 let v = c.verdicts.get(k).cloned().unwrap_or_else(|| {
                     Verdict::retry(Failure::engine("the adapter gave no verdict for this item"))
                 });
-                merge(verdicts, j, v);
+                merge(&mut decided.verdicts, j, v);
             }
         }
     }
 
-    /// Record what a translation settled and queue its requests.
-    fn take(
-        &self,
-        t: Translation,
-        verdicts: &mut [Option<Verdict>],
-        queue: &mut VecDeque<OutRequest>,
-    ) {
+    /// Record what a translation settled and merged, and queue its requests.
+    fn take(&self, t: Translation, decided: &mut Attempted, queue: &mut VecDeque<OutRequest>) {
         for (j, v) in t.settled {
-            merge(verdicts, j, v);
+            merge(&mut decided.verdicts, j, v);
+        }
+        for j in t.coalesced {
+            decided.merged[j] = true;
         }
         queue.extend(t.requests);
     }

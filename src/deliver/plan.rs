@@ -53,6 +53,9 @@ pub(super) fn rebase(mut t: Translation, half: &[usize]) -> Translation {
     for (i, _) in &mut t.settled {
         *i = half[*i];
     }
+    for i in &mut t.coalesced {
+        *i = half[*i];
+    }
     for r in &mut t.requests {
         for i in &mut r.items {
             *i = half[*i];

@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use super::Worker;
+use super::attempt::Attempted;
 use super::plan::{self, Later};
 use crate::destination::Verdict;
 use crate::spool::{Attempt, Leased, Seq, SpoolError};
@@ -15,9 +16,17 @@ impl Worker {
     pub(super) async fn settle(
         &self,
         batch: &[Leased],
-        mut verdicts: Vec<Option<Verdict>>,
+        attempted: Attempted,
     ) -> Result<(), SpoolError> {
+        let Attempted {
+            mut verdicts,
+            merged,
+        } = attempted;
         plan::keep_group_order(batch, &mut verdicts);
+        // Calls that reached the destination inside another call's update.
+        let coalesced = (verdicts.iter().zip(&merged))
+            .filter(|(v, m)| **m && matches!(v, Some(Verdict::Delivered)))
+            .count();
         let now = SystemTime::now();
         let out = plan::outcomes(batch, verdicts, &self.policy, now, rand::random::<f64>);
         self.schedule(now, &out.later).await?;
@@ -28,6 +37,10 @@ impl Worker {
         if !out.delivered.is_empty() {
             self.spool.ack(&self.name, &out.delivered).await?;
             telemetry::deliveries(&self.name, "delivered", out.delivered.len());
+        }
+        if coalesced > 0 {
+            self.status.add_coalesced(coalesced);
+            telemetry::coalesced(&self.name, coalesced);
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ struct State {
     last_error: Option<String>,
     /// Set by an adapter when a person must act (bad credentials, unknown object).
     unhealthy: Option<String>,
+    /// Calls delivered inside another call's update since start (coalescing).
+    coalesced: u64,
 }
 
 impl Status {
@@ -44,6 +46,14 @@ impl Status {
         if state.paused_until.is_none_or(|t| t < until) {
             state.paused_until = Some(until);
         }
+    }
+
+    pub fn coalesced(&self) -> u64 {
+        self.state().coalesced
+    }
+
+    pub(super) fn add_coalesced(&self, n: usize) {
+        self.state().coalesced += n as u64;
     }
 
     pub(super) fn set_last_error(&self, error: &str) {

@@ -65,9 +65,9 @@ impl Worker {
 
     /// Attempt the batch at once, settle it when the batches leased before it have settled.
     async fn deliver(&self, batch: Vec<Leased>, ticket: Ticket<'_>) -> Result<(), SpoolError> {
-        let verdicts = self.attempt(&batch).await;
+        let attempted = self.attempt(&batch).await;
         ticket.turn().await;
-        self.settle(&batch, verdicts).await
+        self.settle(&batch, attempted).await
         // The ticket drops here, after settling: the next batch's turn.
     }
 }

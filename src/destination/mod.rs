@@ -82,6 +82,13 @@ pub trait Destination: Send + Sync + 'static {
         MessageType::ALL
     }
 
+    /// Whether `translate` merges the calls of one group in a batch into one update
+    /// (`coalesce`): only for updates that are idempotent state, where the vendor ends in the
+    /// same state either way. Counted from [`Translation::coalesced`].
+    fn coalesces(&self) -> bool {
+        false
+    }
+
     /// Turn a batch into requests. Pure: the time comes in, nothing is fetched.
     fn translate(&self, batch: &[Item<'_>], now: SystemTime) -> Translation;
 

@@ -22,6 +22,9 @@ pub struct Setup<'a> {
     pub max_events: Option<usize>,
     /// Requests are shown, never sent: put no credential in them.
     pub dry_run: bool,
+    /// `coalesce` as configured; `None` when the adapter's default applies. An adapter that
+    /// cannot merge calls refuses `Some(true)` (the registry does, if it does not).
+    pub coalesce: Option<bool>,
 }
 
 impl<'a> Setup<'a> {
@@ -31,6 +34,7 @@ impl<'a> Setup<'a> {
             settings: &config.settings,
             max_events: config.batch.max_events,
             dry_run: config.dry_run,
+            coalesce: config.coalesce,
         }
     }
 }
@@ -75,8 +79,26 @@ impl Registry {
         };
         let adapter = construct(Setup::of(config))?;
         check_types(config, adapter.as_ref())?;
+        check_coalesce(config, adapter.as_ref())?;
         Ok(adapter)
     }
+}
+
+/// `coalesce = true` on an adapter that delivers every call as it is, said rather than ignored.
+fn check_coalesce(
+    config: &DestinationConfig,
+    adapter: &dyn Destination,
+) -> Result<(), ConfigError> {
+    if config.coalesce == Some(true) && !adapter.coalesces() {
+        return Err(config.settings.error(
+            "coalesce",
+            format!(
+                "a {} destination does not merge calls; remove coalesce",
+                config.kind
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_types(config: &DestinationConfig, adapter: &dyn Destination) -> Result<(), ConfigError> {

@@ -190,6 +190,10 @@ pub struct Translation {
     /// Items settled without a request: delivered (nothing to send) or permanent (cannot be
     /// translated), by batch index.
     pub settled: Vec<(usize, Verdict)>,
+    /// Batch indexes of calls merged into an earlier call's update of the same group
+    /// (coalescing): each is an update the destination was spared. Their verdict is the
+    /// update's, through the request that carries them.
+    pub coalesced: Vec<usize>,
 }
 
 /// The verdict most HTTP APIs deserve: 2xx delivered; 408, 429 and 5xx (but 501) retried,

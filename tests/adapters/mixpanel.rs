@@ -1,4 +1,4 @@
-//! Mixpanel through the daemon: a 200 that says `status: 0`, and a 413 split.
+//! Mixpanel through the daemon: a 200 that says `status: 0`, a 413 split, and coalescing.
 
 use serde_json::{Value, json};
 
@@ -84,13 +84,18 @@ async fn too_large_splits_the_batch() {
 }
 
 /// Two updates of one group share a batch; only the older one's engage request fails. The
-/// newer update must be sent again after the older one's retry, so it still wins.
+/// newer update must be sent again after the older one's retry, so it still wins. (Not
+/// coalesced: merged, both would ride in one group update.)
 #[tokio::test]
 async fn a_partly_failed_batch_keeps_the_last_write_winning() {
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script("/engage", vec![Answer::status(503)]);
-    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
+    let d = Daemon::start(
+        "",
+        &format!("{}{}", source(), mixpanel(&rx, "coalesce = false")),
+    )
+    .await;
     let mut older = call("acme", Some("u-1"), json!({"plan": "free"}));
     older["messageId"] = json!("m-older");
     let mut newer = call("acme", None, json!({"plan": "pro"}));
@@ -112,4 +117,142 @@ async fn a_partly_failed_batch_keeps_the_last_write_winning() {
         Some("pro"),
         "last write must win: {plans:?}"
     );
+}
+
+fn numbered(group: &str, n: usize) -> Value {
+    let mut c = call(
+        group,
+        Some(&format!("u-{}", n % 3)),
+        json!({"plan": format!("p{n}")}),
+    );
+    c["messageId"] = json!(format!("m-{group}-{n}"));
+    c
+}
+
+/// The updates of each `/groups` request, as (group, plan).
+fn updates(requests: &[common::Captured]) -> Vec<Vec<(String, String)>> {
+    requests
+        .iter()
+        .map(|c| {
+            let body = c.json();
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|u| {
+                    let plan = u["$set"]["plan"].as_str().unwrap_or_default().to_string();
+                    (u["$group_id"].as_str().unwrap().to_string(), plan)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Calls of one group that pile up while Mixpanel is paused reach it as one update, the
+/// newest values in it; `/v1/destinations` and `/metrics` count the calls merged away.
+#[tokio::test]
+async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group() {
+    let rx = Receiver::start().await;
+    accept_all(&rx);
+    rx.script(
+        "/groups",
+        vec![
+            Answer::json(429, json!({"error": "slow down", "status": 0}))
+                .with_header("retry-after", "1"),
+        ],
+    );
+    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
+    send(&d, vec![numbered("acme", 0)]).await;
+    rx.wait_for("/groups", 1).await;
+    // Paused now: these wait behind the first call.
+    let later: Vec<Value> = (1..30)
+        .map(|n| numbered("acme", n))
+        .chain((0..5).map(|n| numbered("globex", n)))
+        .collect();
+    send(&d, later).await;
+    let status = wait_status(&d, "Mixpanel", settled(0), "all 35 delivered").await;
+
+    let after_pause = updates(&rx.requests("/groups")[1..]);
+    for request in &after_pause {
+        let mut groups: Vec<&String> = request.iter().map(|(g, _)| g).collect();
+        groups.sort();
+        groups.dedup();
+        assert_eq!(
+            groups.len(),
+            request.len(),
+            "one update per group per request: {after_pause:?}"
+        );
+    }
+    let acme: Vec<&String> = after_pause
+        .iter()
+        .flatten()
+        .filter(|(g, _)| g == "acme")
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        acme.len() <= 2,
+        "30 calls of acme, at most the retried one and one merged: {acme:?}"
+    );
+    assert_eq!(
+        acme.last().map(|p| p.as_str()),
+        Some("p29"),
+        "the newest value wins"
+    );
+    let globex: Vec<&String> = after_pause
+        .iter()
+        .flatten()
+        .filter(|(g, _)| g == "globex")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(globex, ["p4"]);
+    // Merged away: 29 − 1 of acme's (or 29 if the retried call rode along), 4 of globex's.
+    let coalesced = status["coalesced"].as_u64().unwrap();
+    assert!((32..=33).contains(&coalesced), "{status}");
+    let metrics = d.get_text("/metrics").await;
+    let line = format!("switchyard_coalesced_total{{destination=\"Mixpanel\"}} {coalesced}");
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    // Memberships: each user once per group.
+    let engaged: usize = rx
+        .requests("/engage")
+        .iter()
+        .map(|c| c.json().as_array().unwrap().len())
+        .sum();
+    assert!(
+        engaged <= 3 + 3 + 1,
+        "3 users × 2 groups, plus the first call's: {engaged}"
+    );
+}
+
+/// A merged update that Mixpanel refuses dead-letters every call it stood for, and
+/// `dlq replay` delivers them all again.
+#[tokio::test]
+async fn a_refused_merged_update_dead_letters_every_call_in_it() {
+    let rx = Receiver::start().await;
+    accept_all(&rx);
+    rx.script(
+        "/groups",
+        vec![Answer::json(400, json!({"error": "bad", "status": 0}))],
+    );
+    let d = Daemon::start(
+        "",
+        &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
+    )
+    .await;
+    send(&d, (0..10).map(|n| numbered("acme", n)).collect()).await;
+    wait_status(&d, "Mixpanel", settled(10), "ten dead letters").await;
+    assert_eq!(
+        updates(&rx.requests("/groups")),
+        [[("acme".to_string(), "p9".to_string())]]
+    );
+    let listed = d.dlq(&["list"]);
+    for n in 0..10 {
+        assert!(
+            listed.contains(&format!("m-acme-{n}")),
+            "m-acme-{n} in\n{listed}"
+        );
+    }
+    d.dlq(&["replay", "--all"]);
+    wait_status(&d, "Mixpanel", settled(0), "replayed and delivered").await;
+    let sent = updates(&rx.requests("/groups"));
+    assert_eq!(sent.len(), 2, "the replay merged again: {sent:?}");
+    assert_eq!(sent[1], [("acme".to_string(), "p9".to_string())]);
 }

@@ -95,10 +95,12 @@ fn a_split_sends_the_first_half_first_and_a_single_item_is_not_split() {
             vec![1, 0],
         )],
         settled: vec![(1, Verdict::Delivered)],
+        coalesced: vec![0],
     };
     let whole = rebase(sub, &[7, 9]);
     assert_eq!(whole.requests[0].items, vec![9, 7]);
     assert_eq!(whole.settled, vec![(9, Verdict::Delivered)]);
+    assert_eq!(whole.coalesced, vec![7]);
 }
 
 #[test]

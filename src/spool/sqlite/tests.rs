@@ -220,21 +220,26 @@ fn the_waiting_item_goes_after_the_older_one_is_delivered() {
 fn retries_of_one_group_keep_their_order_whatever_the_jitter() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store(dir.path());
-    append(
-        &mut s,
-        vec![msg("v1", Some("g"), &["A"]), msg("v2", Some("g"), &["A"])],
-    );
-    let both = lease(&mut s, "A", 10);
+    let calls = ["v1", "v2", "v3"].map(|id| msg(id, Some("g"), &["A"]));
+    append(&mut s, calls.to_vec());
+    let all = lease(&mut s, "A", 10);
     assert_eq!(
-        ids(&both),
-        ["v1", "v2"],
+        ids(&all),
+        ["v1", "v2", "v3"],
         "items of one group leased together stay in order"
     );
-    // v2 drew a shorter backoff than v1.
-    s.retry_at("A", both[0].1, past(), &attempt(1)).unwrap();
-    s.retry_at("A", both[1].1, past() - Duration::from_secs(5), &attempt(1))
+    // v2 drew a shorter backoff than v1; v3 a longer one, not over yet.
+    s.retry_at("A", all[0].1, past(), &attempt(1)).unwrap();
+    s.retry_at("A", all[1].1, past() - Duration::from_secs(5), &attempt(1))
         .unwrap();
-    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v1"]);
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    s.retry_at("A", all[2].1, later, &attempt(1)).unwrap();
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["v1", "v2"],
+        "the due ones go together, oldest first; v3 waits behind them"
+    );
+    assert!(lease(&mut s, "A", 10).is_empty());
 }
 
 #[test]
@@ -352,7 +357,11 @@ fn a_backoff_moves_the_items_waiting_in_memory_to_the_retry_set_in_order() {
     let again = s.lease("A", 10).unwrap();
     assert!(again.is_empty(), "v2 and v3 wait for v1 to settle");
     s.ack("A", &[v1[0].1]).unwrap();
-    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v2"]);
+    assert_eq!(
+        ids(&lease(&mut s, "A", 10)),
+        ["v2", "v3"],
+        "released together, in order: one batch, not one call per round trip"
+    );
 }
 
 #[test]

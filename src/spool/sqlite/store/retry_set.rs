@@ -3,9 +3,12 @@
 //! NULL, until released).
 //!
 //! Invariants kept here: a group never overtakes itself. A retry row is due only when it is
-//! the oldest row of its group in the set and neither it nor its group is leased; a parked
-//! item is released one at a time, and only once nothing of its group is leased or in
-//! backoff. `counts.retry_rows` follows every row added here.
+//! the oldest row of its group in the set and neither it nor its group is leased; the rows
+//! of its group right behind it that are due too go in the same lease, in order (so a group
+//! that waited out a backoff or a pause moves as one batch, which the adapter may coalesce,
+//! not one call per round trip). Parked items are released together, oldest first, and only
+//! once nothing of their group is leased or in backoff. `counts.retry_rows` follows every
+//! row added here.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -52,10 +55,43 @@ impl Store {
             {
                 continue;
             }
-            let due = due_retry(row, seq, group, before.is_some())?;
-            out.push(due);
+            out.push(due_retry(row, seq, group.clone(), before.is_some())?);
+            if let (Some(g), Some(before)) = (&group, before) {
+                self.due_behind(lane.id, g, seq, before, max - out.len(), &mut out)?;
+            }
         }
         Ok(out)
+    }
+
+    /// The rows of `group` right behind `after` in the retry set that are due by `before`,
+    /// in order, up to `max`: they go with it. The first row not due stops it (it keeps its
+    /// place, behind the batch).
+    fn due_behind(
+        &self,
+        lane: i64,
+        group: &Arc<str>,
+        after: Seq,
+        before: i64,
+        max: usize,
+        out: &mut Vec<(Leased, i64)>,
+    ) -> Result<(), StorageError> {
+        if max == 0 {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at FROM retry r JOIN log l ON l.seq = r.seq
+             WHERE r.dest = ?1 AND r.group_id = ?2 AND r.seq > ?3 ORDER BY r.seq LIMIT ?4",
+        )?;
+        let mut rows = stmt.query(params![lane, group.as_ref(), after as i64, max as i64])?;
+        while let Some(row) = rows.next()? {
+            let due = row.get::<_, Option<i64>>(5)?;
+            if due.is_none_or(|d| d > before) {
+                break;
+            }
+            let seq = row.get::<_, i64>(0)? as Seq;
+            out.push(due_retry(row, seq, Some(group.clone()), true)?);
+        }
+        Ok(())
     }
 
     /// When the next retry may be due (now, when the hold released an item): what `wait`
@@ -107,9 +143,9 @@ pub(super) fn park_row(
     Ok(())
 }
 
-/// When nothing of `group` is leased or in backoff any more, make its oldest waiting item due.
-/// One at a time: the next is released when that one settles, so a group never overtakes
-/// itself.
+/// When nothing of `group` is leased or in backoff any more, make its waiting items due (the
+/// oldest [`RELEASED_AT_ONCE`]): the lease that takes the oldest takes the others behind it
+/// in order (`due_behind`), so a group never overtakes itself.
 pub(super) fn release_next(
     conn: &Connection,
     lane: &Lane,
@@ -127,12 +163,19 @@ pub(super) fn release_next(
     }
     let n = conn
         .prepare_cached(
-            "UPDATE retry SET due_at = ?3 WHERE dest = ?1 AND seq =
-           (SELECT MIN(seq) FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NULL)",
+            "UPDATE retry SET due_at = ?3 WHERE dest = ?1 AND seq IN
+           (SELECT seq FROM retry WHERE dest = ?1 AND group_id = ?2 AND due_at IS NULL
+            ORDER BY seq LIMIT ?4)",
         )
-        .and_then(|mut s| s.execute(params![lane.id, group.as_ref(), ms(SystemTime::now())]))?;
+        .and_then(|mut s| {
+            let now = ms(SystemTime::now());
+            s.execute(params![lane.id, group.as_ref(), now, RELEASED_AT_ONCE])
+        })?;
     Ok(n > 0)
 }
+
+/// Most parked items of one group released at once: the largest batch an adapter takes.
+const RELEASED_AT_ONCE: i64 = 2000;
 
 /// A due retry row as a lease hands it out (its body only `with_body`), with its due time.
 fn due_retry(
