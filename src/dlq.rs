@@ -75,6 +75,8 @@ pub enum DlqError {
     Config(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Stopped(#[from] crate::spool::sqlite::dlq::Stopped),
     #[error("no dead letter with id {0}")]
     NotFound(i64),
     #[error("cannot write the output: {0}")]

@@ -17,7 +17,7 @@ use crate::ingest::{self, AppState};
 use crate::ops::{self, DestinationView, OpsState};
 use crate::route::RouteKey;
 use crate::spool::Spool;
-use crate::spool::sqlite::SqliteSpool;
+use crate::spool::sqlite::{Bounds, SqliteSpool};
 use crate::telemetry;
 
 /// A config with its adapters built: what `check` prints and `run` runs.
@@ -141,6 +141,7 @@ pub async fn run(
             .map(|s| (s.name, s.write_key))
             .collect(),
         spool: spool.clone(),
+        refused: Default::default(),
     });
     let ops = Arc::new(OpsState {
         destinations: views,
@@ -155,11 +156,10 @@ pub async fn run(
 async fn open_spool(config: &Config) -> anyhow::Result<Arc<dyn Spool>> {
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     let s = &config.spool;
-    let (dir, max_bytes, window) = (s.path.clone(), s.max_bytes, s.dedupe_window);
-    let spool =
-        tokio::task::spawn_blocking(move || SqliteSpool::open(&dir, &names, max_bytes, window))
-            .await?
-            .map_err(|e| anyhow::anyhow!("cannot open the spool in {}: {e}", s.path.display()))?;
+    let (dir, bounds) = (s.path.clone(), Bounds::from(s));
+    let spool = tokio::task::spawn_blocking(move || SqliteSpool::open(&dir, &names, bounds))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot open the spool in {}: {e}", s.path.display()))?;
     Ok(Arc::new(spool))
 }
 

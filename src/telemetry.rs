@@ -79,6 +79,15 @@ pub fn deliveries(destination: &str, outcome: &'static str, n: usize) {
     }
 }
 
+/// Messages refused at ingest that were counted but not kept: `spool.max_refused_bytes`
+/// was reached.
+pub fn refused_not_kept(source: &str, n: usize) {
+    if n > 0 {
+        counter!("switchyard_refused_not_kept_total", "source" => source.to_string())
+            .increment(n as u64);
+    }
+}
+
 /// Calls a destination received inside another call's update of the same group.
 pub fn coalesced(destination: &str, n: usize) {
     counter!("switchyard_coalesced_total", "destination" => destination.to_string())

@@ -339,7 +339,7 @@ async fn bad_input_gets_a_clear_error_and_valid_batch_messages_still_arrive() {
         groups.contains(&"body-key".to_string()) && groups.contains(&"bare-key".to_string()),
         "{groups:?}"
     );
-    d.wait_for_log("message refused in a batch").await;
+    d.wait_for_log("messages refused inside batches").await;
 }
 
 fn base64_encode(text: &str) -> String {
@@ -425,4 +425,90 @@ async fn wrong_methods_and_encodings_answer_json() {
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["code"], "method_not_allowed", "{path}: {body}");
     }
+}
+
+/// Bytes in a directory's files (the spool: its database, WAL and lock).
+fn size_on_disk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// A client with a write key sends far more refused input (messages without a user, and
+/// messages over `max_message_bytes`) than `max_refused_bytes`: the spool stays small, each
+/// kept dead letter holds only the start of its body, the log has a few summary lines rather
+/// than one per message, and the valid messages of the same batches are delivered.
+#[tokio::test]
+async fn refused_input_cannot_fill_the_disk() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_bytes = 100000\nmax_request_bytes = 4000000\n\n[spool]\npath = \"{}\"\nmax_refused_bytes = 200000\n\n{}{}",
+        spool.display(),
+        source(),
+        hook("Hook", &rx, "/hook", "")
+    );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, &config).unwrap();
+    let d = Daemon::spawn(dir, &path, &[]).await;
+
+    let filler = "x".repeat(31_000);
+    let huge = "y".repeat(490_000);
+    let (mut refused, batches) = (0, 40);
+    for b in 0..batches {
+        let mut batch: Vec<Value> = (0..15)
+            .map(|i| json!({"type": "group", "groupId": "g", "messageId": format!("bad-{b}-{i}"), "traits": {"filler": filler}}))
+            .collect();
+        batch.push(json!({"type": "group", "groupId": "g", "userId": "u", "messageId": format!("huge-{b}"), "traits": {"filler": huge}}));
+        batch.push(
+            json!({"type": "group", "groupId": "g", "userId": "u", "messageId": format!("ok-{b}")}),
+        );
+        let (status, answer) = d
+            .post("/v1/batch", Some(KEY), &json!({"batch": batch}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        refused += answer["rejected"].as_array().unwrap().len();
+    }
+    assert_eq!(refused, batches * 16);
+    // Over 25 MB was refused; 200 kB of it may be kept.
+    let kept = size_on_disk(&spool);
+    assert!(kept < 3_000_000, "the spool holds {kept} bytes");
+    rx.wait_for("/hook", batches).await;
+
+    let listed = d.dlq(&["list", "--reason", "invalid", "--json"]);
+    let letters: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert!(
+        !letters.is_empty() && letters.len() < refused,
+        "{} kept",
+        letters.len()
+    );
+    let first = d.dlq(&["show", &letters[0]["id"].to_string()]);
+    let shown: Value = serde_json::from_str(&first).unwrap();
+    let body = shown["message"]
+        .as_str()
+        .expect("a cut body is kept as text");
+    assert!(body.len() <= 4096, "{} bytes kept", body.len());
+    assert!(
+        shown["error"]
+            .as_str()
+            .unwrap()
+            .contains("body cut to its first"),
+        "{shown}"
+    );
+    let metrics = d.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchyard_refused_not_kept_total{source=\"web\"}"),
+        "{metrics}"
+    );
+    let logs = d.logs();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("messages refused inside batches"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} lines about refused messages:\n{logs}"
+    );
 }

@@ -104,6 +104,10 @@ pub struct SpoolConfig {
     /// A `messageId` seen again from the same source within this window is not delivered again.
     #[serde(default = "default_dedupe_window", with = "duration")]
     pub dedupe_window: Duration,
+    /// What is kept of messages refused at ingest (dead letters with reason `invalid`) stays
+    /// under this many bytes; beyond it they are counted, not kept.
+    #[serde(default = "default_max_refused_bytes")]
+    pub max_refused_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -112,6 +116,7 @@ impl Default for SpoolConfig {
             path: default_spool_path(),
             max_bytes: default_max_bytes(),
             dedupe_window: default_dedupe_window(),
+            max_refused_bytes: default_max_refused_bytes(),
         }
     }
 }
@@ -247,6 +252,9 @@ fn default_spool_path() -> PathBuf {
 }
 fn default_max_bytes() -> u64 {
     1 << 30
+}
+fn default_max_refused_bytes() -> u64 {
+    16 << 20
 }
 fn default_dedupe_window() -> Duration {
     Duration::from_secs(24 * 3600)

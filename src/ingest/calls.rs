@@ -89,7 +89,14 @@ pub(super) async fn batch(
         .iter()
         .map(|r| json!({"index": r.index, "error": r.error}))
         .collect();
-    state.spool.reject(rejected).await?;
+    let (refused, example) = (
+        rejected.len(),
+        (rejected[0].index, rejected[0].error.clone()),
+    );
+    let not_kept = state.spool.reject(rejected).await?;
+    telemetry::refused_not_kept(&source, not_kept);
+    let example = (example.0, example.1.as_str());
+    state.refused.add(&source, refused, example, not_kept);
     Ok(axum::Json(json!({"success": true, "rejected": listed})).into_response())
 }
 
@@ -190,7 +197,6 @@ fn sort_messages(state: &AppState, envelope: Envelope<'_>) -> (Vec<Accepted>, Ve
         match outcome {
             Ok(a) => accepted.push(a),
             Err(error) => {
-                tracing::warn!(source = %source, index, error = %error, "message refused in a batch");
                 rejected.push(Rejected {
                     source: source.clone(),
                     index,

@@ -5,6 +5,7 @@
 //! - `auth.rs`: which source a request speaks for.
 //! - `body.rs`: reading a body within its limit.
 //! - `error.rs`: the JSON error answers.
+//! - `refused.rs`: the log line about messages refused inside batches, at most one per interval.
 //!
 //! A call is routed here, once: the names of the destinations it goes to are stored with it.
 
@@ -12,6 +13,7 @@ mod auth;
 mod body;
 mod calls;
 mod error;
+mod refused;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +42,8 @@ pub struct AppState {
     /// Each destination's routing keys, in config order.
     pub routes: Vec<RouteKey>,
     pub spool: Arc<dyn Spool>,
+    /// Refused messages, told in the log at most once per interval.
+    pub refused: refused::RefusedLog,
 }
 
 /// The router, apart from any socket, so tests and `server::run` share it.

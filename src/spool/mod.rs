@@ -110,8 +110,9 @@ pub trait Spool: Send + Sync + 'static {
     /// Store accepted messages, one answer each; returns once they are stored.
     async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError>;
 
-    /// Keep messages refused at ingest.
-    async fn reject(&self, rejected: Vec<Rejected>) -> Result<(), SpoolError>;
+    /// Keep messages refused at ingest, as far as the spool's bound for them allows; returns
+    /// how many were not kept (counted only: the bound is reached).
+    async fn reject(&self, rejected: Vec<Rejected>) -> Result<usize, SpoolError>;
 
     /// Up to `max` items due for `destination`, oldest first.
     async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError>;

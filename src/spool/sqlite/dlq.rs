@@ -3,9 +3,15 @@
 //! These run in the `switchyard dlq` process, next to a running daemon (WAL allows it). A
 //! replay appends the message to the log again, routed to its destination only; the daemon's
 //! worker finds it on its next lease, at most about a second later when idle.
+//!
+//! Replay and purge write in short transactions of [`CHUNK`] dead letters, and after each
+//! one leave the file to the daemon for as long as it took: the daemon's writer never waits
+//! long for the lock, so ingest and delivery go on while a large replay runs. Each chunk is
+//! atomic (a dead letter is either still one, or back in the log), so a replay stopped half
+//! way (an error, a kill) has done exactly the chunks it reported, and can be run again.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
@@ -135,6 +141,11 @@ type Stored = (
     String,
 );
 
+/// Dead letters replayed or purged per transaction.
+pub const CHUNK: usize = 500;
+/// Longest a replay or purge leaves the file to the daemon between two chunks.
+const MAX_YIELD: Duration = Duration::from_millis(50);
+
 /// What a replay did.
 #[derive(Debug, Default, Serialize)]
 pub struct Replayed {
@@ -143,24 +154,79 @@ pub struct Replayed {
     pub skipped: Vec<(i64, String)>,
 }
 
-/// Put dead letters back in their destination's queue, in one transaction. Only destinations
-/// in `configured` (the current config) are replayed to: a message queued for a destination
-/// the daemon does not run would wait forever.
+/// A replay or purge that stopped on an error after `done` dead letters: those chunks are
+/// committed, the rest untouched.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped after {done} dead letter(s) were done (run it again for the rest): {error}")]
+pub struct Stopped {
+    pub done: usize,
+    #[source]
+    pub error: SpoolError,
+}
+
+impl<E: Into<SpoolError>> From<E> for Stopped {
+    fn from(e: E) -> Self {
+        Stopped {
+            done: 0,
+            error: e.into(),
+        }
+    }
+}
+
+/// Run `apply` over `ids` in transactions of [`CHUNK`], yielding the file to the daemon after
+/// each; `done` counts what committed chunks did, for the error.
+fn in_chunks<T>(
+    conn: &mut Connection,
+    ids: &[i64],
+    out: &mut T,
+    done: impl Fn(&T) -> usize,
+    mut apply: impl FnMut(&Connection, i64, &mut T) -> Result<(), SpoolError>,
+) -> Result<(), Stopped> {
+    for chunk in ids.chunks(CHUNK) {
+        let started = Instant::now();
+        let stopped = |error: SpoolError, out: &T| Stopped {
+            done: done(out),
+            error,
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| stopped(e.into(), out))?;
+        let before = done(out);
+        for &id in chunk {
+            if let Err(e) = apply(&tx, id, out) {
+                let mut s = stopped(e, out);
+                s.done = before;
+                return Err(s);
+            }
+        }
+        tx.commit().map_err(|e| Stopped {
+            done: before,
+            error: e.into(),
+        })?;
+        std::thread::sleep(started.elapsed().min(MAX_YIELD));
+    }
+    Ok(())
+}
+
+/// Put dead letters back in their destination's queue, [`CHUNK`] per transaction. Only
+/// destinations in `configured` (the current config) are replayed to: a message queued for a
+/// destination the daemon does not run would wait forever.
 pub fn replay(
     conn: &mut Connection,
     which: &Selector,
     configured: &[String],
-) -> Result<Replayed, SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+) -> Result<Replayed, Stopped> {
+    let ids = selected_ids(conn, which)?;
     let mut out = Replayed::default();
     let now = ms(SystemTime::now());
-    for id in selected_ids(&tx, which)? {
-        match replay_one(&tx, id, configured, now)? {
+    let done = |o: &Replayed| o.replayed.len();
+    in_chunks(conn, &ids, &mut out, done, |tx, id, out| {
+        match replay_one(tx, id, configured, now)? {
             Ok(()) => out.replayed.push(id),
             Err(why) => out.skipped.push((id, why)),
         }
-    }
-    tx.commit()?;
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -221,13 +287,19 @@ fn replay_one(
     Ok(Ok(()))
 }
 
-/// Delete dead letters for good; returns how many.
-pub fn purge(conn: &mut Connection, which: &Selector) -> Result<usize, SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// Delete dead letters for good, [`CHUNK`] per transaction; returns how many.
+pub fn purge(conn: &mut Connection, which: &Selector) -> Result<usize, Stopped> {
+    let ids = selected_ids(conn, which)?;
     let mut n = 0;
-    for id in selected_ids(&tx, which)? {
-        n += tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
-    }
-    tx.commit()?;
+    in_chunks(
+        conn,
+        &ids,
+        &mut n,
+        |n| *n,
+        |tx, id, n| {
+            *n += tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
+            Ok(())
+        },
+    )?;
     Ok(n)
 }

@@ -43,18 +43,40 @@ pub struct SqliteSpool {
     shared: Arc<Shared>,
 }
 
+/// The bounds a spool keeps, from `[spool]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Appends beyond this many bytes in the log are refused (`Full`).
+    pub max_bytes: u64,
+    /// What is kept of messages refused at ingest stays under this many bytes.
+    pub max_refused_bytes: u64,
+    /// A `(source, messageId)` seen within it is a duplicate.
+    pub dedupe_window: Duration,
+}
+
+impl From<&crate::config::SpoolConfig> for Bounds {
+    fn from(s: &crate::config::SpoolConfig) -> Self {
+        Self {
+            max_bytes: s.max_bytes,
+            max_refused_bytes: s.max_refused_bytes,
+            dedupe_window: s.dedupe_window,
+        }
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        (&crate::config::SpoolConfig::default()).into()
+    }
+}
+
 impl SqliteSpool {
     /// Open (or create) the spool in `dir` for these destinations and start its writer.
     /// Blocking: call it before serving, or from `spawn_blocking`.
-    pub fn open(
-        dir: &Path,
-        destinations: &[String],
-        max_bytes: u64,
-        dedupe_window: Duration,
-    ) -> Result<Self, SpoolError> {
+    pub fn open(dir: &Path, destinations: &[String], bounds: Bounds) -> Result<Self, SpoolError> {
         let lock = lock(dir)?;
         let conn = schema::open(dir, true)?;
-        let store = store::Store::new(conn, destinations, max_bytes, dedupe_window)?;
+        let store = store::Store::new(conn, destinations, bounds)?;
         let wakers: HashMap<String, Arc<Notify>> = destinations
             .iter()
             .map(|d| (d.clone(), Arc::new(Notify::new())))
@@ -124,7 +146,7 @@ impl Spool for SqliteSpool {
         answer
     }
 
-    async fn reject(&self, rejected: Vec<Rejected>) -> Result<(), SpoolError> {
+    async fn reject(&self, rejected: Vec<Rejected>) -> Result<usize, SpoolError> {
         self.call(|r| Command::Reject(rejected, r)).await
     }
 

@@ -18,7 +18,15 @@ fn open(dir: &Path, max_bytes: u64, window: Duration) -> Store {
     // These tests call the store outside the writer's transactions, one autocommit per
     // statement; fsyncing each would only make them slow (durability is tested end to end).
     conn.pragma_update(None, "synchronous", "OFF").unwrap();
-    Store::new(conn, &names, max_bytes, window).unwrap()
+    Store::new(conn, &names, bounds(max_bytes, window)).unwrap()
+}
+
+fn bounds(max_bytes: u64, dedupe_window: Duration) -> Bounds {
+    Bounds {
+        max_bytes,
+        dedupe_window,
+        ..Bounds::default()
+    }
 }
 
 fn store(dir: &Path) -> Store {
@@ -413,6 +421,50 @@ fn dead_letters_release_the_group_and_can_be_replayed() {
     );
 }
 
+/// A large replay commits chunk by chunk (so the daemon's writer gets the file between them);
+/// one that stops on an error has done exactly the chunks before it, and can be run again.
+#[test]
+fn a_large_replay_commits_in_chunks_and_an_error_keeps_the_chunks_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("first", None, &["A"])]);
+    let mut conn = dlq::open(dir.path()).unwrap();
+    let n = 2 * dlq::CHUNK + 10;
+    conn.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+         INSERT INTO dead_letter (destination, source, message_id, body, reason, error, attempts, last_attempt)
+         SELECT 'A', 'web', 'm' || i, '{\"messageId\":\"m' || i || '\"}', 'permanent', 'refused', 1, 0 FROM k",
+        [n as i64],
+    )
+    .unwrap();
+    // One dead letter of the second chunk cannot be taken out: the replay stops there.
+    let stuck = dlq::CHUNK + 5;
+    conn.execute_batch(&format!(
+        "CREATE TEMP TRIGGER stuck BEFORE DELETE ON dead_letter WHEN OLD.id = {stuck}
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+    ))
+    .unwrap();
+    let stopped = dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap_err();
+    assert_eq!(stopped.done, dlq::CHUNK);
+    let said = stopped.to_string();
+    assert!(
+        said.contains(&format!("stopped after {} dead letter(s)", dlq::CHUNK))
+            && said.contains("run it again"),
+        "{said}"
+    );
+    assert_eq!(
+        dlq::list(&conn, None, None).unwrap().len(),
+        n - dlq::CHUNK,
+        "the first chunk is back in the log, the second rolled back whole"
+    );
+    conn.execute_batch("DROP TRIGGER stuck").unwrap();
+    let done = dlq::replay(&mut conn, &Selector::All, &["A".into()]).unwrap();
+    assert_eq!(done.replayed.len(), n - dlq::CHUNK);
+    assert!(dlq::list(&conn, None, None).unwrap().is_empty());
+    s.recount().unwrap();
+    assert_eq!(s.depth("A").pending, n as u64 + 1, "each replayed once");
+}
+
 #[test]
 fn rejected_messages_are_dead_letters_without_a_destination() {
     let dir = tempfile::tempdir().unwrap();
@@ -519,8 +571,9 @@ fn rows_still_owed_to_a_destination_are_not_collected() {
 async fn concurrent_appends_share_commits_and_all_get_answers() {
     let dir = tempfile::tempdir().unwrap();
     let names = vec!["A".to_string()];
-    let spool =
-        Arc::new(SqliteSpool::open(dir.path(), &names, 1 << 30, Duration::from_secs(60)).unwrap());
+    let spool = Arc::new(
+        SqliteSpool::open(dir.path(), &names, bounds(1 << 30, Duration::from_secs(60))).unwrap(),
+    );
     let mut tasks = Vec::new();
     for i in 0..50 {
         let spool = spool.clone();
@@ -602,13 +655,13 @@ fn a_second_daemon_on_the_same_spool_is_refused_until_the_first_stops() {
     let dir = tempfile::tempdir().unwrap();
     let names = vec!["A".to_string()];
     let window = Duration::from_secs(60);
-    let first = SqliteSpool::open(dir.path(), &names, 1 << 30, window).unwrap();
-    let second = SqliteSpool::open(dir.path(), &names, 1 << 30, window);
+    let first = SqliteSpool::open(dir.path(), &names, bounds(1 << 30, window)).unwrap();
+    let second = SqliteSpool::open(dir.path(), &names, bounds(1 << 30, window));
     assert!(matches!(&second, Err(e) if e.to_string().contains("another switchyard daemon")));
     drop(first);
     // The writer thread lets go of the lock once it sees the spool dropped.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while SqliteSpool::open(dir.path(), &names, 1 << 30, window).is_err() {
+    while SqliteSpool::open(dir.path(), &names, bounds(1 << 30, window)).is_err() {
         assert!(
             std::time::Instant::now() < deadline,
             "the lock was never released"
@@ -786,7 +839,7 @@ fn a_new_destination_takes_the_id_of_one_that_is_gone_and_owes_nothing() {
     drop(conn);
     let names = vec!["C".to_string()];
     let conn = schema::open(dir.path(), true).unwrap();
-    let err = Store::new(conn, &names, 1 << 30, Duration::from_secs(60))
+    let err = Store::new(conn, &names, bounds(1 << 30, Duration::from_secs(60)))
         .err()
         .expect("no id is free");
     assert!(

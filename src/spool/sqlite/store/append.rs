@@ -7,9 +7,11 @@
 //! remembered for dedupe but not logged; each logged row's `dests` has one bit per
 //! destination it goes to, and that lane's `unscanned` count grows with it.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use rusqlite::params;
+use serde::Deserialize;
 
 use super::{Store, ms};
 use crate::message::Accepted;
@@ -26,14 +28,14 @@ impl Store {
         fresh: &mut Vec<String>,
     ) -> Result<Result<Vec<Appended>, SpoolError>, StorageError> {
         let incoming: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
-        if self.bytes + incoming > self.max_bytes {
+        if self.bytes + incoming > self.bounds.max_bytes {
             return Ok(Err(SpoolError::Full {
                 used: self.bytes,
-                max: self.max_bytes,
+                max: self.bounds.max_bytes,
             }));
         }
         let now = ms(SystemTime::now());
-        let horizon = now - self.dedupe_window.as_millis() as i64;
+        let horizon = now - self.bounds.dedupe_window.as_millis() as i64;
         let mut answers = Vec::with_capacity(messages.len());
         let mut added = 0;
         let mut routed = 0i64;
@@ -108,23 +110,71 @@ impl Store {
         Ok(())
     }
 
-    /// Keep messages refused at ingest as dead letters with reason `invalid`.
-    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<(), StorageError> {
+    /// Keep messages refused at ingest as dead letters (reason `invalid`), each with at most
+    /// [`REFUSED_PREFIX`] bytes of its body, while what is kept of them stays under
+    /// `max_refused_bytes`; returns how many were not kept.
+    pub fn reject(&mut self, rejected: &[Rejected]) -> Result<usize, StorageError> {
+        let mut not_kept = 0;
         for r in rejected {
-            let message_id = serde_json::from_str::<serde_json::Value>(&r.raw)
-                .ok()
-                .and_then(|v| {
-                    v.get("messageId")
-                        .and_then(|m| m.as_str())
-                        .map(str::to_string)
-                });
+            let body = prefix(&r.raw, REFUSED_PREFIX);
+            let mut error = format!("batch index {}: {}", r.index, r.error);
+            if body.len() < r.raw.len() {
+                let kept = format!(
+                    " (body cut to its first {} of {} bytes)",
+                    body.len(),
+                    r.raw.len()
+                );
+                error.push_str(&kept);
+            }
+            let cost = (body.len() + error.len()) as u64;
+            if self.refused_bytes + cost > self.bounds.max_refused_bytes {
+                not_kept += 1;
+                continue;
+            }
             self.conn
                 .prepare_cached(
                     "INSERT INTO dead_letter (destination, source, message_id, body, reason, error, attempts, last_attempt)
                      VALUES (NULL, ?1, ?2, ?3, 'invalid', ?4, 0, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![r.source, message_id, r.raw, format!("batch index {}: {}", r.index, r.error), ms(r.at)]))?;
+                .and_then(|mut s| s.execute(params![r.source, message_id(&r.raw), body, error, ms(r.at)]))?;
+            self.refused_bytes += cost;
         }
+        Ok(not_kept)
+    }
+
+    /// Bytes kept of refused messages, as `reject` counts them: read at start and whenever
+    /// another process (`dlq purge`) may have changed them.
+    pub(super) fn count_refused(&mut self) -> Result<(), StorageError> {
+        let bytes: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(LENGTH(CAST(body AS BLOB)) + LENGTH(CAST(error AS BLOB))), 0)
+             FROM dead_letter WHERE destination IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        self.refused_bytes = bytes.max(0) as u64;
         Ok(())
     }
+}
+
+/// Most bytes of a refused message's body its dead letter keeps: enough to see what was wrong.
+pub const REFUSED_PREFIX: usize = 4096;
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The `messageId` of a refused message, if it has one, read without building the message.
+fn message_id(raw: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(rename = "messageId", borrow)]
+        message_id: Option<Cow<'a, str>>,
+    }
+    let id: Id<'_> = serde_json::from_str(raw).ok()?;
+    id.message_id.map(Cow::into_owned)
 }

@@ -27,6 +27,7 @@ impl Store {
     /// in the same pass (returned) rather than trusting `stats`.
     pub(super) fn count(&mut self, all_bytes: bool) -> Result<i64, StorageError> {
         self.high = self.high_seq()?;
+        self.count_refused()?;
         let names: Vec<String> = self.lanes.keys().cloned().collect();
         let (summed, unscanned) = self.count_unscanned(&names, all_bytes)?;
         let bytes = match summed {

@@ -99,7 +99,7 @@ impl Store {
             }
             self.gc_from = upto;
         }
-        let horizon = ms(SystemTime::now()) - self.dedupe_window.as_millis() as i64;
+        let horizon = ms(SystemTime::now()) - self.bounds.dedupe_window.as_millis() as i64;
         self.conn
             .execute(
                 "DELETE FROM seen WHERE (source, message_id) IN (SELECT source, message_id FROM seen WHERE at < ?1 LIMIT ?2)",

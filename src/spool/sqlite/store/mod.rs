@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 
 use crate::spool::Seq;
-use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::{Bounds, StorageError};
 
 mod append;
 mod cache;
@@ -93,10 +93,10 @@ pub(super) struct Store {
     /// and `dlq replay`) changes it by what its transaction added or removed, never by
     /// overwriting it, so no writer erases another's change.
     bytes: u64,
-    /// `spool.max_bytes`: appends beyond it are refused (`Full`).
-    max_bytes: u64,
-    /// `spool.dedupe_window`.
-    dedupe_window: Duration,
+    /// `spool.max_bytes`, `max_refused_bytes` and `dedupe_window`.
+    bounds: Bounds,
+    /// Bytes kept of messages refused at ingest (their dead letters' bodies and errors).
+    refused_bytes: u64,
     /// The highest seq in the log (`sqlite_sequence`): scans stop there.
     high: Seq,
     /// Rows that waited in the retry set and are settled since the last housekeeping: maybe

@@ -8,11 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Counts, Lane, Store};
+use super::{Bounds, Counts, Lane, Store};
 use crate::spool::Seq;
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::schema::{MAX_DESTINATION_ID, bit};
@@ -21,15 +20,14 @@ impl Store {
     pub fn new(
         conn: Connection,
         destinations: &[String],
-        max_bytes: u64,
-        dedupe_window: Duration,
+        bounds: Bounds,
     ) -> Result<Self, StorageError> {
         let mut store = Self {
             conn,
             lanes: HashMap::new(),
             bytes: 0,
-            max_bytes,
-            dedupe_window,
+            bounds,
+            refused_bytes: 0,
             high: 0,
             freeable: Vec::new(),
             gc_from: 0,

@@ -12,6 +12,7 @@ use crate::spool::Seq;
 pub(in crate::spool::sqlite) struct Snapshot {
     lanes: Vec<(String, SavedLane)>,
     bytes: u64,
+    refused_bytes: u64,
     high: Seq,
     freeable: Vec<Seq>,
     gc_from: Seq,
@@ -48,6 +49,7 @@ impl Store {
         Snapshot {
             lanes,
             bytes: self.bytes,
+            refused_bytes: self.refused_bytes,
             high: self.high,
             freeable: self.freeable.clone(),
             gc_from: self.gc_from,
@@ -67,6 +69,7 @@ impl Store {
             }
         }
         self.bytes = snapshot.bytes;
+        self.refused_bytes = snapshot.refused_bytes;
         self.high = snapshot.high;
         self.cache.forget_above(snapshot.high);
         self.freeable = snapshot.freeable;

@@ -36,7 +36,7 @@ pub type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
 pub enum Command {
     Append(Vec<Accepted>, Reply<Vec<Appended>>),
-    Reject(Vec<Rejected>, Reply<()>),
+    Reject(Vec<Rejected>, Reply<usize>),
     Lease(String, usize, Reply<Vec<Leased>>),
     Settle(Settlement, Reply<()>),
 }

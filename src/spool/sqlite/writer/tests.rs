@@ -27,7 +27,11 @@ fn store(dir: &Path) -> Store {
          BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
     )
     .unwrap();
-    Store::new(conn, &["A".to_string()], 1 << 30, Duration::from_secs(3600)).unwrap()
+    let bounds = crate::spool::sqlite::Bounds {
+        dedupe_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    Store::new(conn, &["A".to_string()], bounds).unwrap()
 }
 
 /// A writer thread; commands sent before `start` are all in its first transaction.

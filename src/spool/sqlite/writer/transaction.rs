@@ -20,7 +20,8 @@ use crate::spool::{Appended, Leased, SpoolError};
 enum Done {
     Append(Reply<Vec<Appended>>, Result<Vec<Appended>, SpoolError>),
     Lease(Reply<Vec<Leased>>, Vec<Leased>),
-    Reject(Reply<()>),
+    /// With how many were not kept.
+    Reject(Reply<usize>, usize),
     /// Kept whole, to be applied again if the transaction fails.
     Settle(Settlement, Reply<()>),
 }
@@ -31,7 +32,8 @@ impl Done {
         let _ = match self {
             Done::Append(r, v) => r.send(v).is_ok(),
             Done::Lease(r, v) => r.send(Ok(v)).is_ok(),
-            Done::Reject(r) | Done::Settle(_, r) => r.send(Ok(())).is_ok(),
+            Done::Reject(r, not_kept) => r.send(Ok(not_kept)).is_ok(),
+            Done::Settle(_, r) => r.send(Ok(())).is_ok(),
         };
     }
 
@@ -40,7 +42,7 @@ impl Done {
         match self {
             Done::Append(r, _) => fail(r, e),
             Done::Lease(r, _) => fail(r, e),
-            Done::Reject(r) => fail(r, e),
+            Done::Reject(r, _) => fail(r, e),
             Done::Settle(s, r) => deferred.push((s, r)),
         }
     }
@@ -174,7 +176,10 @@ fn apply(
             }
             Err(e) => (Done::Append(reply, Ok(Vec::new())), Err(e)),
         },
-        Command::Reject(rejected, reply) => (Done::Reject(reply), store.reject(&rejected)),
+        Command::Reject(rejected, reply) => match store.reject(&rejected) {
+            Ok(not_kept) => (Done::Reject(reply, not_kept), Ok(())),
+            Err(e) => (Done::Reject(reply, 0), Err(e)),
+        },
         Command::Lease(dest, max, reply) => match store.lease(&dest, max) {
             Ok(leased) => {
                 touched.push(dest);
