@@ -65,6 +65,17 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests and deliveries.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Most client connections open at once; more wait to be accepted. Keep it under the
+    /// process's file-descriptor limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (slowloris); also how long a kept-alive
+    /// connection may wait for its next request.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this once its headers have.
+    #[serde(default = "default_body_read_timeout", with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +87,9 @@ impl Default for ServerConfig {
             max_request_bytes: default_max_request_bytes(),
             max_batch_messages: default_max_batch_messages(),
             shutdown_grace: default_shutdown_grace(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
         }
     }
 }
@@ -246,6 +260,15 @@ fn default_max_batch_messages() -> usize {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_spool_path() -> PathBuf {
     PathBuf::from("data")

@@ -68,6 +68,8 @@ impl Config {
     }
 
     fn check_server(&self) -> Vec<ConfigError> {
+        /// Far beyond any file-descriptor limit: a bigger number is a typo.
+        const MAX_CONNECTIONS: usize = 1_000_000;
         let mut errors = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
             errors.push(ConfigError {
@@ -77,6 +79,27 @@ impl Config {
                     self.server.listen
                 ),
             });
+        }
+        let s = &self.server;
+        if !(1..=MAX_CONNECTIONS).contains(&s.max_connections) {
+            errors.push(ConfigError {
+                at: None,
+                message: format!(
+                    "server.max_connections is {}; it must be 1 to {MAX_CONNECTIONS}",
+                    s.max_connections
+                ),
+            });
+        }
+        for (key, value) in [
+            ("header_read_timeout", s.header_read_timeout),
+            ("body_read_timeout", s.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(ConfigError {
+                    at: None,
+                    message: format!("server.{key} must be longer than 0s"),
+                });
+            }
         }
         if self.sources.is_empty() && !self.server.allow_unauthenticated {
             errors.push(ConfigError {

@@ -37,7 +37,8 @@ pub(super) async fn single(
         )
     })?;
     let max = state.limits.max_message_bytes;
-    let bytes = body::read(body, max, "the message", "max_message_bytes").await?;
+    let within = state.limits.body_read_timeout;
+    let bytes = body::read(body, max, within, "the message", "max_message_bytes").await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::json(&e))?;
     let Value::Object(_) = &value else {
         return Err(ApiError::not_an_object());
@@ -71,7 +72,8 @@ pub(super) async fn batch(
 ) -> Result<Response, ApiError> {
     let limits = &state.limits;
     let max = limits.max_request_bytes;
-    let bytes = body::read(body, max, "the request body", "max_request_bytes").await?;
+    let within = limits.body_read_timeout;
+    let bytes = body::read(body, max, within, "the request body", "max_request_bytes").await?;
     let envelope = envelope(&state, &headers, &bytes)?;
     let source = envelope.source.clone();
     let (accepted, rejected) = sort_messages(&state, envelope);

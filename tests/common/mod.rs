@@ -317,7 +317,30 @@ impl Daemon {
         config: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut cmd = Command::new(binary());
+        Self::spawn_command(dir, Command::new(binary()), config, env).await
+    }
+
+    /// Run with at most `fds` open file descriptors (`ulimit -n`), as a service manager may.
+    pub async fn spawn_with_fd_limit(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        fds: u32,
+    ) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("ulimit -n {fds} && exec \"$0\" \"$@\""),
+            binary(),
+        ]);
+        Self::spawn_command(dir, cmd, config, &[]).await
+    }
+
+    async fn spawn_command(
+        dir: tempfile::TempDir,
+        mut cmd: Command,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         cmd.arg("run")
             .arg("--config")
             .arg(config)

@@ -2,6 +2,8 @@
 //! serves ingest and the operator endpoints on a bound listener and runs each destination's
 //! workers until shutdown.
 
+mod connections;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +133,7 @@ pub async fn run(
         }
     }
     let grace = config.server.shutdown_grace;
+    let limits = connections::Limits::from(&config.server);
     let destinations = config.destinations.len();
     let ingest = Arc::new(AppState {
         routes,
@@ -149,7 +152,7 @@ pub async fn run(
     });
     let app = ingest::app(ingest).merge(ops::router(ops));
     tracing::info!(address = %listener.local_addr()?, destinations, "listening");
-    serve(app, listener, shutdown, grace, stop_tx, workers).await
+    serve(app, listener, limits, shutdown, grace, stop_tx, workers).await
 }
 
 /// The embedded spool, opened off the async threads (it may replay a long log).
@@ -169,18 +172,19 @@ async fn open_spool(config: &Config) -> anyhow::Result<Arc<dyn Spool>> {
 async fn serve(
     app: axum::Router,
     listener: TcpListener,
+    limits: connections::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let serve = connections::serve(app, listener, limits, async move {
         shutdown.await;
         tracing::info!("shutting down: no new requests");
         let _ = signalled_tx.send(true);
     });
-    let server = tokio::spawn(async move { serve.await });
+    let server = tokio::spawn(serve);
     let _ = signalled_rx.wait_for(|s| *s).await;
     let deadline = tokio::time::Instant::now() + grace;
     let _ = stop.send(true);
