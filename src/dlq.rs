@@ -26,7 +26,7 @@ pub enum DlqCommand {
         /// Only this destination's.
         #[arg(long)]
         destination: Option<String>,
-        /// Only this reason: invalid, permanent or exhausted.
+        /// Only this reason: invalid, permanent, exhausted or corrupted.
         #[arg(long)]
         reason: Option<String>,
         /// One JSON array instead of a table.
@@ -127,6 +127,11 @@ pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
         }
     }
     Ok(())
+}
+
+/// The spool directory a config names (secrets need not be set), for `switchyard spool`.
+pub fn spool_dir(config: &Path) -> Result<PathBuf, DlqError> {
+    Ok(load(config)?.spool.path)
 }
 
 /// The config, for its spool path and destination names. Secrets are not needed here, so a

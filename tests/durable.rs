@@ -475,3 +475,97 @@ async fn a_backlog_survives_sigterm_and_is_delivered_after_restart() {
     .await;
     drop(d);
 }
+
+/// Replace every `from` with `to` (same length) in the files of `dir`.
+fn alter_files(dir: &std::path::Path, from: &str, to: &str) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut changed = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut i = 0;
+        while let Some(at) = bytes[i..]
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+        {
+            bytes[i + at..i + at + from.len()].copy_from_slice(to.as_bytes());
+            i += at + from.len();
+            changed += 1;
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+    changed
+}
+
+/// A queued message whose stored body is altered on disk while the daemon is stopped is
+/// never delivered: `switchyard spool check` names it (exit 1), and the restarted daemon
+/// dead-letters it as `corrupted` while the intact message beside it is delivered.
+#[tokio::test]
+async fn a_message_altered_on_disk_is_dead_lettered_as_corrupted() {
+    let rx = Receiver::start().await;
+    rx.set_default("/hook", Answer::status(503));
+    let mut d = Daemon::start(
+        "",
+        &format!("{}{}", source(), hook("Hook", &rx.url("/hook"), "")),
+    )
+    .await;
+    let mut tampered = group("m-tampered", "b");
+    tampered["traits"]["plan"] = json!("plan-to-alter");
+    let (status, _) = d
+        .post(
+            "/v1/batch",
+            Some(KEY),
+            &json!({"batch": [group("m-intact", "a"), tampered]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    rx.wait_for("/hook", 2).await;
+    assert!(d.terminate().await.success());
+    let spool = d.dir.path().join("spool");
+    // Everything into the main file first: a changed byte in the WAL would break the WAL's own
+    // frame checksum, and SQLite would drop the transaction as a torn write instead.
+    let conn = rusqlite::Connection::open(spool.join("spool.sqlite3")).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    // Every copy in the files (a freed page may hold a stale one too).
+    assert!(alter_files(&spool, "plan-to-alter", "plan-ALTERED!") >= 1);
+
+    let checked = std::process::Command::new(common::binary())
+        .args(["spool", "check", "--config"])
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{report}");
+    assert!(
+        report.contains("messageId m-tampered") && report.contains("altered on disk"),
+        "{report}"
+    );
+
+    rx.set_default("/hook", Answer::status(200));
+    let d = d.restart().await;
+    let dead = eventually("the corrupted dead letter", || {
+        let listed = d.dlq(&["list", "--reason", "corrupted", "--json"]);
+        let letters: Vec<Value> = serde_json::from_str(&listed).unwrap();
+        (letters.len() == 1).then(|| letters[0].clone())
+    })
+    .await;
+    assert_eq!(dead["message_id"], "m-tampered");
+    assert!(
+        dead["error"].as_str().unwrap().contains("altered on disk"),
+        "{dead}"
+    );
+    let got = rx
+        .wait_until(
+            "/hook",
+            |g| delivered(g).contains("m-intact"),
+            "m-intact delivered",
+        )
+        .await;
+    assert!(
+        got.iter()
+            .all(|c| !c.json().to_string().contains("plan-ALTERED!")),
+        "the altered body was never sent"
+    );
+}

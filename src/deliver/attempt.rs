@@ -33,7 +33,7 @@ impl Worker {
         // `live[j]` is the batch index of the adapter's item `j`.
         let mut live = Vec::with_capacity(batch.len());
         for (i, leased) in batch.iter().enumerate() {
-            match screen(leased.parsed.get(&leased.body), self.adapter.accepts()) {
+            match screen(leased, self.adapter.accepts()) {
                 Ok(message) => {
                     let integrations = message.get("integrations").and_then(Value::as_object);
                     let options = route::options(integrations, &self.route).unwrap_or(&empty);

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::destination::{Failure, Translation, Verdict};
+use crate::destination::{Failure, FailureKind, Translation, Verdict};
 use crate::message::MessageType;
 use crate::retry::{Decision, RetryPolicy};
-use crate::spool::{Attempt, Leased, Seq};
+use crate::spool::{Attempt, DeadReason, Leased, Seq};
 
 /// Put `v` in item `i`'s slot; of two verdicts for one item the worst decides.
 pub(super) fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
@@ -20,13 +20,16 @@ pub(super) fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
     });
 }
 
-/// The message to translate, or why it cannot go to this adapter at all: its stored body is
-/// not a JSON object, or its type is not one the adapter accepts.
+/// The message to translate, or why it cannot go to this adapter at all: its stored body was
+/// altered on disk, is not a JSON object, or its type is not one the adapter accepts.
 pub(super) fn screen<'m>(
-    message: Result<&'m Map<String, Value>, &str>,
+    leased: &'m Leased,
     accepts: &[MessageType],
 ) -> Result<&'m Map<String, Value>, Verdict> {
-    let m = message.map_err(|e| {
+    if let Some(why) = &leased.corrupted {
+        return Err(Verdict::permanent(Failure::corrupted(why.clone())));
+    }
+    let m = leased.parsed.get(&leased.body).map_err(|e| {
         Verdict::permanent(Failure::engine(format!(
             "stored message is not valid JSON: {e}"
         )))
@@ -131,10 +134,13 @@ pub(super) fn outcomes(
             attempts,
             first_attempt,
             last_attempt: now,
+            dead_reason: match failure.kind {
+                FailureKind::Corrupted => DeadReason::Corrupted,
+                _ => DeadReason::Permanent,
+            },
             reason: failure.reason,
             status: failure.status,
             response: failure.response,
-            gave_up: false,
         };
         let seq = leased.seq;
         match verdict {
@@ -184,7 +190,7 @@ fn retry_or_give_up(
                 seq,
                 Attempt {
                     reason,
-                    gave_up: true,
+                    dead_reason: DeadReason::Exhausted,
                     ..a
                 },
             ))

@@ -28,6 +28,8 @@ pub enum FailureKind {
     Translation,
     /// The engine itself decided (an unreadable stored message, a missing verdict).
     Engine,
+    /// The stored message was altered on disk (its checksum differs): never sent.
+    Corrupted,
 }
 
 /// Why an attempt failed.
@@ -85,6 +87,11 @@ impl Failure {
     /// The engine decided without an answer.
     pub fn engine(reason: impl Into<String>) -> Self {
         Self::unanswered(FailureKind::Engine, reason)
+    }
+
+    /// The stored message cannot be trusted: it is dead-lettered as `corrupted`.
+    pub fn corrupted(reason: impl Into<String>) -> Self {
+        Self::unanswered(FailureKind::Corrupted, reason)
     }
 
     fn unanswered(kind: FailureKind, reason: impl Into<String>) -> Self {

@@ -33,6 +33,9 @@ pub struct Leased {
     pub attempts: u32,
     /// When the first of those attempts was made.
     pub first_attempt: Option<SystemTime>,
+    /// Why the stored body cannot be trusted (it no longer matches its checksum): the engine
+    /// dead-letters it as `corrupted` instead of delivering it.
+    pub corrupted: Option<String>,
 }
 
 /// The record of a failed attempt, kept with retries and dead letters.
@@ -47,8 +50,30 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// The start of the last answer's body, if there was one (kept with dead letters).
     pub response: Option<String>,
-    /// Dead-lettered because the retry policy gave up, not because the failure was permanent.
-    pub gave_up: bool,
+    /// What its dead letter's `reason` says, if it becomes one.
+    pub dead_reason: DeadReason,
+}
+
+/// Why a message was dead-lettered (a dead letter's `reason`; `invalid` is ingest's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadReason {
+    /// The destination refused it, or it cannot be translated.
+    #[default]
+    Permanent,
+    /// The retry policy gave up.
+    Exhausted,
+    /// Its stored body no longer matches its checksum: never delivered.
+    Corrupted,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::Exhausted => "exhausted",
+            DeadReason::Corrupted => "corrupted",
+        }
+    }
 }
 
 /// A message refused at ingest inside a batch: kept so nothing disappears silently.

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use serde_json::json;
 
 use super::*;
 use crate::destination::{OutRequest, Response};
@@ -17,6 +16,15 @@ fn leased(seq: u64, group: Option<&str>) -> Leased {
         group_id: group.map(Arc::from),
         attempts: 0,
         first_attempt: None,
+        corrupted: None,
+    }
+}
+
+/// An item whose stored body is `body`.
+fn stored(body: &str) -> Leased {
+    Leased {
+        body: Arc::from(body),
+        ..leased(1, None)
     }
 }
 
@@ -69,18 +77,27 @@ fn the_worst_verdict_for_an_item_decides() {
 }
 
 #[test]
-fn unreadable_messages_and_types_not_accepted_never_reach_the_adapter() {
-    let group = json!({"type": "group", "groupId": "g"});
-    let track = json!({"type": "track", "event": "e"});
+fn unreadable_altered_messages_and_types_not_accepted_never_reach_the_adapter() {
+    let group = stored(r#"{"type": "group", "groupId": "g"}"#);
+    let track = stored(r#"{"type": "track", "event": "e"}"#);
     let groups_only = [MessageType::Group];
-    assert!(screen(Ok(group.as_object().unwrap()), &groups_only).is_ok());
-    let refused = screen(Ok(track.as_object().unwrap()), &groups_only).unwrap_err();
+    assert!(screen(&group, &groups_only).is_ok());
+    let refused = screen(&track, &groups_only).unwrap_err();
     assert!(
         matches!(&refused, Verdict::Permanent { failure } if failure.reason == "this destination takes group calls only, not `track`" && failure.status.is_none()),
         "{refused:?}"
     );
-    let unreadable = screen(Err("EOF at line 1"), MessageType::ALL).unwrap_err();
+    let unreadable = screen(&stored("{\"type\": "), MessageType::ALL).unwrap_err();
     assert!(matches!(unreadable, Verdict::Permanent { failure } if failure.reason.contains("EOF")));
+    let altered = Leased {
+        corrupted: Some("the stored message was altered on disk".into()),
+        ..group
+    };
+    let refused = screen(&altered, MessageType::ALL).unwrap_err();
+    assert!(
+        matches!(&refused, Verdict::Permanent { failure } if failure.kind == FailureKind::Corrupted),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -144,10 +161,11 @@ fn each_verdict_becomes_one_spool_outcome() {
     // The HTTP failure keeps its status and the answer's excerpt.
     assert_eq!((dead[0].0, dead[0].1.status), (3, Some(400)));
     assert_eq!(dead[0].1.response.as_deref(), Some("bad field"));
-    assert!(!dead[0].1.gave_up);
+    assert_eq!(dead[0].1.dead_reason, DeadReason::Permanent);
     // The third attempt reaches max_attempts: given up, the last error kept, the clock from the first.
     assert_eq!((dead[1].0, dead[1].1.attempts), (4, 3));
-    assert!(dead[1].1.gave_up && dead[1].1.reason.ends_with("last error: 503 again"));
+    assert_eq!(dead[1].1.dead_reason, DeadReason::Exhausted);
+    assert!(dead[1].1.reason.ends_with("last error: 503 again"));
     assert_eq!(dead[1].1.first_attempt, now - Duration::from_secs(60));
     // No verdict at all: the adapter sent nothing for it.
     assert_eq!(dead[2].0, 5);

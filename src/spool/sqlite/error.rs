@@ -43,6 +43,17 @@ pub enum StorageError {
         "the spool was written by a newer switchyard (schema {found}; this build knows {known})"
     )]
     NewerSchema { found: i64, known: i64 },
+    /// SQLite's structure check found damage in the file.
+    #[error(
+        "the spool file {path} is damaged ({problems}). Keep a copy of it; `switchyard spool check` lists every \
+         problem; `sqlite3 {path} .recover` salvages what is readable; moving the spool directory aside lets \
+         the daemon start empty",
+        path = path.display(), problems = problems.join("; ")
+    )]
+    Damaged {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     /// A schema step failed; the file stays at its old version (one transaction).
     #[error("migrating the spool to schema {version}: {source}")]
     Migrate {

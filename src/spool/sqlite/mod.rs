@@ -9,8 +9,10 @@
 //! Layout: this file is the `Spool` the daemon calls (open, lock, send a command, wait for
 //! its answer); `writer/` is the thread and its transactions; `store/` is the state machine
 //! it runs; `schema.rs` is the file and its versions; `error.rs` says what can fail, as data;
-//! `dlq.rs` is what `switchyard dlq` does to the same file from another process.
+//! `dlq.rs` is what `switchyard dlq` does to the same file from another process; `check.rs`
+//! checks the file's structure and stored bodies (`switchyard spool check`).
 
+pub mod check;
 pub mod dlq;
 mod error;
 pub mod schema;

@@ -18,7 +18,8 @@ pub const FILE: &str = "spool.sqlite3";
 /// Version 1: the log, one cursor per destination, routes, the retry set, dead letters and
 /// the dedupe index. Version 2: routes become a bitmask on the log row (bit `1 << id` of each
 /// destination it goes to), so a delivered message costs a cursor move, not a row delete per
-/// destination. Later versions append a step; existing steps never change.
+/// destination. Version 3: the seqs each destination holds in memory. Version 4: a checksum
+/// per body. Later versions append a step; existing steps never change.
 pub(super) const STEPS: &[&str] = &[
     r#"
 CREATE TABLE destination (
@@ -100,6 +101,11 @@ DROP TABLE route;
 -- their seqs, delta-encoded varints, rewritten with each transaction that changes them.
 ALTER TABLE destination ADD COLUMN held BLOB;
 "#,
+    r#"
+-- CRC-32 of the body's bytes, checked whenever the body is read back: a body altered on disk
+-- is dead-lettered as `corrupted`, never delivered. NULL for rows written before version 4.
+ALTER TABLE log ADD COLUMN crc INTEGER;
+"#,
 ];
 
 /// Destination ids are bit positions in `log.dests` (an SQLite integer, 64-bit signed): ids
@@ -141,6 +147,13 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection, StorageError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     migrate(&mut conn)?;
+    if create {
+        // The daemon: refuse a damaged file before relying on it (see `check.rs`).
+        let problems = super::check::at_start(&conn)?;
+        if !problems.is_empty() {
+            return Err(StorageError::Damaged { path, problems });
+        }
+    }
     Ok(conn)
 }
 
@@ -183,8 +196,8 @@ pub struct LogRow<'a> {
 /// `stats` themselves, each by its own delta (see `Store::add_bytes`).
 pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> {
     conn.prepare_cached(
-        "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests, crc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         row.source,
@@ -193,9 +206,27 @@ pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> 
         row.body,
         row.body.len() as i64,
         row.enqueued_at,
-        row.dests
+        row.dests,
+        crc(row.body)
     ])?;
     Ok(conn.last_insert_rowid() as Seq)
+}
+
+/// The checksum `log.crc` holds for `body`.
+pub fn crc(body: &str) -> i64 {
+    i64::from(crc32fast::hash(body.as_bytes()))
+}
+
+/// Why a body read back from the log cannot be trusted, if it cannot: its checksum differs
+/// from the one written with it. `None` also when no checksum was written (before version 4).
+pub fn damaged(body: &str, stored: Option<i64>) -> Option<String> {
+    let stored = stored?;
+    let found = crc(body);
+    (found != stored).then(|| {
+        format!(
+            "the stored message was altered on disk: its CRC-32 is {found:08x}, {stored:08x} was written with it"
+        )
+    })
 }
 
 #[cfg(test)]

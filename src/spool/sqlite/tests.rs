@@ -9,6 +9,7 @@ use super::schema;
 use super::store::Store;
 use super::*;
 use crate::message::Parsed;
+use crate::spool::DeadReason;
 
 const DESTS: &[&str] = &["A", "B"];
 
@@ -73,7 +74,7 @@ fn attempt(n: u32) -> Attempt {
         reason: "HTTP 500: boom".into(),
         status: Some(500),
         response: Some("boom".into()),
-        gave_up: false,
+        dead_reason: DeadReason::Permanent,
     }
 }
 
@@ -880,4 +881,78 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
     let b = s.lease("B", 10).unwrap();
     assert!(b[1].parsed.is_ready(), "B shares the parse A's worker made");
     assert!(b[1].body.is_empty(), "so B's lease did not copy the body");
+}
+
+/// A body changed on disk after it was written (its checksum no longer matches) is leased
+/// marked corrupted, whichever way it is read; `spool check` names it.
+#[test]
+fn a_body_altered_on_disk_is_leased_as_corrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![msg("v1", None, &["A"]), msg("v2", Some("g"), &["A"])],
+    );
+    s.conn
+        .execute(
+            "UPDATE log SET body = replace(body, 'v1', 'x1') WHERE message_id = 'v1'",
+            [],
+        )
+        .unwrap();
+    let leased = s.lease("A", 10).unwrap();
+    let why = leased[0].corrupted.as_deref().expect("v1 is flagged");
+    assert!(why.contains("altered on disk"), "{why}");
+    assert_eq!(leased[1].corrupted, None, "v2 is intact");
+    // Read back from the retry set too.
+    s.retry_at("A", leased[0].seq, past(), &attempt(1)).unwrap();
+    let again = s.lease("A", 10).unwrap();
+    assert!(again[0].corrupted.is_some());
+    let report = check::check(dir.path()).unwrap();
+    assert_eq!((report.messages, report.checksummed), (2, 2));
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("messageId v1"),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// A damaged page of the dedupe index (which the daemon never reads through at start) is
+/// found when the daemon opens the file, with what to do; `spool check` reports it too.
+#[test]
+fn a_damaged_index_page_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = store(dir.path());
+        let many: Vec<Accepted> = (0..500)
+            .map(|i| msg(&format!("message-{i:04}"), None, &["A"]))
+            .collect();
+        append(&mut s, many);
+    }
+    let path = schema::file(dir.path());
+    let (page_size, root): (i64, i64) = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'seen_at'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (size, root)
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = ((root - 1) * page_size) as usize;
+    bytes[at..at + 64].fill(0xAB);
+    std::fs::write(&path, bytes).unwrap();
+    let err = schema::open(dir.path(), true).unwrap_err().to_string();
+    assert!(
+        err.contains("is damaged") && err.contains(".recover") && err.contains("spool check"),
+        "{err}"
+    );
+    let report = check::check(dir.path()).unwrap();
+    assert!(!report.problems.is_empty());
 }

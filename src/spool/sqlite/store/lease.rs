@@ -18,7 +18,7 @@ use super::hold::{MAX_HELD, Waiting};
 use super::retry_set::park;
 use super::{Flight, Lane, Store, below, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::{StorageError, schema};
 use crate::spool::{Leased, Seq};
 
 /// Most log rows (by seq span) one lease looks at.
@@ -103,9 +103,9 @@ impl Store {
                         attempts: 0,
                     },
                 );
-                let body = match parsed.is_ready() {
-                    true => Arc::from(""),
-                    false => Arc::from(body_of(&self.conn, seq)?),
+                let (body, corrupted) = match parsed.is_ready() {
+                    true => (Arc::from(""), None),
+                    false => body_of(&self.conn, seq)?,
                 };
                 out.push(Leased {
                     seq,
@@ -114,6 +114,7 @@ impl Store {
                     group_id: Some(group.clone()),
                     attempts: 0,
                     first_attempt: None,
+                    corrupted,
                 });
             }
         }
@@ -199,7 +200,7 @@ impl Scan<'_> {
     /// group when an older item of it waits in the retry set (there too) or is in flight or
     /// held (in memory); leased into `out` otherwise.
     fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), StorageError> {
-        let (seq, group, body, dests, in_retry) = row;
+        let (seq, group, body, crc, dests, in_retry) = row;
         let seq = seq as Seq;
         self.lane.scan = seq;
         let parsed = self.parsed(seq, body.as_ref().map_or(0, String::len), dests);
@@ -229,10 +230,13 @@ impl Scan<'_> {
                 attempts: 0,
             },
         );
-        let body = match body {
-            Some(body) => Arc::from(body),
-            None if parsed.is_ready() => Arc::from(""),
-            None => Arc::from(body_of(self.conn, seq)?),
+        let (body, corrupted) = match body {
+            Some(body) => {
+                let corrupted = schema::damaged(&body, crc);
+                (Arc::from(body), corrupted)
+            }
+            None if parsed.is_ready() => (Arc::from(""), None),
+            None => body_of(self.conn, seq)?,
         };
         out.push(Leased {
             seq,
@@ -241,6 +245,7 @@ impl Scan<'_> {
             group_id: group,
             attempts: 0,
             first_attempt: None,
+            corrupted,
         });
         Ok(())
     }
@@ -260,9 +265,9 @@ impl Scan<'_> {
 }
 
 /// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
-/// message parsed), and whether the destination's retry set already holds it (the scan passes
-/// those by: they are leased from the retry set).
-type Row = (i64, Option<String>, Option<String>, i64, bool);
+/// message parsed), its checksum, routes, and whether the destination's retry set already
+/// holds it (the scan passes those by: they are leased from the retry set).
+type Row = (i64, Option<String>, Option<String>, Option<i64>, i64, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
@@ -274,7 +279,7 @@ fn rows_between(
 ) -> Result<Vec<Row>, StorageError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, group_id, body, dests, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+            "SELECT seq, group_id, body, crc, dests, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
              FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
         )?;
     let rows = stmt.query_map(
@@ -292,14 +297,17 @@ fn rows_between(
             } else {
                 Some(r.get(2)?)
             };
-            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
+            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?, r.get(5)?))
         },
     )?;
     rows.collect::<Result<_, _>>().map_err(StorageError::from)
 }
 
-fn body_of(conn: &Connection, seq: Seq) -> Result<String, StorageError> {
-    conn.prepare_cached("SELECT body FROM log WHERE seq = ?1")
-        .and_then(|mut s| s.query_row([seq as i64], |r| r.get(0)))
-        .map_err(StorageError::from)
+/// A log row's body, and why it cannot be trusted if its checksum says so.
+fn body_of(conn: &Connection, seq: Seq) -> Result<(Arc<str>, Option<String>), StorageError> {
+    let (body, crc): (String, Option<i64>) = conn
+        .prepare_cached("SELECT body, crc FROM log WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?))))?;
+    let corrupted = schema::damaged(&body, crc);
+    Ok((Arc::from(body), corrupted))
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, params};
 
 use super::{Lane, Store, from_ms, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::{StorageError, schema};
 use crate::spool::{Leased, Seq};
 
 impl Store {
@@ -35,7 +35,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at FROM retry r JOIN log l ON l.seq = r.seq
+                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc FROM retry r JOIN log l ON l.seq = r.seq
                  WHERE r.dest = ?1 AND r.due_at IS NOT NULL AND r.due_at <= ?2
                    AND (r.group_id IS NULL OR NOT EXISTS
                         (SELECT 1 FROM retry e WHERE e.dest = ?1 AND e.group_id = r.group_id AND e.seq < r.seq))
@@ -79,7 +79,7 @@ impl Store {
             return Ok(());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at FROM retry r JOIN log l ON l.seq = r.seq
+            "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc FROM retry r JOIN log l ON l.seq = r.seq
              WHERE r.dest = ?1 AND r.group_id = ?2 AND r.seq > ?3 ORDER BY r.seq LIMIT ?4",
         )?;
         let mut rows = stmt.query(params![lane, group.as_ref(), after as i64, max as i64])?;
@@ -184,10 +184,12 @@ fn due_retry(
     group: Option<Arc<str>>,
     with_body: bool,
 ) -> rusqlite::Result<(Leased, i64)> {
-    let body: String = if with_body {
-        row.get(4)?
+    let (body, corrupted) = if with_body {
+        let body: String = row.get(4)?;
+        let corrupted = schema::damaged(&body, row.get(6)?);
+        (body, corrupted)
     } else {
-        String::new()
+        (String::new(), None)
     };
     let leased = Leased {
         seq,
@@ -196,6 +198,7 @@ fn due_retry(
         group_id: group,
         attempts: row.get::<_, i64>(2)? as u32,
         first_attempt: row.get::<_, Option<i64>>(3)?.map(from_ms),
+        corrupted,
     };
     Ok((leased, row.get::<_, i64>(5)?))
 }

@@ -54,7 +54,7 @@ impl Store {
         a: &Attempt,
     ) -> Result<(), StorageError> {
         self.settle(destination, seq, |conn, seq| {
-            let reason = if a.gave_up { "exhausted" } else { "permanent" };
+            let reason = a.dead_reason.as_str();
             conn.prepare_cached(
                 "INSERT INTO dead_letter (destination, source, message_id, group_id, body, reason, error, attempts, first_attempt, last_attempt, status, response)
                  SELECT ?1, source, message_id, group_id, body, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM log WHERE seq = ?9",

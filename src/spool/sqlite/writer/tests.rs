@@ -13,7 +13,7 @@ use super::{Command, Reply, Settlement, Shared, View, run};
 use crate::message::Accepted;
 use crate::spool::sqlite::schema;
 use crate::spool::sqlite::store::Store;
-use crate::spool::{Appended, Attempt, SpoolError};
+use crate::spool::{Appended, Attempt, DeadReason, SpoolError};
 
 /// The store as the daemon opens it, but with a short busy timeout, so a held write lock
 /// fails the writer's BEGIN without waiting out the daemon's 10 s; and with a fault switch:
@@ -129,7 +129,7 @@ fn attempt() -> Box<Attempt> {
         reason: "HTTP 500: boom".into(),
         status: Some(500),
         response: None,
-        gave_up: true,
+        dead_reason: DeadReason::Exhausted,
     })
 }
 

@@ -1,0 +1,93 @@
+//! Checking a spool file: SQLite's own structure check (`PRAGMA quick_check`: pages,
+//! b-trees, indexes) and every stored body against the checksum written with it.
+//!
+//! The daemon checks the structure of every table but the log when it opens the file (the
+//! log it reads through at start anyway, and checking it costs a pass over the whole file);
+//! `switchyard spool check` checks everything, log and bodies included, and works next to
+//! the running daemon.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::StorageError;
+use super::schema;
+use crate::spool::SpoolError;
+
+/// Most problems SQLite is asked to name.
+const MOST: usize = 20;
+
+/// Tables the daemon checks at start (everything but `log`).
+const AT_START: &[&str] = &["destination", "retry", "dead_letter", "seen", "stats"];
+
+/// What `switchyard spool check` found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Messages in the log.
+    pub messages: u64,
+    /// Of those, the ones with a checksum (written by schema 4 and later), all verified.
+    pub checksummed: u64,
+    pub dead_letters: u64,
+    /// Each problem in words: SQLite's, or a body that does not match its checksum.
+    pub problems: Vec<String>,
+}
+
+/// Structure problems in the tables the daemon relies on at start, as SQLite names them.
+pub fn at_start(conn: &Connection) -> Result<Vec<String>, StorageError> {
+    let mut problems = Vec::new();
+    for table in AT_START {
+        problems.extend(quick_check(conn, Some(table))?);
+    }
+    Ok(problems)
+}
+
+/// `PRAGMA quick_check` of one table (with its indexes) or the whole file; empty when fine.
+fn quick_check(conn: &Connection, table: Option<&str>) -> Result<Vec<String>, StorageError> {
+    let sql = match table {
+        Some(t) => format!("PRAGMA quick_check({t})"),
+        None => format!("PRAGMA quick_check({MOST})"),
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let found: Vec<String> = rows.collect::<Result<_, _>>()?;
+    Ok(match found.as_slice() {
+        [ok] if ok == "ok" => Vec::new(),
+        _ => found.into_iter().take(MOST).collect(),
+    })
+}
+
+/// Check the spool in `dir`: its whole structure, then every body against its checksum.
+pub fn check(dir: &Path) -> Result<Report, SpoolError> {
+    let conn = schema::open(dir, false)?;
+    let mut report = Report {
+        problems: quick_check(&conn, None)?,
+        ..Report::default()
+    };
+    let mut stmt = conn
+        .prepare("SELECT seq, message_id, body, crc FROM log ORDER BY seq")
+        .map_err(StorageError::from)?;
+    let mut rows = stmt.query([]).map_err(StorageError::from)?;
+    while let Some(row) = rows.next().map_err(StorageError::from)? {
+        report.messages += 1;
+        let crc: Option<i64> = row.get(3).map_err(StorageError::from)?;
+        if crc.is_none() {
+            continue;
+        }
+        report.checksummed += 1;
+        let body: String = row.get(2).map_err(StorageError::from)?;
+        if let Some(why) = schema::damaged(&body, crc) {
+            let seq: i64 = row.get(0).map_err(StorageError::from)?;
+            let id: String = row.get(1).map_err(StorageError::from)?;
+            report
+                .problems
+                .push(format!("message seq {seq} (messageId {id}): {why}"));
+        }
+    }
+    report.dead_letters = conn
+        .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(StorageError::from)? as u64;
+    Ok(report)
+}
