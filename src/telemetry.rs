@@ -123,3 +123,35 @@ pub fn destination_gauges(destination: &str, depth: &Depth, paused: bool) {
     gauge!("switchyard_oldest_pending_seconds", "destination" => d.clone()).set(age);
     gauge!("switchyard_destination_paused", "destination" => d).set(if paused { 1.0 } else { 0.0 });
 }
+
+/// At most one log line per `every` for a condition that repeats while it lasts (a full
+/// disk, failing accepts, a spool that cannot be written): the first occurrence is logged at
+/// once, the next ones are counted until the interval has passed.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    /// When a line was last written, and how many occurrences were not logged since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Another occurrence: `Some(n)` when a line is due now, `n` being the occurrences held
+    /// back since the last line; `None` when this one is only counted.
+    pub fn due(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, held) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < self.every) {
+            *held += 1;
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        Some(std::mem::take(held))
+    }
+}

@@ -59,6 +59,8 @@ pub struct Worker {
     dry_run: bool,
     pub status: Arc<Status>,
     order: order::Order,
+    /// Spool errors are logged at most once a minute while they last (a full disk).
+    spool_trouble: crate::telemetry::Throttle,
 }
 
 impl Worker {
@@ -90,6 +92,7 @@ impl Worker {
             max_wait: delivery.max_wait,
             dry_run: delivery.dry_run,
             status: Arc::new(Status::default()),
+            spool_trouble: crate::telemetry::Throttle::new(Duration::from_secs(60)),
             order: order::Order::default(),
         }
     }

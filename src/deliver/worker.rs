@@ -25,7 +25,10 @@ impl Worker {
             let (batch, ticket) = match self.order.lease(self.next_batch()).await {
                 Ok(leased) => leased,
                 Err(e) => {
-                    tracing::error!(destination = %self.name, error = %e, "cannot lease from the spool");
+                    if let Some(since) = self.spool_trouble.due() {
+                        tracing::error!(destination = %self.name, error = %e, failed_since_last_line = since,
+                            "cannot lease from the spool; trying again every second");
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -38,7 +41,10 @@ impl Worker {
                 continue;
             };
             if let Err(e) = self.deliver(batch, ticket).await {
-                tracing::error!(destination = %self.name, error = %e, "cannot record delivery outcome in the spool");
+                if let Some(since) = self.spool_trouble.due() {
+                    tracing::error!(destination = %self.name, error = %e, failed_since_last_line = since,
+                        "cannot record delivery outcome in the spool");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

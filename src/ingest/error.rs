@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::spool::SpoolError;
+use crate::telemetry;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -73,7 +74,12 @@ impl From<SpoolError> for ApiError {
             },
             SpoolError::Storage(_) if e.is_disk_full() => {
                 // A person must free space; the SDKs keep the messages and retry meanwhile.
-                tracing::error!(error = %e, "the spool's disk is full: ingest refuses calls until space is freed");
+                static TOLD: telemetry::Throttle =
+                    telemetry::Throttle::new(Duration::from_secs(60));
+                if let Some(since) = TOLD.due() {
+                    tracing::error!(error = %e, refused_since_last_line = since,
+                        "the spool's disk is full: ingest refuses calls until space is freed");
+                }
                 Self {
                     retry_after: Some(e.retry_after()),
                     ..ApiError::new(

@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::ServerConfig;
+use crate::telemetry::Throttle;
 
 /// How long accepting pauses after an accept error (e.g. out of file descriptors): long
 /// enough for connections to close, short enough that clients barely notice.
@@ -60,7 +61,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut errors = AcceptErrors::default();
+    let told = Throttle::new(ACCEPT_LOG_EVERY);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -73,7 +74,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    errors.seen(&e);
+                    accept_failed(&told, &e);
                     tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
@@ -98,31 +99,15 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Accept errors since the last log line.
-#[derive(Default)]
-struct AcceptErrors {
-    logged: Option<Instant>,
-    since: u64,
-}
-
-impl AcceptErrors {
-    fn seen(&mut self, e: &std::io::Error) {
-        self.since += 1;
-        if self
-            .logged
-            .is_some_and(|at| at.elapsed() < ACCEPT_LOG_EVERY)
-        {
-            return;
+/// What an accept error means for the operator.
+fn accept_failed(told: &Throttle, e: &std::io::Error) {
+    let Some(since) = told.due() else { return };
+    let hint = match e.raw_os_error() {
+        // EMFILE, ENFILE
+        Some(24 | 23) => {
+            "out of file descriptors: lower server.max_connections or raise the limit (ulimit -n, LimitNOFILE=)"
         }
-        let hint = match e.raw_os_error() {
-            // EMFILE, ENFILE
-            Some(24 | 23) => {
-                "out of file descriptors: lower server.max_connections or raise the limit (ulimit -n, LimitNOFILE=)"
-            }
-            _ => "accepting again shortly",
-        };
-        tracing::warn!(error = %e, errors = self.since, hint, "cannot accept connections");
-        self.logged = Some(Instant::now());
-        self.since = 0;
-    }
+        _ => "accepting again shortly",
+    };
+    tracing::warn!(error = %e, failed_since_last_line = since, hint, "cannot accept connections");
 }

@@ -9,12 +9,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::{Command, Deferred, Reply, Settlement, Shared, publish, wake};
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::{Snapshot, Store};
 use crate::spool::{Appended, Leased, SpoolError};
+use crate::telemetry::Throttle;
 
 /// A command applied inside the open transaction, its answer held until the commit.
 enum Done {
@@ -69,6 +71,12 @@ fn fail<T>(reply: Reply<T>, e: &Arc<StorageError>) {
     let _ = reply.send(Err(StorageError::Transaction(e.clone()).into()));
 }
 
+/// Failed transactions are logged at most once a minute while they go on (a full disk fails
+/// every one of them), and their end is logged once.
+static TOLD: Throttle = Throttle::new(Duration::from_secs(60));
+/// The last transaction failed.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
 /// Apply `batch` in one transaction, then answer it; or fail or defer all of it.
 pub(super) fn execute(
     store: &mut Store,
@@ -107,7 +115,12 @@ pub(super) fn execute(
             .map_err(StorageError::from)
     });
     match result {
-        Ok(()) => committed(store, shared, done, &touched, fresh),
+        Ok(()) => {
+            if FAILING.swap(false, Ordering::Relaxed) {
+                tracing::info!("spool transactions succeed again");
+            }
+            committed(store, shared, done, &touched, fresh)
+        }
         Err(e) => {
             let e = Arc::new(e);
             roll_back(store, snapshot);
@@ -119,8 +132,11 @@ pub(super) fn execute(
             for c in commands {
                 c.fail_or_defer(&e, deferred);
             }
-            tracing::error!(error = %e, commands = kept, deferred = deferred.len(),
-                "spool transaction failed; appends and leases are told to retry, delivery outcomes will be applied again");
+            FAILING.store(true, Ordering::Relaxed);
+            if let Some(since) = TOLD.due() {
+                tracing::error!(error = %e, commands = kept, deferred = deferred.len(), failed_since_last_line = since,
+                    "spool transaction failed; appends and leases are told to retry, delivery outcomes will be applied again");
+            }
             publish(store, shared, store.lanes.keys().cloned().collect());
         }
     }
