@@ -1,0 +1,103 @@
+//! Any answer a vendor could give (status, headers, body) to a real request of each adapter:
+//! classifying it never panics and gives exactly one verdict per item of the request.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value, json};
+use switchyard::destination::{Destination, Item, OutRequest, Response};
+
+const CONFIG: &str = r#"
+[server]
+allow_unauthenticated = true
+[[destination]]
+name = "Mixpanel"
+type = "mixpanel"
+project_token = "t"
+group_key = "company_id"
+api_host = "http://127.0.0.1:9"
+[[destination]]
+name = "Salesforce"
+type = "salesforce"
+instance_url = "http://127.0.0.1:9"
+external_id_field = "Ext__c"
+auth = { flow = "client_credentials", client_id = "c", client_secret = "s" }
+[[destination]]
+name = "Webhook"
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+batch = { max_events = 10 }
+"#;
+
+/// Each adapter with a request it made for three group calls.
+fn cases() -> &'static Vec<(Arc<dyn Destination>, OutRequest)> {
+    static CASES: OnceLock<Vec<(Arc<dyn Destination>, OutRequest)>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let config = switchyard::config::load(CONFIG).expect("the fuzz config loads");
+        let messages: Vec<Map<String, Value>> = (0..3)
+            .map(|n| {
+                let m = json!({"type": "group", "userId": "u", "groupId": format!("g{n}"),
+                               "messageId": format!("m{n}"), "traits": {"name": "N", "plan": "p"}});
+                m.as_object().unwrap().clone()
+            })
+            .collect();
+        let empty = Map::new();
+        let items: Vec<Item<'_>> = messages
+            .iter()
+            .map(|m| Item {
+                message: m,
+                options: &empty,
+            })
+            .collect();
+        config
+            .destinations
+            .iter()
+            .map(|d| {
+                let adapter = switchyard::destination::build(d).expect("builds");
+                let mut t = adapter.translate(&items, SystemTime::now());
+                (adapter, t.requests.remove(0))
+            })
+            .collect()
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((status, rest)) = rest.split_first_chunk::<2>() else {
+        return;
+    };
+    let status = 100 + u16::from_le_bytes(*status) % 500;
+    // Up to one header (name and value separated by a 0 byte), then the body.
+    let (headers, body) = match rest.iter().position(|b| *b == b'\n') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (&rest[..0], rest),
+    };
+    let mut header_map = HeaderMap::new();
+    if let Some(at) = headers.iter().position(|b| *b == 0) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&headers[..at]),
+            HeaderValue::from_bytes(&headers[at + 1..]),
+        ) {
+            header_map.insert(name, value);
+        }
+    }
+    let cases = cases();
+    let (adapter, request) = &cases[selector as usize % cases.len()];
+    let response = Response {
+        status,
+        headers: header_map,
+        body: Bytes::copy_from_slice(body),
+    };
+    let c = adapter.classify(request, &response, SystemTime::now());
+    assert_eq!(
+        c.verdicts.len(),
+        request.items.len(),
+        "one verdict per item"
+    );
+});
