@@ -569,3 +569,94 @@ async fn a_message_altered_on_disk_is_dead_lettered_as_corrupted() {
         "the altered body was never sent"
     );
 }
+
+/// `dlq replay` of many dead letters next to a running daemon: ingest goes on answering 200
+/// while it runs and never waits for the whole replay (it writes in short chunks), and
+/// every replayed message is delivered.
+#[tokio::test]
+async fn a_large_replay_does_not_stall_ingest() {
+    let rx = Receiver::start().await;
+    rx.set_default("/hook", Answer::status(400));
+    let d = Daemon::start(
+        "max_request_bytes = 4000000",
+        &format!(
+            "{}{}",
+            source(),
+            hook("Hook", &rx.url("/hook"), "batch = { max_events = 500 }")
+        ),
+    )
+    .await;
+    let total = 12_000;
+    for start in (0..total).step_by(1000) {
+        let calls: Vec<Value> = (start..start + 1000)
+            .map(|i| group(&format!("dead-{i}"), &format!("g{}", i % 100)))
+            .collect();
+        let (status, body) = d
+            .post("/v1/batch", Some(KEY), &json!({ "batch": calls }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    eventually("every message dead-lettered", || {
+        let listed = d.dlq(&["list", "--json"]);
+        let n = serde_json::from_str::<Vec<Value>>(&listed).unwrap().len();
+        (n == total).then_some(())
+    })
+    .await;
+    rx.set_default("/hook", Answer::status(200));
+
+    let config = d.config_path();
+    let replay = std::thread::spawn(move || {
+        let started = Instant::now();
+        let out = std::process::Command::new(common::binary())
+            .args(["dlq", "replay", "--all", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (started.elapsed(), out)
+    });
+    let mut slowest = Duration::ZERO;
+    let mut during = 0;
+    let mut n = 0;
+    while !replay.is_finished() {
+        let started = Instant::now();
+        let (status, body) = d
+            .post(
+                "/v1/batch",
+                Some(KEY),
+                &json!({"batch": [group(&format!("live-{n}"), "live")]}),
+            )
+            .await;
+        assert_eq!(status, 200, "ingest during the replay: {body}");
+        slowest = slowest.max(started.elapsed());
+        during += 1;
+        n += 1;
+    }
+    let (took, out) = replay.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("replayed {total} dead letter(s)")),
+        "{said}"
+    );
+    assert!(
+        during >= 3,
+        "only {during} ingest requests while the replay ran ({took:?})"
+    );
+    assert!(
+        slowest < took / 2,
+        "an ingest request waited {slowest:?} during a replay of {took:?}"
+    );
+    rx.wait_until(
+        "/hook",
+        |got| {
+            let ok = delivered(got);
+            (0..total).all(|i| ok.contains(&format!("dead-{i}")))
+        },
+        "every replayed message delivered",
+    )
+    .await;
+}
