@@ -10,7 +10,8 @@
 //! its answer); `writer/` is the thread and its transactions; `store/` is the state machine
 //! it runs; `schema.rs` is the file and its versions; `error.rs` says what can fail, as data;
 //! `dlq.rs` is what `switchyard dlq` does to the same file from another process; `check.rs`
-//! checks the file's structure and stored bodies (`switchyard spool check`).
+//! checks the file's structure and stored bodies (`switchyard spool check`); `wal.rs` says
+//! what a crash left at the end of the write-ahead log before SQLite drops it.
 
 pub mod check;
 pub mod dlq;
@@ -19,6 +20,7 @@ pub mod schema;
 mod store;
 #[cfg(test)]
 mod tests;
+mod wal;
 mod writer;
 
 use std::collections::HashMap;

@@ -132,6 +132,7 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection, StorageError> {
     }
     if create {
         std::fs::create_dir_all(dir).map_err(StorageError::io("create", dir))?;
+        tell_torn_tail(&path);
     }
     let mut conn = match Connection::open(&path) {
         Ok(conn) => conn,
@@ -155,6 +156,26 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection, StorageError> {
         }
     }
     Ok(conn)
+}
+
+/// Before SQLite recovers the file after a crash: log what it will drop from the end of the
+/// write-ahead log, and why (see `wal.rs`). Nothing to say after a clean stop.
+fn tell_torn_tail(path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    match super::wal::tail(&wal) {
+        Ok(Some(dropped)) => tracing::warn!(
+            wal = %wal.display(), bytes = dropped.bytes, why = %dropped.why,
+            "the spool's write-ahead log ends with bytes that hold no committed transaction; \
+             they are dropped and everything committed before them is kept (no message in them \
+             was acknowledged)"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(wal = %wal.display(), error = %e, "cannot read the write-ahead log to check its end")
+        }
+    }
 }
 
 /// Apply every step above the file's `user_version`.

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::dlq::{self, Selector};
 use super::schema;
 use super::store::Store;
+use super::wal;
 use super::*;
 use crate::message::Parsed;
 use crate::spool::DeadReason;
@@ -955,4 +956,62 @@ fn a_damaged_index_page_is_refused_at_start() {
     );
     let report = check::check(dir.path()).unwrap();
     assert!(!report.problems.is_empty());
+}
+
+/// On a real WAL (copied while the store is open, as a crash leaves it): nothing to say when
+/// it is intact; a last frame cut short or failing its checksum is named, and the commits
+/// before it are kept.
+#[test]
+fn a_torn_end_of_the_wal_is_told_and_what_was_committed_before_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("v1", None, &["A"])]);
+    append(&mut s, vec![msg("v2", None, &["A"])]);
+    let crashed = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir(&to).unwrap();
+        for file in [schema::FILE.to_string(), format!("{}-wal", schema::FILE)] {
+            std::fs::copy(dir.path().join(&file), to.join(&file)).unwrap();
+        }
+        (to.clone(), to.join(format!("{}-wal", schema::FILE)))
+    };
+    let (_, intact) = crashed("intact");
+    assert_eq!(
+        wal::tail(&intact).unwrap(),
+        None,
+        "an intact WAL: nothing to say"
+    );
+
+    let (cut_dir, cut) = crashed("cut");
+    let len = std::fs::metadata(&cut).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let dropped = wal::tail(&cut).unwrap().expect("the cut is seen");
+    assert!(dropped.why.contains("cut short"), "{}", dropped.why);
+    let mut after = store(&cut_dir);
+    let leased = lease(&mut after, "A", 10);
+    assert_eq!(
+        ids(&leased).first(),
+        Some(&"v1"),
+        "the commits before the cut are kept"
+    );
+
+    let (_, flipped) = crashed("flipped");
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xff;
+    std::fs::write(&flipped, bytes).unwrap();
+    let dropped = wal::tail(&flipped)
+        .unwrap()
+        .expect("the bad checksum is seen");
+    assert!(
+        dropped.why.contains("fails its checksum"),
+        "{}",
+        dropped.why
+    );
+    drop(s);
 }
