@@ -1015,3 +1015,48 @@ fn a_torn_end_of_the_wal_is_told_and_what_was_committed_before_is_kept() {
     );
     drop(s);
 }
+
+/// Newer items of a group whose oldest is in backoff wait in memory, not as rows of the retry
+/// set (with every company failing, a row per message per destination made ingest and the
+/// drain crawl); after a crash they are still there, and still behind it.
+#[test]
+fn items_behind_a_backoff_wait_in_memory_and_keep_their_place_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let retry_rows = |s: &Store| -> i64 {
+        s.conn
+            .query_row("SELECT COUNT(*) FROM retry", [], |r| r.get(0))
+            .unwrap()
+    };
+    {
+        let mut s = store(dir.path());
+        append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
+        let v1 = lease(&mut s, "A", 10);
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        s.retry_at("A", v1[0].1, later, &attempt(1)).unwrap();
+        append(
+            &mut s,
+            vec![
+                msg("v2", Some("g"), &["A"]),
+                msg("w1", Some("h"), &["A"]),
+                msg("v3", Some("g"), &["A"]),
+            ],
+        );
+        let other = lease(&mut s, "A", 10);
+        assert_eq!(ids(&other), ["w1"], "v2 and v3 wait behind v1's backoff");
+        assert_eq!(retry_rows(&s), 1, "only v1 is in the retry set");
+        assert_eq!(s.depth("A").pending, 3);
+        s.ack("A", &[other[0].1]).unwrap();
+        s.save_holds().unwrap();
+        // The process dies here.
+    }
+    let mut s = store(dir.path());
+    assert!(
+        lease(&mut s, "A", 10).is_empty(),
+        "after the restart v2 and v3 still wait for v1"
+    );
+    s.conn.execute("UPDATE retry SET due_at = 0", []).unwrap();
+    let v1 = lease(&mut s, "A", 10);
+    assert_eq!(ids(&v1), ["v1"]);
+    s.ack("A", &[v1[0].1]).unwrap();
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["v2", "v3"]);
+}

@@ -53,9 +53,10 @@ impl Store {
                 [&name],
                 |r| r.get(0),
             )?;
-            let per_group = self.retry_rows_per_group(id)?;
+            let per_group = self.retry_rows_per_group(id, false)?;
+            let parked = self.retry_rows_per_group(id, true)?;
             if let Some(lane) = self.lanes.get_mut(&name) {
-                lane.hold.set_retry_rows(per_group);
+                lane.hold.set_retry_rows(per_group, parked);
                 lane.counts = Counts {
                     unscanned: unscanned.saturating_sub(above.max(0) as u64),
                     retry_rows: retry_rows as u64,
@@ -68,11 +69,16 @@ impl Store {
     }
 
     /// The retry set's rows per group for one destination.
-    fn retry_rows_per_group(&self, dest: i64) -> Result<HashMap<Arc<str>, u64>, StorageError> {
+    fn retry_rows_per_group(
+        &self,
+        dest: i64,
+        parked_only: bool,
+    ) -> Result<HashMap<Arc<str>, u64>, StorageError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT group_id, COUNT(*) FROM retry WHERE dest = ?1 AND group_id IS NOT NULL GROUP BY group_id",
+            "SELECT group_id, COUNT(*) FROM retry WHERE dest = ?1 AND group_id IS NOT NULL
+               AND (?2 = 0 OR due_at IS NULL) GROUP BY group_id",
         )?;
-        let rows = stmt.query_map([dest], |r| {
+        let rows = stmt.query_map(params![dest, parked_only], |r| {
             Ok((
                 Arc::from(r.get::<_, String>(0)?),
                 r.get::<_, i64>(1)?.max(0) as u64,

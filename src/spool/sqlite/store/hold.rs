@@ -7,21 +7,26 @@
 //!   written with each transaction that changes them (`destination.held`, a few bytes each):
 //!   after a restart they are parked again, ahead of everything else of their group, and
 //!   housekeeping keeps their rows until they settle (`floor`).
-//! - behind an item **in backoff** (a failed attempt): in the SQL retry set, as before
-//!   (`retry_set.rs`), because a backoff may last minutes and the cursor must not wait for it.
-//!   When an in-flight item goes into backoff, the items parked behind it here move there.
+//! - behind an item **in backoff** (a failed attempt, its row in the SQL retry set): here
+//!   too, while there is room. The cursor does not wait for them (they are in the file's
+//!   held list like the others), so a backoff of minutes costs nothing per message; with
+//!   every company failing, a row per message per destination in the retry set made ingest
+//!   and the drain crawl. Past [`MAX_HELD`] they overflow into the SQL retry set, parked
+//!   (`retry_set.rs`), and once a group has items parked there its newer items go there too
+//!   until none are left, so what waits here is always older than what waits there.
 //!
 //! At most [`MAX_HELD`] items wait here per destination: a lease stops reading the log there,
 //! which bounds memory whatever the backlog.
 //!
 //! Invariants: `busy[g]` counts the items of `g` in flight; a log item waits while its group
-//! is busy since an earlier lease or has items parked; when a group's last item in flight
-//! settles, the group becomes `ready` and its parked items are leased together, in order, in
-//! the next lease (as many as fit; the rest wait for that batch), so a group is never in two
-//! batches at once and never overtakes itself — and a hot group moves a batch of its calls
-//! per round trip, not one. Ready groups are leased before the log is read further.
-//! `in_retry[g]` counts the group's rows in the SQL retry set: a newer item of such a group
-//! waits there, never here.
+//! is busy since an earlier lease or has items parked; when a group has nothing in flight and
+//! no row in backoff (or due) in the retry set, it becomes `ready` and its parked items are
+//! leased together, in order, in the next lease (as many as fit; the rest wait for that
+//! batch), so a group is never in two batches at once and never overtakes itself — and a hot
+//! group moves a batch of its calls per round trip, not one. Ready groups are leased before
+//! the log is read further. `in_retry[g]` counts the group's rows in the SQL retry set,
+//! `in_sql[g]` those of them parked (waiting, not in backoff): those are newer than anything
+//! parked here, and are released only once nothing of the group is in flight or here.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +59,8 @@ pub(super) struct Hold {
     out: BTreeMap<Seq, Arc<str>>,
     /// Group → its rows in the SQL retry set.
     in_retry: HashMap<Arc<str>, u64>,
+    /// Group → those of its retry-set rows that are parked (overflow from here).
+    in_sql: HashMap<Arc<str>, u64>,
     /// Counts lease calls, so items of one group read in one lease are leased together.
     epoch: u64,
     /// `seqs` changed since it was last written to the file.
@@ -91,7 +98,33 @@ impl Hold {
 
     /// Whether any item of `group` is in flight or parked.
     pub fn is_busy(&self, group: &str) -> bool {
-        self.busy.get(group).is_some_and(|(n, _)| *n > 0) || self.parked.contains_key(group)
+        self.in_flight(group) || self.parked.contains_key(group)
+    }
+
+    /// Whether an item of `group` is in flight.
+    pub fn in_flight(&self, group: &str) -> bool {
+        self.busy.get(group).is_some_and(|(n, _)| *n > 0)
+    }
+
+    /// Whether `group` has rows in backoff or due in the retry set: older than anything of
+    /// it parked here, which waits for them.
+    fn behind_retry(&self, group: &str) -> bool {
+        let rows = self.in_retry.get(group).copied().unwrap_or(0);
+        rows > self.in_sql.get(group).copied().unwrap_or(0)
+    }
+
+    /// Whether `group` has items parked in the SQL retry set: its newer items go there too.
+    pub fn parked_in_sql(&self, group: &str) -> bool {
+        self.in_sql.get(group).is_some_and(|n| *n > 0)
+    }
+
+    /// Items of `group` were parked in (`+n`) or released from (`-n`) the SQL retry set.
+    pub fn sql_parked(&mut self, group: &Arc<str>, delta: i64) {
+        let n = self.in_sql.entry(group.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.in_sql.remove(group);
+        }
     }
 
     /// Whether a group is ready to lease.
@@ -119,16 +152,16 @@ impl Hold {
             return false;
         }
         self.busy.remove(group);
-        if self.parked.contains_key(group) {
+        if self.parked.contains_key(group) && !self.behind_retry(group) {
             self.ready.push_back(group.clone());
             return true;
         }
         false
     }
 
-    /// An in-flight item of `group` went into backoff: the items parked behind it leave
-    /// memory (the caller writes them to the retry set, behind it).
-    pub fn backed_off(&mut self, group: &Arc<str>) -> Vec<Seq> {
+    /// An in-flight item of `group` went into backoff (its row is in the retry set now): the
+    /// items parked behind it stay here, not ready until it is done.
+    pub fn backed_off(&mut self, group: &Arc<str>) {
         if let Some(slot) = self.busy.get_mut(group) {
             slot.0 = slot.0.saturating_sub(1);
             if slot.0 == 0 {
@@ -136,18 +169,6 @@ impl Hold {
             }
         }
         self.ready.retain(|g| g != group);
-        let moved: Vec<Seq> = self
-            .parked
-            .remove(group)
-            .into_iter()
-            .flatten()
-            .map(|w| w.seq)
-            .collect();
-        for seq in &moved {
-            self.seqs.remove(seq);
-        }
-        self.dirty |= !moved.is_empty();
-        moved
     }
 
     /// The next ready group and up to `max` of its parked items, oldest first, leased now;
@@ -235,10 +256,17 @@ impl Hold {
         }
     }
 
-    /// The retry set's rows per group, as read from the file (at start, after another
-    /// process wrote).
-    pub fn set_retry_rows(&mut self, rows: HashMap<Arc<str>, u64>) {
+    /// The retry set's rows per group, and its parked rows per group, as read from the file
+    /// (at start, after another process wrote). A group restored here that has rows in
+    /// backoff is not ready: those go first.
+    pub fn set_retry_rows(&mut self, rows: HashMap<Arc<str>, u64>, parked: HashMap<Arc<str>, u64>) {
         self.in_retry = rows;
+        self.in_sql = parked;
+        let ready = std::mem::take(&mut self.ready);
+        self.ready = ready
+            .into_iter()
+            .filter(|g| !self.behind_retry(g))
+            .collect();
     }
 }
 
@@ -333,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backoff_sends_the_parked_items_to_the_retry_set() {
+    fn items_behind_a_backoff_stay_here_until_it_is_done() {
         let g: Arc<str> = Arc::from("acme");
         let mut h = Hold::default();
         h.next_epoch();
@@ -341,11 +369,31 @@ mod tests {
         h.next_epoch();
         h.park(&g, waiting(9));
         h.park(&g, waiting(11));
-        assert_eq!(h.backed_off(&g), vec![9, 11]);
-        assert!(!h.is_busy(&g) && h.len() == 0);
-        h.retry_rows(&g, 3);
-        assert!(h.in_retry("acme"));
-        h.retry_rows(&g, -3);
-        assert!(!h.in_retry("acme"));
+        h.backed_off(&g);
+        h.retry_rows(&g, 1);
+        assert!(h.in_retry("acme") && !h.in_flight("acme") && h.len() == 2);
+        assert!(h.take_ready(10).is_none(), "not before the item in backoff");
+        // The retried item is leased again and delivered.
+        h.leased(&g);
+        h.retry_rows(&g, -1);
+        assert!(h.settled(&g), "ready once nothing older waits");
+        let (_, items) = h.take_ready(10).unwrap();
+        assert_eq!(items.iter().map(|w| w.seq).collect::<Vec<_>>(), [9, 11]);
+    }
+
+    #[test]
+    fn parked_rows_in_sql_do_not_hold_back_what_waits_here() {
+        let g: Arc<str> = Arc::from("acme");
+        let mut h = Hold::default();
+        h.park(&g, waiting(9));
+        // An overflow item parked in SQL is newer: it does not stop 9 from going.
+        h.retry_rows(&g, 1);
+        h.sql_parked(&g, 1);
+        assert!(h.parked_in_sql("acme"));
+        h.leased(&g);
+        assert!(h.settled(&g));
+        // A row in backoff, restored at open, does.
+        h.set_retry_rows([(g.clone(), 2)].into(), [(g.clone(), 1)].into());
+        assert!(h.take_ready(10).is_none());
     }
 }

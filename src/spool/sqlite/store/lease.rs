@@ -212,7 +212,14 @@ impl Scan<'_> {
         let group: Option<Arc<str>> = group.map(Arc::from);
         if let Some(g) = &group {
             if self.lane.hold.in_retry(g) {
-                self.released |= park(self.conn, self.lane, seq, g)?;
+                // Behind its group's backoff: in memory while there is room and nothing of
+                // the group waits in SQL (without the parsed copy: it may wait minutes).
+                if !self.lane.hold.parked_in_sql(g) && self.lane.hold.len() < MAX_HELD {
+                    let parsed = Parsed::default();
+                    self.lane.hold.park(g, Waiting { seq, parsed });
+                } else {
+                    self.released |= park(self.conn, self.lane, seq, g)?;
+                }
                 return Ok(());
             }
             if self.lane.hold.must_wait(g) {

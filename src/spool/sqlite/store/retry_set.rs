@@ -50,8 +50,10 @@ impl Store {
             };
             let seq = row.get::<_, i64>(0)? as Seq;
             let group: Option<Arc<str>> = row.get::<_, Option<String>>(1)?.map(Arc::from);
+            // Items of the group parked in memory are newer: they wait for this row, not it
+            // for them.
             if lane.in_flight.contains_key(&seq)
-                || group.as_ref().is_some_and(|g| lane.hold.is_busy(g))
+                || group.as_ref().is_some_and(|g| lane.hold.in_flight(g))
             {
                 continue;
             }
@@ -128,7 +130,7 @@ pub(super) fn park(
 }
 
 /// The retry-set row of an item waiting behind its group (no release attempted).
-pub(super) fn park_row(
+fn park_row(
     conn: &Connection,
     lane: &mut Lane,
     seq: Seq,
@@ -140,6 +142,7 @@ pub(super) fn park_row(
     .and_then(|mut s| s.execute(params![lane.id, seq as i64, group.as_ref()]))?;
     lane.counts.retry_rows += 1;
     lane.hold.retry_rows(group, 1);
+    lane.hold.sql_parked(group, 1);
     Ok(())
 }
 
@@ -148,7 +151,7 @@ pub(super) fn park_row(
 /// in order (`due_behind`), so a group never overtakes itself.
 pub(super) fn release_next(
     conn: &Connection,
-    lane: &Lane,
+    lane: &mut Lane,
     group: &Arc<str>,
 ) -> Result<bool, StorageError> {
     // Nothing of the group waits in the retry set, or the group is busy: nothing to release.
@@ -171,6 +174,7 @@ pub(super) fn release_next(
             let now = ms(SystemTime::now());
             s.execute(params![lane.id, group.as_ref(), now, RELEASED_AT_ONCE])
         })?;
+    lane.hold.sql_parked(group, -(n as i64));
     Ok(n > 0)
 }
 

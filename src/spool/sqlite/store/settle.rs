@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::retry_set::{park_row, release_next};
+use super::retry_set::release_next;
 use super::{Flight, Lane, Store, ms};
 use crate::spool::sqlite::StorageError;
 use crate::spool::{Attempt, Seq};
@@ -37,12 +37,10 @@ impl Store {
             lane.hold.done(seq);
         }
         write_retry_row(&self.conn, lane, seq, &flight, at, a)?;
-        // A backoff may be long: what waited in memory behind this item waits in the retry
-        // set from now on, so the cursor need not stay below it.
+        // What waited in memory behind this item goes on waiting there, behind its backoff
+        // (the cursor does not wait for it: it is in the held list).
         if let Some(g) = &flight.group {
-            for seq in lane.hold.backed_off(g) {
-                park_row(&self.conn, lane, seq, g)?;
-            }
+            lane.hold.backed_off(g);
         }
         self.advance(destination)
     }
