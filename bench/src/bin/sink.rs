@@ -63,6 +63,8 @@ struct Counter {
     latency_us: Histogram<u64>,
     first_at: Option<u64>,
     last_at: Option<u64>,
+    /// The most events for one group in a single request (coalescing makes it 1).
+    max_per_group: u64,
 }
 
 impl Default for Counter {
@@ -76,6 +78,7 @@ impl Default for Counter {
                 .expect("valid histogram bounds"),
             first_at: None,
             last_at: None,
+            max_per_group: 0,
         }
     }
 }
@@ -108,8 +111,14 @@ impl Sink {
         c.requests += 1;
         c.first_at.get_or_insert(now);
         c.last_at = Some(now);
+        let mut per_group: HashMap<&str, u64> = HashMap::new();
         for (group, id) in ids {
             c.events += 1;
+            if let Some(g) = group {
+                let n = per_group.entry(g).or_default();
+                *n += 1;
+                c.max_per_group = c.max_per_group.max(*n);
+            }
             if let (Some(g), Some(seq)) = (group, seq_of(id)) {
                 let slot = c.latest.entry(g.to_string()).or_default();
                 *slot = (*slot).max(seq);
@@ -316,6 +325,7 @@ async fn stats(State(s): State<Shared>) -> Response {
                 "duplicates": c.events - c.seen.len() as u64,
                 "first_at_us": c.first_at,
                 "last_at_us": c.last_at,
+                "max_per_group_in_a_request": c.max_per_group,
                 "latency_ms": {
                     "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
                     "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
