@@ -125,33 +125,39 @@ pub fn destination_gauges(destination: &str, depth: &Depth, paused: bool) {
 }
 
 /// At most one log line per `every` for a condition that repeats while it lasts (a full
-/// disk, failing accepts, a spool that cannot be written): the first occurrence is logged at
-/// once, the next ones are counted until the interval has passed.
+/// disk, failing accepts, a spool that cannot be written, refused messages): the first
+/// occurrence is told at once; the next ones are added to a tally (`T`: a count by default)
+/// that the next line, once the interval has passed, reports and clears.
 #[derive(Debug)]
-pub struct Throttle {
+pub struct Throttle<T = u64> {
     every: Duration,
-    /// When a line was last written, and how many occurrences were not logged since.
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// When a line was last written, and what happened since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, T)>,
 }
 
-impl Throttle {
-    pub const fn new(every: Duration) -> Self {
+impl<T: Default> Throttle<T> {
+    pub const fn new(every: Duration, empty: T) -> Self {
         Self {
             every,
-            state: std::sync::Mutex::new((None, 0)),
+            state: std::sync::Mutex::new((None, empty)),
         }
     }
 
-    /// Another occurrence: `Some(n)` when a line is due now, `n` being the occurrences held
-    /// back since the last line; `None` when this one is only counted.
-    pub fn due(&self) -> Option<u64> {
+    /// Add an occurrence to the tally; when a line is due, the tally since the last one (this
+    /// occurrence included), cleared; `None` when the occurrence is only added.
+    pub fn due(&self, add: impl FnOnce(&mut T)) -> Option<T> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, held) = &mut *state;
+        let (last, tally) = &mut *state;
+        add(tally);
         if last.is_some_and(|at| at.elapsed() < self.every) {
-            *held += 1;
             return None;
         }
         *last = Some(std::time::Instant::now());
-        Some(std::mem::take(held))
+        Some(std::mem::take(tally))
     }
+}
+
+/// One more occurrence, for a `Throttle` that counts.
+pub fn once(n: &mut u64) {
+    *n += 1;
 }

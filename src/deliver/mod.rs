@@ -92,7 +92,7 @@ impl Worker {
             max_wait: delivery.max_wait,
             dry_run: delivery.dry_run,
             status: Arc::new(Status::default()),
-            spool_trouble: crate::telemetry::Throttle::new(Duration::from_secs(60)),
+            spool_trouble: crate::telemetry::Throttle::new(Duration::from_secs(60), 0),
             order: order::Order::default(),
         }
     }

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::Worker;
 use super::order::Ticket;
 use crate::spool::{Leased, SpoolError};
+use crate::telemetry;
 
 impl Worker {
     /// Deliver until `shutdown` turns true; a batch in progress is finished first.
@@ -25,8 +26,8 @@ impl Worker {
             let (batch, ticket) = match self.order.lease(self.next_batch()).await {
                 Ok(leased) => leased,
                 Err(e) => {
-                    if let Some(since) = self.spool_trouble.due() {
-                        tracing::error!(destination = %self.name, error = %e, failed_since_last_line = since,
+                    if let Some(failed) = self.spool_trouble.due(telemetry::once) {
+                        tracing::error!(destination = %self.name, error = %e, failed_since_last_line = failed,
                             "cannot lease from the spool; trying again every second");
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -41,8 +42,8 @@ impl Worker {
                 continue;
             };
             if let Err(e) = self.deliver(batch, ticket).await {
-                if let Some(since) = self.spool_trouble.due() {
-                    tracing::error!(destination = %self.name, error = %e, failed_since_last_line = since,
+                if let Some(failed) = self.spool_trouble.due(telemetry::once) {
+                    tracing::error!(destination = %self.name, error = %e, failed_since_last_line = failed,
                         "cannot record delivery outcome in the spool");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -75,9 +75,9 @@ impl From<SpoolError> for ApiError {
             SpoolError::Storage(_) if e.is_disk_full() => {
                 // A person must free space; the SDKs keep the messages and retry meanwhile.
                 static TOLD: telemetry::Throttle =
-                    telemetry::Throttle::new(Duration::from_secs(60));
-                if let Some(since) = TOLD.due() {
-                    tracing::error!(error = %e, refused_since_last_line = since,
+                    telemetry::Throttle::new(Duration::from_secs(60), 0);
+                if let Some(refused) = TOLD.due(telemetry::once) {
+                    tracing::error!(error = %e, refused_since_last_line = refused,
                         "the spool's disk is full: ingest refuses calls until space is freed");
                 }
                 Self {

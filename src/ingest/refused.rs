@@ -4,18 +4,25 @@
 //! and listed in the client's answer; the log line adds how many, one example and how many
 //! were not kept because `spool.max_refused_bytes` was reached.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::telemetry::Throttle;
 
 /// Shortest time between two log lines about refused messages.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
-pub struct RefusedLog(Mutex<Tally>);
+#[derive(Debug)]
+pub struct RefusedLog(Throttle<Tally>);
 
+impl Default for RefusedLog {
+    fn default() -> Self {
+        Self(Throttle::new(INTERVAL, Tally::default()))
+    }
+}
+
+/// Refused messages since the last line.
 #[derive(Debug, Default)]
 struct Tally {
-    last_line: Option<Instant>,
     refused: usize,
     not_kept: usize,
     /// The first refusal since the last line: (source, batch index, why).
@@ -26,23 +33,20 @@ impl RefusedLog {
     /// Count a batch's refused messages (`example` is one of them: its index and why),
     /// `not_kept` of them not stored; write the summary line when the last is `INTERVAL` old.
     pub fn add(&self, source: &str, refused: usize, example: (usize, &str), not_kept: usize) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        t.refused += refused;
-        t.not_kept += not_kept;
-        if t.example.is_none() {
-            t.example = Some((source.to_string(), example.0, example.1.to_string()));
-        }
-        if t.last_line.is_some_and(|at| at.elapsed() < INTERVAL) {
-            return;
-        }
-        let Tally {
+        let due = self.0.due(|t| {
+            t.refused += refused;
+            t.not_kept += not_kept;
+            t.example
+                .get_or_insert_with(|| (source.to_string(), example.0, example.1.to_string()));
+        });
+        let Some(Tally {
             refused,
             not_kept,
             example,
-            ..
-        } = std::mem::take(&mut *t);
-        t.last_line = Some(Instant::now());
-        drop(t);
+        }) = due
+        else {
+            return;
+        };
         let (source, index, error) = example.unwrap_or_default();
         tracing::warn!(refused, not_kept, example_source = %source, example_index = index,
             example_error = %error,

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::ServerConfig;
-use crate::telemetry::Throttle;
+use crate::telemetry::{self, Throttle};
 
 /// How long accepting pauses after an accept error (e.g. out of file descriptors): long
 /// enough for connections to close, short enough that clients barely notice.
@@ -61,7 +61,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let told = Throttle::new(ACCEPT_LOG_EVERY);
+    let told = Throttle::new(ACCEPT_LOG_EVERY, 0);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -101,7 +101,9 @@ pub async fn serve(
 
 /// What an accept error means for the operator.
 fn accept_failed(told: &Throttle, e: &std::io::Error) {
-    let Some(since) = told.due() else { return };
+    let Some(failed) = told.due(telemetry::once) else {
+        return;
+    };
     let hint = match e.raw_os_error() {
         // EMFILE, ENFILE
         Some(24 | 23) => {
@@ -109,5 +111,5 @@ fn accept_failed(told: &Throttle, e: &std::io::Error) {
         }
         _ => "accepting again shortly",
     };
-    tracing::warn!(error = %e, failed_since_last_line = since, hint, "cannot accept connections");
+    tracing::warn!(error = %e, failed_since_last_line = failed, hint, "cannot accept connections");
 }

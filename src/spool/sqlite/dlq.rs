@@ -184,25 +184,19 @@ fn in_chunks<T>(
 ) -> Result<(), Stopped> {
     for chunk in ids.chunks(CHUNK) {
         let started = Instant::now();
-        let stopped = |error: SpoolError, out: &T| Stopped {
-            done: done(out),
+        // A failed chunk rolls back whole: what counts is what the committed ones did.
+        let before = done(out);
+        let stopped = |error: SpoolError| Stopped {
+            done: before,
             error,
         };
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| stopped(e.into(), out))?;
-        let before = done(out);
+            .map_err(|e| stopped(e.into()))?;
         for &id in chunk {
-            if let Err(e) = apply(&tx, id, out) {
-                let mut s = stopped(e, out);
-                s.done = before;
-                return Err(s);
-            }
+            apply(&tx, id, out).map_err(stopped)?;
         }
-        tx.commit().map_err(|e| Stopped {
-            done: before,
-            error: e.into(),
-        })?;
+        tx.commit().map_err(|e| stopped(e.into()))?;
         std::thread::sleep(started.elapsed().min(MAX_YIELD));
     }
     Ok(())

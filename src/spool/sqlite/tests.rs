@@ -350,7 +350,7 @@ fn an_item_held_in_memory_below_the_cursor_survives_a_crash() {
 }
 
 #[test]
-fn a_backoff_moves_the_items_waiting_in_memory_to_the_retry_set_in_order() {
+fn items_waiting_in_memory_stay_behind_an_item_that_goes_into_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store(dir.path());
     append(&mut s, vec![msg("v1", Some("g"), &["A"])]);
@@ -362,7 +362,7 @@ fn a_backoff_moves_the_items_waiting_in_memory_to_the_retry_set_in_order() {
     assert!(lease(&mut s, "A", 10).is_empty());
     s.retry_at("A", v1[0].1, past(), &attempt(1)).unwrap();
     assert_eq!(s.depth("A").pending, 3);
-    // The cursor no longer waits for them: they are kept in the retry set, behind v1.
+    // They stay in memory, behind v1's backoff (the cursor does not wait for them).
     assert_eq!(ids(&lease(&mut s, "A", 10)), ["v1"]);
     let again = s.lease("A", 10).unwrap();
     assert!(again.is_empty(), "v2 and v3 wait for v1 to settle");

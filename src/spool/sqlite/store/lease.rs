@@ -2,8 +2,9 @@
 //! scan position, keeping each group's items in order for each destination.
 //!
 //! Invariants kept here: an item is leased only when nothing older of its group is leased,
-//! held or waiting in the retry set (otherwise it waits: in memory behind an item in flight,
-//! see `hold.rs`, or in the retry set behind one in backoff, see `retry_set.rs`); the scan
+//! held or waiting in the retry set (otherwise it waits: in memory, behind an item in flight
+//! or in backoff, see `hold.rs`, or parked in the retry set when memory is full, see
+//! `retry_set.rs`); the scan
 //! position only moves past rows this lane has read; one lease looks at no more than
 //! `SCAN_BUDGET` seqs, so one transaction stays short, and a lane that stopped at the budget
 //! is woken to lease again at once.

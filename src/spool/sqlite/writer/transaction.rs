@@ -16,7 +16,7 @@ use super::{Command, Deferred, Reply, Settlement, Shared, publish, wake};
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::{Snapshot, Store};
 use crate::spool::{Appended, Leased, SpoolError};
-use crate::telemetry::Throttle;
+use crate::telemetry::{self, Throttle};
 
 /// A command applied inside the open transaction, its answer held until the commit.
 enum Done {
@@ -73,7 +73,7 @@ fn fail<T>(reply: Reply<T>, e: &Arc<StorageError>) {
 
 /// Failed transactions are logged at most once a minute while they go on (a full disk fails
 /// every one of them), and their end is logged once.
-static TOLD: Throttle = Throttle::new(Duration::from_secs(60));
+static TOLD: Throttle = Throttle::new(Duration::from_secs(60), 0);
 /// The last transaction failed.
 static FAILING: AtomicBool = AtomicBool::new(false);
 
@@ -133,8 +133,8 @@ pub(super) fn execute(
                 c.fail_or_defer(&e, deferred);
             }
             FAILING.store(true, Ordering::Relaxed);
-            if let Some(since) = TOLD.due() {
-                tracing::error!(error = %e, commands = kept, deferred = deferred.len(), failed_since_last_line = since,
+            if let Some(failed) = TOLD.due(telemetry::once) {
+                tracing::error!(error = %e, commands = kept, deferred = deferred.len(), failed_since_last_line = failed,
                     "spool transaction failed; appends and leases are told to retry, delivery outcomes will be applied again");
             }
             publish(store, shared, store.lanes.keys().cloned().collect());
