@@ -168,4 +168,9 @@ pub trait Spool: Send + Sync + 'static {
 
     /// Counts for status and metrics.
     fn depth(&self, destination: &str) -> Depth;
+
+    /// Serve exactly `destinations` from now on (a reload); answers the names added. A
+    /// destination dropped keeps what it is owed until it is configured again; its workers
+    /// must have stopped (nothing of it leased).
+    async fn configure(&self, destinations: &[String]) -> Result<Vec<String>, SpoolError>;
 }

@@ -36,6 +36,9 @@ pub enum StorageError {
     /// `switchyard dlq` never creates a spool: a wrong path should be an error.
     #[error("no spool at {}", path.display())]
     NoSpool { path: PathBuf },
+    /// A destination cannot stop being served while items of it are leased.
+    #[error("destination `{destination}` still has {leased} items being delivered")]
+    StillLeased { destination: String, leased: usize },
     /// The spool's lock file is held by another process.
     #[error("another switchyard daemon is using the spool in {}", dir.display())]
     Locked { dir: PathBuf },

@@ -87,7 +87,7 @@ impl SqliteSpool {
             .collect();
         let shared = Arc::new(Shared {
             views: Default::default(),
-            wakers,
+            wakers: std::sync::Mutex::new(wakers),
             commits: Default::default(),
             appending: Default::default(),
         });
@@ -187,7 +187,11 @@ impl Spool for SqliteSpool {
     }
 
     async fn wait(&self, destination: &str, max: Duration) {
-        let Some(notify) = self.shared.wakers.get(destination).cloned() else {
+        let notify = (self.shared.wakers.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .get(destination)
+            .cloned();
+        let Some(notify) = notify else {
             tokio::time::sleep(max).await;
             return;
         };
@@ -200,6 +204,11 @@ impl Spool for SqliteSpool {
 
     fn depth(&self, destination: &str) -> Depth {
         self.view(destination).depth
+    }
+
+    async fn configure(&self, destinations: &[String]) -> Result<Vec<String>, SpoolError> {
+        self.call(|r| Command::Configure(destinations.to_vec(), r))
+            .await
     }
 }
 

@@ -1060,3 +1060,36 @@ fn items_behind_a_backoff_wait_in_memory_and_keep_their_place_across_a_crash() {
     s.ack("A", &[v1[0].1]).unwrap();
     assert_eq!(ids(&lease(&mut s, "A", 10)), ["v2", "v3"]);
 }
+
+#[test]
+fn a_reload_drops_a_destination_without_losing_what_it_is_owed_and_adds_one_from_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![msg("1", Some("g"), &["A", "B"]), msg("2", None, &["B"])],
+    );
+    assert_eq!(ids(&lease(&mut s, "B", 1)), ["1"]);
+    let err = s.configure(&["A".to_string()]).unwrap_err().to_string();
+    assert_eq!(err, "destination `B` still has 1 items being delivered");
+    s.ack("B", &[1]).unwrap();
+    let added = s.configure(&["A".to_string(), "C".to_string()]).unwrap();
+    assert_eq!(added, ["C"]);
+    // Ingest stopped routing to B before the spool dropped it.
+    append(&mut s, vec![msg("3", None, &["A", "C"])]);
+    let c = lease(&mut s, "C", 10);
+    assert_eq!(ids(&c), ["3"], "C starts after the log");
+    s.ack("C", &[c[0].1]).unwrap();
+    assert_eq!(ids(&lease(&mut s, "A", 10)), ["1", "3"]);
+    s.ack("A", &[1, 3]).unwrap();
+    s.collect_garbage().unwrap();
+    // B, dropped, keeps its rows; configured again, it resumes where it stopped.
+    let added = s.configure(&["A".to_string(), "B".to_string()]).unwrap();
+    assert_eq!(added, ["B"]);
+    assert_eq!(s.depth("B").pending, 1);
+    assert_eq!(ids(&lease(&mut s, "B", 10)), ["2"]);
+    assert!(
+        s.lease("C", 10).unwrap().is_empty(),
+        "C is no longer served"
+    );
+}

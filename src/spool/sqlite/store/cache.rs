@@ -63,6 +63,20 @@ impl ParsedCache {
         Some(message)
     }
 
+    /// The destination with bit `bit` will read nothing more (it is no longer configured).
+    pub fn forget_reader(&mut self, bit: i64) {
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            e.unread &= !bit;
+            let keep = e.unread != 0;
+            if !keep {
+                freed += e.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
     /// Forget entries above `high`: their transaction rolled back, and SQLite will give
     /// their seqs to other messages.
     pub fn forget_above(&mut self, high: Seq) {

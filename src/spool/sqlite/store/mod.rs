@@ -114,6 +114,19 @@ pub(super) struct Store {
 }
 
 impl Lane {
+    fn new(id: i64) -> Self {
+        Self {
+            id,
+            bit: crate::spool::sqlite::schema::bit(id),
+            cursor: 0,
+            scan: 0,
+            in_flight: BTreeMap::new(),
+            hold: Default::default(),
+            counts: Counts::default(),
+            oldest: None,
+        }
+    }
+
     /// Every row at or below it is done for this destination: its cursor, or below the
     /// oldest item it holds in memory (whose row must stay). Housekeeping frees up to here.
     fn floor(&self) -> Seq {

@@ -6,12 +6,12 @@
 //! destination no longer configured that owes nothing. Destinations in the file that are not
 //! configured keep their rows: their cursors are remembered so housekeeping spares them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Bounds, Counts, Lane, Store};
+use super::{Bounds, Lane, Store};
 use crate::spool::Seq;
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::schema::{MAX_DESTINATION_ID, bit};
@@ -38,21 +38,85 @@ impl Store {
         store.high = store.high_seq()?;
         for name in destinations {
             let id = store.ensure_destination(name, destinations)?;
-            let lane = Lane {
-                id,
-                bit: bit(id),
-                cursor: 0,
-                scan: 0,
-                in_flight: BTreeMap::new(),
-                hold: Default::default(),
-                counts: Counts::default(),
-                oldest: None,
-            };
-            store.lanes.insert(name.clone(), lane);
+            store.lanes.insert(name.clone(), Lane::new(id));
         }
         store.load()?;
         store.warn_unconfigured()?;
         Ok(store)
+    }
+
+    /// Serve exactly `destinations` from now on (a reload). A destination no longer listed
+    /// keeps its rows and its place in the log, as at start; one listed again resumes from
+    /// its cursor; a new one starts after everything already logged. A lane being removed
+    /// must have nothing leased (its workers have stopped). Returns the names added.
+    pub fn configure(&mut self, destinations: &[String]) -> Result<Vec<String>, StorageError> {
+        let removed: Vec<String> = (self.lanes.keys())
+            .filter(|n| !destinations.contains(n))
+            .cloned()
+            .collect();
+        let added: Vec<String> = (destinations.iter())
+            .filter(|n| !self.lanes.contains_key(*n))
+            .cloned()
+            .collect();
+        if let Some(busy) = removed
+            .iter()
+            .find(|n| !self.lanes[*n].in_flight.is_empty())
+        {
+            let leased = self.lanes[busy].in_flight.len();
+            return Err(StorageError::StillLeased {
+                destination: busy.clone(),
+                leased,
+            });
+        }
+        if removed.is_empty() && added.is_empty() {
+            return Ok(added);
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let ids = (|| {
+            for name in &removed {
+                let lane = &self.lanes[name];
+                self.conn
+                    .prepare_cached("UPDATE destination SET held = ?1 WHERE id = ?2")?
+                    .execute(params![lane.hold.encode(), lane.id])?;
+            }
+            let ids = (added.iter())
+                .map(|n| self.ensure_destination(n, destinations))
+                .collect::<Result<Vec<i64>, StorageError>>()?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(ids)
+        })();
+        let ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        for name in &removed {
+            if let Some(lane) = self.lanes.remove(name) {
+                self.cache.forget_reader(lane.bit);
+                self.others.push((lane.bit, lane.floor()));
+            }
+        }
+        for (name, id) in added.iter().zip(ids) {
+            self.others.retain(|(b, _)| *b != bit(id));
+            let mut lane = Lane::new(id);
+            lane.cursor = self.cursor_of(id)?;
+            lane.scan = lane.cursor;
+            self.restore_hold(&mut lane)?;
+            self.lanes.insert(name.clone(), lane);
+        }
+        self.count(false)?;
+        Ok(added)
+    }
+
+    fn cursor_of(&self, id: i64) -> Result<Seq, StorageError> {
+        let cursor: i64 =
+            self.conn
+                .query_row("SELECT cursor FROM destination WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+        Ok(cursor.max(0) as Seq)
     }
 
     /// The highest seq ever given to a log row (AUTOINCREMENT keeps it after deletes).
@@ -167,39 +231,47 @@ impl Store {
     /// still owed (anything older of it was in flight, which keeps the cursor below itself),
     /// so leasing it first keeps the group's order.
     fn restore_holds(&mut self) -> Result<(), StorageError> {
-        for lane in self.lanes.values_mut() {
-            let held: Option<Vec<u8>> = self.conn.query_row(
-                "SELECT held FROM destination WHERE id = ?1",
-                [lane.id],
-                |r| r.get(0),
-            )?;
-            lane.hold = Default::default();
-            let below = super::hold::decode(&held.unwrap_or_default());
-            for seq in below.into_iter().filter(|s| *s <= lane.cursor) {
-                let group: Option<Option<String>> = self
-                    .conn
-                    .prepare_cached("SELECT group_id FROM log WHERE seq = ?1")?
-                    .query_row([seq as i64], |r| r.get(0))
-                    .optional()?;
-                if let Some(Some(group)) = group {
-                    lane.hold.restore(Arc::from(group), seq);
-                }
+        let mut lanes = std::mem::take(&mut self.lanes);
+        let restored = lanes.values_mut().try_for_each(|l| self.restore_hold(l));
+        self.lanes = lanes;
+        restored
+    }
+
+    fn restore_hold(&self, lane: &mut Lane) -> Result<(), StorageError> {
+        let held: Option<Vec<u8>> = self.conn.query_row(
+            "SELECT held FROM destination WHERE id = ?1",
+            [lane.id],
+            |r| r.get(0),
+        )?;
+        lane.hold = Default::default();
+        let below = super::hold::decode(&held.unwrap_or_default());
+        for seq in below.into_iter().filter(|s| *s <= lane.cursor) {
+            let group: Option<Option<String>> = self
+                .conn
+                .prepare_cached("SELECT group_id FROM log WHERE seq = ?1")?
+                .query_row([seq as i64], |r| r.get(0))
+                .optional()?;
+            if let Some(Some(group)) = group {
+                lane.hold.restore(Arc::from(group), seq);
             }
-            lane.hold.dirty = false;
         }
+        lane.hold.dirty = false;
         Ok(())
     }
 
     fn load(&mut self) -> Result<(), StorageError> {
-        for lane in self.lanes.values_mut() {
-            lane.cursor = self.conn.query_row(
-                "SELECT cursor FROM destination WHERE id = ?1",
-                [lane.id],
-                |r| r.get::<_, i64>(0),
-            )? as Seq;
-            lane.scan = lane.cursor;
+        let mut lanes = std::mem::take(&mut self.lanes);
+        for lane in lanes.values_mut() {
+            match self.cursor_of(lane.id) {
+                Ok(cursor) => (lane.cursor, lane.scan) = (cursor, cursor),
+                Err(e) => {
+                    self.lanes = lanes;
+                    return Err(e);
+                }
+            }
             lane.in_flight.clear();
         }
+        self.lanes = lanes;
         self.restore_holds()?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let loaded = (|| {

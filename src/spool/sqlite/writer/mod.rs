@@ -39,6 +39,9 @@ pub enum Command {
     Reject(Vec<Rejected>, Reply<usize>),
     Lease(String, usize, Reply<Vec<Leased>>),
     Settle(Settlement, Reply<()>),
+    /// Serve exactly these destinations from now on (a reload): answered with those added.
+    /// Applied in a transaction of its own, after the commands gathered with it.
+    Configure(Vec<String>, Reply<Vec<String>>),
 }
 
 /// The outcome of a delivery already made, for one destination.
@@ -54,7 +57,7 @@ pub struct Shared {
     /// Per destination, as of the last commit that touched it.
     pub views: Mutex<HashMap<String, View>>,
     /// One per destination: woken when something may have become due.
-    pub wakers: HashMap<String, Arc<Notify>>,
+    pub wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Transactions committed for callers; fewer than calls when group commit works.
     pub commits: AtomicU64,
     /// Appends sent to the writer and not yet taken into a transaction. Once a transaction
@@ -81,8 +84,17 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     loop {
         match rx.recv_timeout(TICK) {
             Ok(first) => {
-                let batch = gather(first, &rx, &shared.appending);
-                execute(&mut store, &shared, batch, &mut deferred);
+                let (configures, batch): (Vec<_>, Vec<_>) = gather(first, &rx, &shared.appending)
+                    .into_iter()
+                    .partition(|c| matches!(c, Command::Configure(..)));
+                if !batch.is_empty() {
+                    execute(&mut store, &shared, batch, &mut deferred);
+                }
+                for c in configures {
+                    if let Command::Configure(names, reply) = c {
+                        configure(&mut store, &shared, &names, reply);
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -136,9 +148,27 @@ fn publish(store: &Store, shared: &Shared, names: HashSet<String>) {
 }
 
 fn wake(shared: &Shared, name: &str) {
-    if let Some(n) = shared.wakers.get(name) {
+    let wakers = shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = wakers.get(name) {
         n.notify_one();
     }
+}
+
+/// Apply a new set of destinations; the new ones get a waker and a view at once.
+fn configure(store: &mut Store, shared: &Shared, names: &[String], reply: Reply<Vec<String>>) {
+    let result = store.configure(names).map_err(SpoolError::from);
+    if result.is_ok() {
+        let mut wakers = shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            wakers.entry(name.clone()).or_default();
+        }
+        drop(wakers);
+        let mut views = shared.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.retain(|name, _| names.contains(name));
+        drop(views);
+        publish(store, shared, names.iter().cloned().collect());
+    }
+    let _ = reply.send(result);
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ impl Command {
             Command::Lease(_, _, r) => fail(r, e),
             Command::Reject(_, r) => fail(r, e),
             Command::Settle(s, r) => deferred.push((s, r)),
+            Command::Configure(_, r) => fail(r, e),
         }
     }
 }
@@ -217,5 +218,6 @@ fn apply(
             touched.push(dest.clone());
             (Done::Settle(settlement, reply), result)
         }
+        Command::Configure(..) => unreachable!("the writer applies a reconfiguration on its own"),
     }
 }
