@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML file, `${VAR}` expansion, validation with line and column.
 //! - [`ingest`]: the Segment-compatible HTTP API (axum): auth, limits, answers.
 //! - [`ops`]: health, readiness, metrics and destination status for operators.
+//! - [`admin`]: the admin API and the console, behind an admin token.
 //! - [`normalize`]: spec checks and normalization of one message (pure).
 //! - [`route`]: `integrations` × destinations → where a message goes (pure).
 //! - [`spool`]: the contract messages wait behind, and its implementations.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: Prometheus metrics names, recorder and `/metrics` text.
 //! - [`dlq`]: the `switchyard dlq` commands on the spool's dead letters.
 
+pub mod admin;
 pub mod config;
 pub mod deliver;
 pub mod destination;

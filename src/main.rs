@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::destination::Registry;
+use switchyard::dlq;
 use switchyard::server::{self, Plan};
-use switchyard::{config, dlq};
 
 /// Self-hosted fan-out router for Segment-spec calls.
 #[derive(Parser)]
@@ -104,18 +105,7 @@ fn init_logs(format: LogFormat) {
 
 /// Read and validate; errors are printed prefixed with the file name.
 fn plan(path: &Path) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let prefix = |errors: config::ConfigErrors| {
-        errors
-            .0
-            .iter()
-            .map(|e| format!("{}: {e}", path.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let config = config::load(&text).map_err(prefix)?;
-    Plan::new(config).map_err(prefix)
+    Plan::from_file(path, &Registry::builtin())
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -136,12 +126,31 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let plan = plan(path).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        // Before anything slow: a SIGHUP that arrives while the spool opens must reload,
+        // not end the process (the default action).
+        let reloads = hangups()?;
         let listen = plan.config.server.listen.clone();
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        server::run(plan, listener, shutdown_signal()).await
+        server::run_with_reload(plan, listener, shutdown_signal(), reloads).await
     })
+}
+
+/// Each SIGHUP, as a stream (reload the config).
+#[cfg(unix)]
+fn hangups() -> anyhow::Result<futures_util::stream::BoxStream<'static, ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(Box::pin(futures_util::stream::unfold(
+        hup,
+        |mut hup| async move { hup.recv().await.map(|()| ((), hup)) },
+    )))
+}
+
+#[cfg(not(unix))]
+fn hangups() -> anyhow::Result<futures_util::stream::BoxStream<'static, ()>> {
+    Ok(Box::pin(futures_util::stream::pending()))
 }
 
 /// SIGINT or SIGTERM.

@@ -1,26 +1,24 @@
-//! The operator side: `/health` (alive), `/ready` (config loaded, spool open: the daemon
-//! serves only once both are true), `/metrics` (Prometheus) and `/v1/destinations` (each
-//! destination's queue and state, as JSON). Reads the spool's counts and each worker's
-//! [`Status`]; never writes.
+//! What operators read: `/health` (alive) and `/ready` (config loaded, spool open: the
+//! daemon serves only once both are true) are open to anyone; each destination's queue and
+//! state ([`destinations`]) and the Prometheus text ([`metrics`]) are served by the admin
+//! side, behind its token. Reads the spool's counts and each worker's [`Status`]; never
+//! writes.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::deliver::Status;
+use crate::deliver::{SERIES_STEP, Status};
 use crate::spool::Spool;
 use crate::telemetry;
 
 /// What the operator endpoints read.
 pub struct OpsState {
-    /// Destinations in config order.
-    pub destinations: Vec<DestinationView>,
+    /// Destinations in config order; replaced by a reload.
+    destinations: RwLock<Arc<Vec<DestinationView>>>,
     pub spool: Arc<dyn Spool>,
 }
 
@@ -29,13 +27,33 @@ pub struct DestinationView {
     pub name: String,
     /// The adapter's config `type`.
     pub kind: String,
+    pub dry_run: bool,
     pub status: Arc<Status>,
 }
 
-pub fn router(state: Arc<OpsState>) -> Router {
+impl OpsState {
+    pub fn new(destinations: Vec<DestinationView>, spool: Arc<dyn Spool>) -> Self {
+        Self {
+            destinations: RwLock::new(Arc::new(destinations)),
+            spool,
+        }
+    }
+
+    pub fn destinations(&self) -> Arc<Vec<DestinationView>> {
+        self.destinations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_destinations(&self, destinations: Vec<DestinationView>) {
+        *self.destinations.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(destinations);
+    }
+}
+
+/// `/health` and `/ready`: open to anyone (load balancers, service managers).
+pub fn open_router() -> Router {
     Router::new()
-        .route("/v1/destinations", get(destinations))
-        .route("/metrics", get(metrics))
         .route(
             "/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -45,44 +63,69 @@ pub fn router(state: Arc<OpsState>) -> Router {
             get(|| async { axum::Json(json!({"status": "ready"})) }),
         )
         .method_not_allowed_fallback(crate::ingest::method_not_allowed)
-        .with_state(state)
 }
 
 /// Prometheus text; per-destination gauges are read from the spool at scrape time.
-async fn metrics(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
-    for d in &state.destinations {
+pub fn metrics(state: &OpsState) -> String {
+    for d in state.destinations().iter() {
         telemetry::destination_gauges(
             &d.name,
             &state.spool.depth(&d.name),
             d.status.paused_until().is_some(),
         );
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        telemetry::render(),
-    )
+    telemetry::render()
 }
 
-async fn destinations(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
+/// Each destination's queue and state, in config order (`GET /v1/destinations`).
+pub fn destinations(state: &OpsState) -> Vec<Value> {
     let rfc3339 = |t: SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339();
-    let list: Vec<Value> = state
-        .destinations
-        .iter()
+    let now = SystemTime::now();
+    (state.destinations().iter())
         .map(|d| {
             let depth = state.spool.depth(&d.name);
+            let paused_until = d.status.paused_until();
+            let state = if d.dry_run {
+                "dry_run"
+            } else if paused_until.is_some() {
+                "paused"
+            } else if d.status.failing() {
+                "failing"
+            } else {
+                "delivering"
+            };
+            let (delivered, failed) = d.status.totals();
+            let oldest = depth
+                .oldest_pending
+                .map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64());
             json!({
                 "name": d.name,
                 "type": d.kind,
+                "state": state,
                 "pending": depth.pending,
                 "in_flight": depth.in_flight,
                 "retrying": depth.retrying,
                 "dead_letters": depth.dead_letters,
+                "oldest_pending_age_seconds": oldest,
                 "coalesced": d.status.coalesced(),
-                "paused_until": d.status.paused_until().map(rfc3339),
+                "delivered_total": delivered,
+                "failed_total": failed,
+                "paused_until": paused_until.map(rfc3339),
                 "last_error": d.status.last_error(),
+                "last_response": d.status.last_response(),
                 "unhealthy": d.status.unhealthy(),
+                "series": series(&d.status),
             })
         })
-        .collect();
-    axum::Json(json!({"destinations": list}))
+        .collect()
+}
+
+/// Delivered and failed per second, oldest first, a value per `step_seconds`.
+fn series(status: &Status) -> Value {
+    let rates = status.rates();
+    json!({
+        "step_seconds": SERIES_STEP,
+        "delivered_per_second": rates.delivered,
+        "failed_per_second": rates.failed,
+    })
 }

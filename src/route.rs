@@ -61,21 +61,94 @@ pub fn route(
     integrations: Option<&Map<String, Value>>,
     destinations: &[RouteKey],
 ) -> Vec<usize> {
-    let default_on = integrations
-        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("all")))
-        .map(|(_, v)| v.as_bool() != Some(false))
-        .unwrap_or(true);
+    let all = all_key(integrations);
     destinations
         .iter()
         .enumerate()
-        .filter(|(_, d)| d.types.contains(&ty))
-        .filter(|(_, d)| match integrations.and_then(|m| d.entry(m)) {
-            Some(Value::Bool(on)) => *on,
-            Some(Value::Object(_)) => true,
-            // A key present with any other value (null, a number) does not decide.
-            Some(_) | None => default_on,
-        })
+        .filter(|(_, d)| decide(ty, integrations, all, d).routed())
         .map(|(i, _)| i)
+        .collect()
+}
+
+/// Why a message goes to a destination or not: the rule that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The destination does not take this message type.
+    WrongType,
+    /// Its own `integrations` key: `true`/an object (on) or `false` (off).
+    OwnKey { on: bool, object: bool },
+    /// No own key (or one that is neither a boolean nor an object): `All` decides, true when
+    /// absent.
+    Default { all: Option<bool> },
+}
+
+impl Decision {
+    pub fn routed(self) -> bool {
+        match self {
+            Decision::WrongType => false,
+            Decision::OwnKey { on, .. } => on,
+            Decision::Default { all } => all != Some(false),
+        }
+    }
+
+    /// In words, for the console's "try a message".
+    pub fn explain(self, ty: MessageType, name: &str) -> String {
+        match self {
+            Decision::WrongType => format!("`{name}` does not take {} calls", ty.as_str()),
+            Decision::OwnKey { object: true, .. } => {
+                format!("integrations.{name} is an object (on, with per-message options)")
+            }
+            Decision::OwnKey { on, .. } => format!("integrations.{name} is {on}"),
+            Decision::Default { all: None } => {
+                format!("no integrations.{name} and no integrations.All: on by default")
+            }
+            Decision::Default { all: Some(all) } => {
+                format!("no integrations.{name}: integrations.All is {all}")
+            }
+        }
+    }
+}
+
+/// `integrations.All` (any case) when it is present; anything but `false` counts as true.
+fn all_key(integrations: Option<&Map<String, Value>>) -> Option<bool> {
+    integrations
+        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("all")))
+        .map(|(_, v)| v.as_bool() != Some(false))
+}
+
+/// The rule that decides whether a message goes to `d`; `all` is [`all_key`] of the map.
+fn decide(
+    ty: MessageType,
+    integrations: Option<&Map<String, Value>>,
+    all: Option<bool>,
+    d: &RouteKey,
+) -> Decision {
+    if !d.types.contains(&ty) {
+        return Decision::WrongType;
+    }
+    match integrations.and_then(|m| d.entry(m)) {
+        Some(Value::Bool(on)) => Decision::OwnKey {
+            on: *on,
+            object: false,
+        },
+        Some(Value::Object(_)) => Decision::OwnKey {
+            on: true,
+            object: true,
+        },
+        // A key present with any other value (null, a number) does not decide.
+        Some(_) | None => Decision::Default { all },
+    }
+}
+
+/// The decision for each destination, in order (what `route` filters by).
+pub fn decisions(
+    ty: MessageType,
+    integrations: Option<&Map<String, Value>>,
+    destinations: &[RouteKey],
+) -> Vec<Decision> {
+    let all = all_key(integrations);
+    (destinations.iter())
+        .map(|d| decide(ty, integrations, all, d))
         .collect()
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Daemon, Receiver};
+use common::{ADMIN_TOKEN, Daemon, Receiver};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-write-key";
@@ -445,7 +445,7 @@ async fn refused_input_cannot_fill_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_bytes = 100000\nmax_request_bytes = 4000000\n\n[spool]\npath = \"{}\"\nmax_refused_bytes = 200000\n\n{}{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_bytes = 100000\nmax_request_bytes = 4000000\n\n[spool]\npath = \"{}\"\nmax_refused_bytes = 200000\n\n{}{}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n",
         spool.display(),
         source(),
         hook("Hook", &rx, "/hook", "")

@@ -96,12 +96,23 @@ fn attach_places(config: &mut Config, doc: &DeTable<'static>, source: &Source) {
             .filter(|(k, _)| !common.contains(&k.get_ref().as_ref()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        d.fingerprint = fingerprint(t);
         d.settings = Settings {
             table: own,
             name: d.name.clone(),
             place,
         };
     }
+}
+
+/// The table's keys and values without their places (moving a table in the file changes
+/// nothing), as TOML text.
+fn fingerprint(table: &DeTable<'static>) -> super::Fingerprint {
+    let spanned = Spanned::new(0..0, table.clone());
+    let plain = toml::Table::deserialize(toml::de::Deserializer::from(spanned))
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    super::Fingerprint(plain)
 }
 
 /// The field names serde expects for `T`, read from its derived `Deserialize`: a struct's

@@ -10,6 +10,7 @@
 mod expand;
 mod load;
 mod place;
+pub mod redact;
 mod settings;
 mod validate;
 
@@ -42,6 +43,42 @@ pub struct Config {
     /// Where messages go.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// The operator side: admin API, console, metrics; off without a token.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer tokens that open the admin API and the console: one, or a list (to rotate).
+    /// None: the admin side is off.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub token: Vec<Secret>,
+    /// Serve the admin side (API, console, metrics) on this address instead of `server.listen`.
+    pub listen: Option<String>,
+    /// `/metrics` answers without a token.
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+/// Shortest admin token accepted: long enough that guessing it over HTTP is hopeless.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Secret),
+        Many(Vec<Secret>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "admin.token must be a string or a list of strings",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +213,20 @@ pub struct DestinationConfig {
     /// [`load`]. The runtime reads this, never the raw keys.
     #[serde(skip)]
     pub delivery: Delivery,
+    /// The table as written, variables expanded, without places: equal fingerprints, same
+    /// destination (a reload leaves it running). Holds secrets: never shown.
+    #[serde(skip)]
+    pub fingerprint: Fingerprint,
+}
+
+/// A destination's keys and values, compared across reloads; prints as `***`.
+#[derive(Default, Clone, PartialEq, Eq)]
+pub struct Fingerprint(String);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl DestinationConfig {

@@ -51,6 +51,7 @@ impl Config {
     pub fn validate(&self) -> Result<Vec<Delivery>, ConfigErrors> {
         let mut errors = self.check_server();
         self.check_sources(&mut errors);
+        self.check_admin(&mut errors);
         let mut names = HashSet::new();
         let mut deliveries = Vec::with_capacity(self.destinations.len());
         for d in &self.destinations {
@@ -64,6 +65,51 @@ impl Config {
             Ok(deliveries)
         } else {
             Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Admin tokens: long enough, none twice, none a write key (a write key opens ingest
+    /// only); the admin address parses.
+    fn check_admin(&self, errors: &mut Vec<ConfigError>) {
+        let a = &self.admin;
+        for (i, token) in a.token.iter().enumerate() {
+            let n = i + 1;
+            if token.expose().chars().count() < super::MIN_ADMIN_TOKEN {
+                errors.push(ConfigError {
+                    at: None,
+                    message: format!(
+                        "admin.token #{n} is shorter than {} characters",
+                        super::MIN_ADMIN_TOKEN
+                    ),
+                });
+            }
+            if a.token[..i].contains(token) {
+                errors.push(ConfigError {
+                    at: None,
+                    message: format!("admin.token #{n} is given twice"),
+                });
+            }
+            if self.sources.iter().any(|s| &s.write_key == token) {
+                errors.push(ConfigError {
+                    at: None,
+                    message: format!("admin.token #{n} is also a source's write_key"),
+                });
+            }
+        }
+        if let Some(listen) = &a.listen {
+            if listen.parse::<SocketAddr>().is_err() {
+                errors.push(ConfigError {
+                    at: None,
+                    message: format!(
+                        "admin.listen `{listen}` is not an address like 127.0.0.1:8089"
+                    ),
+                });
+            } else if a.token.is_empty() {
+                errors.push(ConfigError {
+                    at: None,
+                    message: "admin.listen is set but admin.token is not: the admin side is off without a token".into(),
+                });
+            }
         }
     }
 

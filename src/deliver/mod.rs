@@ -34,7 +34,7 @@ use crate::retry::RetryPolicy;
 use crate::route::RouteKey;
 use crate::spool::Spool;
 
-pub use status::Status;
+pub use status::{Rates, SERIES_LEN, SERIES_STEP, Status};
 pub use transport::TransportError;
 
 /// How long items wait after their destination's credential could not be fetched (or the
@@ -95,5 +95,11 @@ impl Worker {
             spool_trouble: crate::telemetry::Throttle::new(Duration::from_secs(60), 0),
             order: order::Order::default(),
         }
+    }
+
+    /// Report into `status` (kept from an earlier run of this destination).
+    pub fn with_status(mut self, status: Arc<Status>) -> Self {
+        self.status = status;
+        self
     }
 }

@@ -38,6 +38,8 @@ impl Worker {
             self.spool.ack(&self.name, &out.delivered).await?;
             telemetry::deliveries(&self.name, "delivered", out.delivered.len());
         }
+        let failed = out.dead.len() + out.later.iter().filter(|l| !l.deferred).count();
+        self.status.settled(out.delivered.len(), failed);
         if coalesced > 0 {
             self.status.add_coalesced(coalesced);
             telemetry::coalesced(&self.name, coalesced);
@@ -62,7 +64,7 @@ impl Worker {
                     "delivery failed; will retry");
                 telemetry::deliveries(&self.name, "retry", messages);
             }
-            self.status.set_last_error(&a.reason);
+            self.status.set_last_error(&a.reason, a.response.as_deref());
         }
         let scheduled = later.iter().map(|l| {
             self.spool
@@ -77,7 +79,7 @@ impl Worker {
     async fn dead_letter(&self, seq: Seq, a: &Attempt) -> Result<(), SpoolError> {
         tracing::error!(destination = %self.name, seq, attempts = a.attempts, status = ?a.status,
             reason = %a.reason, "delivery failed for good; dead-lettered");
-        self.status.set_last_error(&a.reason);
+        self.status.set_last_error(&a.reason, a.response.as_deref());
         self.spool.dead_letter(&self.name, seq, a).await?;
         telemetry::deliveries(&self.name, "dead_letter", 1);
         Ok(())

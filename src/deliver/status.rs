@@ -14,10 +14,78 @@ pub struct Status(Mutex<State>);
 struct State {
     paused_until: Option<SystemTime>,
     last_error: Option<String>,
+    /// The start of the destination's answer to the last failed attempt, if it answered.
+    last_response: Option<String>,
+    /// The last batch settled had a failure, and nothing was delivered since.
+    failing: bool,
     /// Set by an adapter when a person must act (bad credentials, unknown object).
     unhealthy: Option<String>,
     /// Calls delivered inside another call's update since start (coalescing).
     coalesced: u64,
+    delivered: u64,
+    /// Attempts that failed (to be retried, or dead-lettered) since start.
+    failed: u64,
+    series: Series,
+}
+
+/// Seconds per bucket of [`Series`].
+pub const SERIES_STEP: u64 = 10;
+/// Buckets kept: 15 minutes.
+pub const SERIES_LEN: usize = 90;
+
+/// Delivered and failed counts per [`SERIES_STEP`] seconds over the last 15 minutes: a
+/// fixed ring, each bucket tagged with the step it counts (a stale one reads as zero).
+#[derive(Debug, Clone)]
+struct Series {
+    buckets: [(u64, u32, u32); SERIES_LEN],
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self {
+            buckets: [(u64::MAX, 0, 0); SERIES_LEN],
+        }
+    }
+}
+
+impl Series {
+    fn add(&mut self, now: SystemTime, delivered: usize, failed: usize) {
+        let step = unix_seconds(now) / SERIES_STEP;
+        let b = &mut self.buckets[(step % SERIES_LEN as u64) as usize];
+        if b.0 != step {
+            *b = (step, 0, 0);
+        }
+        b.1 = b.1.saturating_add(delivered as u32);
+        b.2 = b.2.saturating_add(failed as u32);
+    }
+
+    /// Per second, oldest bucket first, the current (partial) one last.
+    fn read(&self, now: SystemTime) -> Rates {
+        let last = unix_seconds(now) / SERIES_STEP;
+        let mut rates = Rates::default();
+        for step in (last + 1 - SERIES_LEN as u64)..=last {
+            let b = self.buckets[(step % SERIES_LEN as u64) as usize];
+            let (d, f) = if b.0 == step { (b.1, b.2) } else { (0, 0) };
+            rates.delivered.push(f64::from(d) / SERIES_STEP as f64);
+            rates.failed.push(f64::from(f) / SERIES_STEP as f64);
+        }
+        rates
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Messages per second, [`SERIES_LEN`] values each, oldest first.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Rates {
+    #[serde(rename = "delivered_per_second")]
+    pub delivered: Vec<f64>,
+    #[serde(rename = "failed_per_second")]
+    pub failed: Vec<f64>,
 }
 
 impl Status {
@@ -56,8 +124,45 @@ impl Status {
         self.state().coalesced += n as u64;
     }
 
-    pub(super) fn set_last_error(&self, error: &str) {
-        self.state().last_error = Some(error.to_string());
+    /// The last failure in words and the start of the answer it got, if any.
+    pub(super) fn set_last_error(&self, error: &str, response: Option<&str>) {
+        let mut state = self.state();
+        state.last_error = Some(error.to_string());
+        state.last_response = response.map(str::to_string);
+    }
+
+    pub fn last_response(&self) -> Option<String> {
+        self.state().last_response.clone()
+    }
+
+    /// A batch settled: `delivered` calls reached the destination, `failed` did not.
+    pub(super) fn settled(&self, delivered: usize, failed: usize) {
+        let mut state = self.state();
+        state.delivered += delivered as u64;
+        state.failed += failed as u64;
+        state.series.add(SystemTime::now(), delivered, failed);
+        if failed > 0 {
+            state.failing = true;
+        } else if delivered > 0 {
+            state.failing = false;
+        }
+    }
+
+    /// The last batch settled had failures, and nothing was delivered since.
+    pub fn failing(&self) -> bool {
+        let state = self.state();
+        state.failing || state.unhealthy.is_some()
+    }
+
+    /// Delivered and failed since start.
+    pub fn totals(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.delivered, state.failed)
+    }
+
+    /// Delivered and failed per second over the last 15 minutes.
+    pub fn rates(&self) -> Rates {
+        self.state().series.read(SystemTime::now())
     }
 
     pub(super) fn set_unhealthy(&self, problem: Option<String>) {
@@ -70,6 +175,23 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_series_counts_per_step_and_forgets_what_is_older_than_its_window() {
+        let mut s = Series::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        s.add(t0, 20, 1);
+        s.add(t0 + Duration::from_secs(1), 10, 0);
+        s.add(t0 + Duration::from_secs(SERIES_STEP), 5, 5);
+        let now = t0 + Duration::from_secs(SERIES_STEP);
+        let r = s.read(now);
+        assert_eq!(r.delivered.len(), SERIES_LEN);
+        assert_eq!(r.delivered[SERIES_LEN - 2..], [3.0, 0.5]);
+        assert_eq!(r.failed[SERIES_LEN - 2..], [0.1, 0.5]);
+        // A full window later the same ring slots read as zero, not as old counts.
+        let later = now + Duration::from_secs(SERIES_STEP * SERIES_LEN as u64);
+        assert!(s.read(later).delivered.iter().all(|v| *v == 0.0));
+    }
 
     #[test]
     fn a_pause_only_grows_and_ends_by_itself() {

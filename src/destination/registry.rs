@@ -82,6 +82,18 @@ impl Registry {
         check_coalesce(config, adapter.as_ref())?;
         Ok(adapter)
     }
+
+    /// The same adapter built as for a dry run, whatever the config says: its requests carry
+    /// no credential, to be shown (the console's "try a message"), never sent.
+    pub fn preview(&self, config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
+        let (_, construct) = (self.entries.iter())
+            .find(|(k, _)| *k == config.kind)
+            .ok_or_else(|| config.settings.error("type", "unknown type"))?;
+        construct(Setup {
+            dry_run: true,
+            ..Setup::of(config)
+        })
+    }
 }
 
 /// `coalesce = true` on an adapter that delivers every call as it is, said rather than ignored.

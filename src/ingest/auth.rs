@@ -5,18 +5,19 @@ use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, Routing};
 
 pub(super) fn authenticate(
     state: &AppState,
+    routing: &Routing,
     headers: &HeaderMap,
     body_key: Option<&str>,
 ) -> Result<String, ApiError> {
     let header_key = basic_user(headers)?;
     let key = header_key.as_deref().or(body_key).filter(|k| !k.is_empty());
     match key {
-        Some(key) => source_of(state, key).ok_or_else(|| {
+        Some(key) => source_of(routing, key).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_write_key",
@@ -34,9 +35,9 @@ pub(super) fn authenticate(
 
 /// The source whose write key is `key`. Every key is compared, each in constant time, so
 /// the answer's timing does not tell how much of a guess was right, nor which source's.
-fn source_of(state: &AppState, key: &str) -> Option<String> {
+fn source_of(routing: &Routing, key: &str) -> Option<String> {
     let mut found = None;
-    for (name, secret) in &state.sources {
+    for (name, secret) in &routing.sources {
         if bool::from(secret.expose().as_bytes().ct_eq(key.as_bytes())) {
             found = Some(name.clone());
         }

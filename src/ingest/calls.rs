@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::authenticate;
 use super::error::ApiError;
-use super::{AppState, body};
+use super::{AppState, Routing, body};
 use crate::message::{Accepted, MessageType, Parsed};
 use crate::normalize::{self, BatchDefaults};
 use crate::route;
@@ -44,7 +44,8 @@ pub(super) async fn single(
         return Err(ApiError::not_an_object());
     };
     let body_key = value.get("writeKey").and_then(Value::as_str);
-    let source = authenticate(&state, &headers, body_key)?;
+    let routing = state.routing();
+    let source = authenticate(&state, &routing, &headers, body_key)?;
     let defaults = BatchDefaults::default();
     let normalized = normalize::normalize(value, Some(ty), &defaults, chrono::Utc::now(), new_id)
         .map_err(|e| {
@@ -52,8 +53,10 @@ pub(super) async fn single(
         ApiError::bad("invalid_message", e.0)
     })?;
     let accepted =
-        accept(&state, &source, normalized).map_err(|e| ApiError::bad("invalid_message", e))?;
+        accept(&routing, &source, normalized).map_err(|e| ApiError::bad("invalid_message", e))?;
+    let remembered = accepted.body.clone();
     let appended = state.spool.append(vec![accepted]).await?;
+    state.remember(&remembered);
     count_appended(&source, &appended);
     Ok(axum::Json(json!({"success": true})).into_response())
 }
@@ -74,14 +77,19 @@ pub(super) async fn batch(
     let max = limits.max_request_bytes;
     let within = limits.body_read_timeout;
     let bytes = body::read(body, max, within, "the request body", "max_request_bytes").await?;
-    let envelope = envelope(&state, &headers, &bytes)?;
+    let routing = state.routing();
+    let envelope = envelope(&state, &routing, &headers, &bytes)?;
     let source = envelope.source.clone();
-    let (accepted, rejected) = sort_messages(&state, envelope);
+    let (accepted, rejected) = sort_messages(&state, &routing, envelope);
+    let last = accepted.last().map(|a| a.body.clone());
     let appended = if accepted.is_empty() {
         Vec::new()
     } else {
         state.spool.append(accepted).await?
     };
+    if let Some(body) = last {
+        state.remember(&body);
+    }
     count_appended(&source, &appended);
     telemetry::messages_in(&source, "rejected", rejected.len());
     if rejected.is_empty() {
@@ -105,6 +113,7 @@ pub(super) async fn batch(
 /// Read the envelope: who sent it, its messages (unparsed), and its batch-level defaults.
 fn envelope<'b>(
     state: &AppState,
+    routing: &Routing,
     headers: &HeaderMap,
     bytes: &'b [u8],
 ) -> Result<Envelope<'b>, ApiError> {
@@ -118,7 +127,8 @@ fn envelope<'b>(
     let keys: BTreeMap<String, &RawValue> =
         serde_json::from_slice(bytes).map_err(|e| ApiError::json(&e))?;
     let body_key = field(&keys, "writeKey")?;
-    let source = authenticate(state, headers, body_key.as_ref().and_then(Value::as_str))?;
+    let body_key = body_key.as_ref().and_then(Value::as_str);
+    let source = authenticate(state, routing, headers, body_key)?;
     let Some(raw) = keys.get("batch") else {
         return Err(ApiError::bad(
             "invalid_batch",
@@ -173,7 +183,11 @@ fn object(
 
 /// Normalize each message of a batch: accepted ones ready for the spool, refused ones kept
 /// with the reason.
-fn sort_messages(state: &AppState, envelope: Envelope<'_>) -> (Vec<Accepted>, Vec<Rejected>) {
+fn sort_messages(
+    state: &AppState,
+    routing: &Routing,
+    envelope: Envelope<'_>,
+) -> (Vec<Accepted>, Vec<Rejected>) {
     let Envelope {
         source,
         messages,
@@ -194,7 +208,7 @@ fn sort_messages(state: &AppState, envelope: Envelope<'_>) -> (Vec<Accepted>, Ve
                 .and_then(|v| {
                     normalize::normalize(v, None, &defaults, now, new_id).map_err(|e| e.0)
                 })
-                .and_then(|n| accept(state, &source, n))
+                .and_then(|n| accept(routing, &source, n))
         };
         match outcome {
             Ok(a) => accepted.push(a),
@@ -229,11 +243,11 @@ fn new_id() -> String {
 }
 
 /// Route a normalized message and shape it for the spool; why not, if it cannot be stored.
-fn accept(state: &AppState, source: &str, n: normalize::Normalized) -> Result<Accepted, String> {
+fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Result<Accepted, String> {
     let integrations = n.message.get("integrations").and_then(Value::as_object);
-    let destinations = route::route(n.ty, integrations, &state.routes)
+    let destinations = route::route(n.ty, integrations, &routing.routes)
         .into_iter()
-        .map(|i| state.routes[i].name().to_string())
+        .map(|i| routing.routes[i].name().to_string())
         .collect();
     if n.unparsed_created_at {
         tracing::debug!(message_id = %n.message_id, "createdAt kept as given: not a date we can read");

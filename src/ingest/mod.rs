@@ -15,7 +15,8 @@ mod calls;
 mod error;
 mod refused;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -34,16 +35,67 @@ use crate::telemetry;
 
 pub use error::ApiError;
 
-/// Everything a request handler needs; built once at start.
+/// Everything a request handler needs; built at start, its routing replaced by a reload.
 pub struct AppState {
     pub limits: ServerConfig,
+    routing: RwLock<Arc<Routing>>,
+    pub spool: Arc<dyn Spool>,
+    /// Refused messages, told in the log at most once per interval.
+    pub refused: refused::RefusedLog,
+    /// The last message accepted by each of the last requests, newest last: what the
+    /// console offers to "try" (one copy per request, not per message).
+    recent: Mutex<VecDeque<String>>,
+}
+
+/// Messages kept for the console's "try a message".
+const RECENT: usize = 20;
+
+/// Who may send and where messages go: what a reload changes for ingest.
+pub struct Routing {
     /// (source name, write key).
     pub sources: Vec<(String, Secret)>,
     /// Each destination's routing keys, in config order.
     pub routes: Vec<RouteKey>,
-    pub spool: Arc<dyn Spool>,
-    /// Refused messages, told in the log at most once per interval.
-    pub refused: refused::RefusedLog,
+}
+
+impl AppState {
+    pub fn new(limits: ServerConfig, routing: Routing, spool: Arc<dyn Spool>) -> Self {
+        Self {
+            limits,
+            routing: RwLock::new(Arc::new(routing)),
+            spool,
+            refused: Default::default(),
+            recent: Default::default(),
+        }
+    }
+
+    /// Keep `body` (a normalized message just accepted) among the recent ones.
+    fn remember(&self, body: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(body.to_string());
+    }
+
+    /// The recent messages, newest first.
+    pub fn recent(&self) -> Vec<String> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// The routing in force; a request keeps the one it started with.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Route with `routing` from now on (a reload).
+    pub fn set_routing(&self, routing: Routing) {
+        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routing);
+    }
 }
 
 /// The router, apart from any socket, so tests and `server::run` share it.

@@ -3,31 +3,39 @@
 //! workers until shutdown.
 
 mod connections;
+mod control;
+mod fleet;
+
+pub use control::{Control, ReloadReport};
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigErrors};
-use crate::deliver::Worker;
 use crate::destination::{Destination, Registry};
-use crate::ingest::{self, AppState};
-use crate::ops::{self, DestinationView, OpsState};
 use crate::route::RouteKey;
 use crate::spool::Spool;
 use crate::spool::sqlite::{Bounds, SqliteSpool};
-use crate::telemetry;
+use crate::{admin, ingest, ops, telemetry};
 
 /// A config with its adapters built: what `check` prints and `run` runs.
 pub struct Plan {
     pub config: Config,
     /// In config order, as `routes`.
     pub adapters: Vec<Arc<dyn Destination>>,
+    /// The same adapters built as for a dry run (the console's "try a message").
+    pub previews: Vec<Arc<dyn Destination>>,
     pub routes: Vec<RouteKey>,
+    /// What built the adapters; a reload builds with it again.
+    pub registry: Registry,
+    /// The file the config came from, and its text: what a reload reads again and the
+    /// console shows (redacted). `None` for a config made in a program.
+    pub file: Option<(PathBuf, String)>,
 }
 
 impl Plan {
@@ -40,16 +48,21 @@ impl Plan {
     pub fn with_registry(config: Config, registry: &Registry) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut adapters = Vec::new();
+        let mut previews = Vec::new();
         let mut routes = Vec::new();
         for d in &config.destinations {
-            match registry.build(d) {
-                Ok(adapter) => {
+            match registry
+                .build(d)
+                .and_then(|a| Ok((registry.preview(d)?, a)))
+            {
+                Ok((preview, adapter)) => {
                     let types = d
                         .types
                         .clone()
                         .unwrap_or_else(|| adapter.accepts().to_vec());
                     routes.push(RouteKey::new(&d.name, &d.aliases, types));
                     adapters.push(adapter);
+                    previews.push(preview);
                 }
                 Err(e) => errors.push(e),
             }
@@ -60,8 +73,28 @@ impl Plan {
         Ok(Self {
             config,
             adapters,
+            previews,
             routes,
+            registry: registry.clone(),
+            file: None,
         })
+    }
+
+    /// Read, expand and validate a config file and build its adapters; every error is
+    /// prefixed with the file's name.
+    pub fn from_file(path: &Path, registry: &Registry) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let prefix = |errors: ConfigErrors| {
+            (errors.0.iter())
+                .map(|e| format!("{}: {e}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let config = crate::config::load(&text).map_err(prefix)?;
+        let mut plan = Self::with_registry(config, registry).map_err(prefix)?;
+        plan.file = Some((path.to_path_buf(), text));
+        Ok(plan)
     }
 
     /// Human summary for `switchyard check`.
@@ -89,70 +122,84 @@ impl Plan {
                 types.join(", ")
             ));
         }
+        let admin = match (c.admin.token.len(), &c.admin.listen) {
+            (0, _) => "off (no admin.token)".to_string(),
+            (n, Some(listen)) => format!("on {listen} ({n} token(s))"),
+            (n, None) => format!("on {} ({n} token(s))", c.server.listen),
+        };
+        out.push_str(&format!("admin: {admin}\n"));
         out
     }
 }
 
 /// Serve until `shutdown` completes, then stop accepting, let in-flight requests and batches
-/// finish within `server.shutdown_grace`, and return.
+/// finish within `server.shutdown_grace`, and return. `reload` fires a reload of the config
+/// file (SIGHUP), as the admin API's `reload` does.
 pub async fn run(
     plan: Plan,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_reload(plan, listener, shutdown, futures_util::stream::pending()).await
+}
+
+/// [`run`], reloading the config file each time `reloads` yields.
+pub async fn run_with_reload(
+    plan: Plan,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
+) -> anyhow::Result<()> {
     telemetry::install();
     let spool = open_spool(&plan.config).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let Plan {
-        config,
-        adapters,
-        routes,
-    } = plan;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let mut views = Vec::new();
-    let mut workers = Vec::new();
-    for ((d, adapter), route) in config.destinations.iter().zip(adapters).zip(&routes) {
-        let worker = Worker::new(
-            &d.name,
-            &d.delivery,
-            adapter,
-            route.clone(),
-            spool.clone(),
-            client.clone(),
+    let admin_listen = plan.config.admin.listen.clone();
+    let admin_listener = match &admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin.listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let grace = plan.config.server.shutdown_grace;
+    let limits = connections::Limits::from(&plan.config.server);
+    let control = Control::start(plan, spool)?;
+    let admin = Arc::new(admin::Admin::new(control.clone()));
+    let open = ingest::app(control.ingest.clone()).merge(ops::open_router());
+    let (app, admin_app) = match admin_listener {
+        Some(l) => (open, Some((admin::router(admin), l))),
+        None => (open.merge(admin::router(admin)), None),
+    };
+    if !control.admin_on() {
+        tracing::warn!(
+            "the admin side is off: set [admin] token to use the console, the admin API and /metrics"
         );
-        let worker = Arc::new(worker);
-        views.push(DestinationView {
-            name: d.name.clone(),
-            kind: d.kind.clone(),
-            status: worker.status.clone(),
-        });
-        for _ in 0..d.delivery.concurrency {
-            workers.push(tokio::spawn(worker.clone().run(stop_rx.clone())));
-        }
     }
-    let grace = config.server.shutdown_grace;
-    let limits = connections::Limits::from(&config.server);
-    let destinations = config.destinations.len();
-    let ingest = Arc::new(AppState {
-        routes,
-        limits: config.server,
-        sources: config
-            .sources
-            .into_iter()
-            .map(|s| (s.name, s.write_key))
-            .collect(),
-        spool: spool.clone(),
-        refused: Default::default(),
+    tracing::info!(address = %listener.local_addr()?, destinations = control.destination_count(), "listening");
+    let watcher = tokio::spawn(reload_on(control.clone(), reloads));
+    let admin_server = admin_app.map(|(app, l)| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(admin_address = %a, "serving the admin side");
+        }
+        tokio::spawn(connections::serve(app, l, limits, std::future::pending()))
     });
-    let ops = Arc::new(OpsState {
-        destinations: views,
-        spool,
-    });
-    let app = ingest::app(ingest).merge(ops::router(ops));
-    tracing::info!(address = %listener.local_addr()?, destinations, "listening");
-    serve(app, listener, limits, shutdown, grace, stop_tx, workers).await
+    let result = serve(app, listener, limits, shutdown, grace, &control).await;
+    watcher.abort();
+    if let Some(s) = admin_server {
+        s.abort();
+    }
+    result
+}
+
+/// Reload each time `reloads` yields (SIGHUP); one at a time.
+async fn reload_on(
+    control: Arc<Control>,
+    mut reloads: impl futures_util::Stream<Item = ()> + Unpin,
+) {
+    use futures_util::StreamExt;
+    while reloads.next().await.is_some() {
+        control.reload().await;
+    }
 }
 
 /// The embedded spool, opened off the async threads (it may replay a long log).
@@ -175,8 +222,7 @@ async fn serve(
     limits: connections::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-    stop: watch::Sender<bool>,
-    workers: Vec<JoinHandle<()>>,
+    control: &Control,
 ) -> anyhow::Result<()> {
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
     let serve = connections::serve(app, listener, limits, async move {
@@ -187,15 +233,10 @@ async fn serve(
     let server = tokio::spawn(serve);
     let _ = signalled_rx.wait_for(|s| *s).await;
     let deadline = tokio::time::Instant::now() + grace;
-    let _ = stop.send(true);
-    if tokio::time::timeout_at(deadline, server).await.is_err() {
+    let stopping = control.stop_delivery(grace);
+    let (served, ()) = tokio::join!(tokio::time::timeout_at(deadline, server), stopping);
+    if served.is_err() {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
-    }
-    let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
-    for w in workers {
-        if tokio::time::timeout_at(deadline, w).await.is_err() {
-            tracing::warn!("a delivery worker did not finish within the grace period");
-        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -283,6 +283,10 @@ pub struct Daemon {
     client: reqwest::Client,
 }
 
+/// The admin token of every daemon started with [`Daemon::start`] (unless its config has
+/// an `[admin]` table of its own).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_switchyard")
 }
@@ -295,8 +299,13 @@ impl Daemon {
 
     pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let admin = if rest.contains("[admin]") {
+            String::new()
+        } else {
+            format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")
+        };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[spool]\npath = \"{}\"\n\n{rest}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[spool]\npath = \"{}\"\n\n{rest}\n\n{admin}",
             dir.path().join("spool").display()
         );
         let path = dir.path().join("switchyard.toml");
@@ -449,8 +458,16 @@ impl Daemon {
         (status, value)
     }
 
+    /// GET with the admin token (ignored by the open endpoints).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        Self::answer(self.client.get(self.url(path)).send().await.unwrap()).await
+        let req = self.client.get(self.url(path)).bearer_auth(ADMIN_TOKEN);
+        Self::answer(req.send().await.unwrap()).await
+    }
+
+    /// POST JSON to the admin API with the admin token.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let req = self.client.post(self.url(path)).json(body);
+        Self::answer(req.bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await
     }
 
     /// Send SIGTERM and wait for the process to exit.
@@ -529,6 +546,7 @@ impl Daemon {
     pub async fn get_text(&self, path: &str) -> String {
         self.client
             .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
