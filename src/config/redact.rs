@@ -11,6 +11,8 @@ use crate::destination::{looks_secret, redacted_url};
 use crate::secret::Secret;
 
 const HIDDEN: &str = "***";
+/// Keys whose names look like a credential's but are not one (shown as written).
+const NOT_SECRET: &[&str] = &["group_key"];
 
 /// The file's text as redacted JSON; `tokens` are hidden wherever they appear.
 pub fn redacted(text: &str, tokens: &[Secret]) -> Result<Value, toml::de::Error> {
@@ -22,7 +24,7 @@ fn table_json(table: &toml::Table, all_hidden: bool, tokens: &[Secret]) -> Value
     let map: Map<String, Value> = table
         .iter()
         .map(|(k, v)| {
-            let hidden = all_hidden || looks_secret(k);
+            let hidden = all_hidden || (looks_secret(k) && !NOT_SECRET.contains(&k.as_str()));
             let value = value_json(v, hidden, k == "headers", tokens);
             (k.clone(), value)
         })
