@@ -158,8 +158,7 @@
     status.textContent = `config reload failed ${when(reload.at)}`;
     banner.hidden = false;
     append(banner, [
-      el('strong', { text: `Config reload at ${when(reload.at)} failed.` }),
-      ' The running configuration was kept.',
+      el('strong', { text: `Config reload at ${when(reload.at)} failed:` }),
       el('ul', {}, (reload.errors || []).map((e) => el('li', { text: e }))),
     ]);
   }

@@ -138,12 +138,14 @@ pub(super) async fn replay(
         skipped = done.skipped.len(),
         "dead letters replayed from the admin API"
     );
-    let skipped: Vec<Value> = (done.skipped.iter())
+    let why: Vec<Value> = (done.skipped.iter())
         .map(|(id, why)| json!({"id": id, "why": why}))
         .collect();
-    Ok(Json(
-        json!({"replayed": done.replayed.len(), "skipped": skipped}),
-    ))
+    Ok(Json(json!({
+        "replayed": done.replayed.len(),
+        "skipped": why.len(),
+        "skipped_why": why,
+    })))
 }
 
 /// `POST /admin/v1/dead-letters/purge`: deleted for good.
