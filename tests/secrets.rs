@@ -3,12 +3,13 @@
 //! write key, Mixpanel token, Salesforce client secret and fetched access token, webhook
 //! signing secret, URL password, URL query token, header value — and goes through every
 //! path: deliveries, failures and retries, a refused credential, dead letters, dry runs,
-//! wrong write keys, the operator endpoints and the CLI. Then every secret is searched for
-//! in all of it.
+//! wrong write keys, the operator endpoints, the admin API (config, try a message, dead
+//! letters, recent messages), a console login, a reload, and the CLI. Then every secret —
+//! the admin token too — is searched for in all of it.
 
 mod common;
 
-use common::{Answer, Daemon, Receiver};
+use common::{ADMIN_TOKEN, Answer, Daemon, Receiver};
 use serde_json::{Value, json};
 
 const WRITE_KEY: &str = "wk-SECRET-0001";
@@ -29,6 +30,7 @@ const SECRETS: &[&str] = &[
     URL_PASSWORD,
     QUERY_TOKEN,
     HEADER_VALUE,
+    ADMIN_TOKEN,
 ];
 
 const TOKEN_PATH: &str = "/services/oauth2/token";
@@ -58,7 +60,7 @@ fn config(rx: &Receiver) -> String {
         mixpanel("MixpanelDry", "dry_run = true"),
         rx.url(""),
         rx.url(TOKEN_PATH),
-    )
+    ) + &format!("\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")
 }
 
 fn call(n: usize) -> Value {
@@ -163,6 +165,55 @@ async fn no_secret_in_any_log_line_answer_or_output() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     answers.push(d.get_text("/metrics").await);
+    // The admin side: the config shown, a call tried on every destination, dead letters,
+    // recent messages, a reload, a console login and its page.
+    for path in [
+        "/admin/v1/config",
+        "/admin/v1/recent",
+        "/admin/v1/dead-letters",
+    ] {
+        let (status, body) = d.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        answers.push(body.to_string());
+    }
+    let (status, tried) = d.admin_post("/admin/v1/try", &call(11)).await;
+    assert_eq!(status, 200, "{tried}");
+    assert!(tried["requests"].as_array().unwrap().len() >= 4, "{tried}");
+    answers.push(tried.to_string());
+    let (_, letters) = d.get("/admin/v1/dead-letters").await;
+    for l in letters["dead_letters"].as_array().unwrap() {
+        answers.push(
+            d.get(&format!("/admin/v1/dead-letters/{}", l["id"]))
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    answers.push(
+        d.admin_post("/admin/v1/reload", &json!({}))
+            .await
+            .1
+            .to_string(),
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = browser
+        .post(d.url("/console/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    answers.push(cookie.clone());
+    let page = browser
+        .get(d.url("/console"))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    answers.push(page.text().await.unwrap());
     let listed = d.dlq(&["list", "--json"]);
     let letters: Vec<Value> = serde_json::from_str(&listed).unwrap();
     for letter in &letters {
