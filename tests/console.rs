@@ -141,6 +141,14 @@ async fn wait_text(c: &Client, css: &str, want: &str) -> String {
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    let e = c.find(Locator::Css(css)).await;
+    e.unwrap_or_else(|err| panic!("no `{css}`: {err}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 fn artifact(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
@@ -179,22 +187,12 @@ async fn the_console_in_a_real_browser() {
     c.goto(&d.url("/console")).await.unwrap();
     let token = c.find(Locator::Id("token")).await.unwrap();
     token.send_keys("not-the-admin-token").await.unwrap();
-    c.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-form button").await;
     wait_text(&c, "#login-failed", "Wrong token").await;
     let token = c.find(Locator::Id("token")).await.unwrap();
     token.clear().await.unwrap();
     token.send_keys(ADMIN_TOKEN).await.unwrap();
-    c.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-form button").await;
 
     // Every destination, each with its state.
     for name in ["Webhook", "Partner", "Mixpanel"] {
@@ -222,29 +220,14 @@ async fn the_console_in_a_real_browser() {
     rx.wait_for("/hook", 1).await;
     let row = "#dlq-rows tr[data-dead-letter-id]";
     wait_text(&c, row, "Webhook").await;
-    c.find(Locator::Css(&format!("{row} td:nth-child(3)")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row} td:nth-child(3)")).await;
     wait_text(&c, "#dlq-detail-response", "plan is not a known value").await;
     wait_text(&c, "#dlq-detail-message", "refused-once").await;
     wait_text(&c, "#dlq-detail-status", "400").await;
 
     // The receiver is fixed (its one scripted refusal is spent): replay from the console.
-    c.find(Locator::Css(&format!("{row} input[type=checkbox]")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Id("replay-selected"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row} input[type=checkbox]")).await;
+    click(&c, "#replay-selected").await;
     c.accept_alert().await.unwrap();
     wait_text(&c, "#dlq-result", "Replayed 1").await;
     let got = rx.wait_for("/hook", 2).await;
@@ -256,12 +239,7 @@ async fn the_console_in_a_real_browser() {
     let call = json!({"type": "group", "userId": "u-9", "groupId": "globex",
                       "traits": {"Name": "Globex", "created_at": "2024-01-02"}});
     input.send_keys(&call.to_string()).await.unwrap();
-    c.find(Locator::Id("try-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#try-run").await;
     let shown = wait_text(
         &c,
         "#try-result [data-try-destination=\"Mixpanel\"]",
