@@ -190,3 +190,25 @@ fn help_is_everywhere() {
         );
     }
 }
+
+/// A secret put in the wrong key (here the webhook's `signature`, which takes a mode) is
+/// refused without the error showing it, also when an adapter finds the mistake.
+#[test]
+fn a_secret_in_the_wrong_key_is_not_shown_in_the_error() {
+    let text = "[[source]]\nname = \"web\"\nwrite_key = \"${WEB_KEY}\"\n[[destination]]\nname = \"Hook\"\ntype = \"webhook\"\nurl = \"http://x\"\nsignature = \"${HOOK_SECRET}\"\n[server]\nmax_connections = \"${WEB_KEY}\"\n";
+    let env = [
+        ("WEB_KEY".to_string(), "wk-9f8e7d6c5b4a".to_string()),
+        ("HOOK_SECRET".to_string(), "whsec-0a1b2c3d4e5f".to_string()),
+    ];
+    let (ok, _, err) = check_text(text, &env);
+    assert!(!ok);
+    assert!(err.contains("line "), "{err}");
+    for (_, secret) in &env {
+        assert!(!err.contains(secret.as_str()), "{secret} shown: {err}");
+    }
+    let adapter_only = text.replace("[server]\nmax_connections = \"${WEB_KEY}\"\n", "");
+    let (ok, _, err) = check_text(&adapter_only, &env);
+    assert!(!ok);
+    assert!(err.contains("unknown variant `***`"), "{err}");
+    assert!(!err.contains("whsec-0a1b2c3d4e5f"), "{err}");
+}

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::expand::expand_env;
-use super::place::{ConfigErrors, Place, Source};
+use super::expand::{Expanded, expand_env};
+use super::place::{ConfigError, ConfigErrors, Place, Source};
 use super::settings::Settings;
 use super::{Config, DestinationConfig};
 
@@ -21,29 +21,43 @@ pub fn load_with_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    // The parsed document borrows its text, and each destination keeps its spanned table for
-    // its adapter to deserialize later; a config is loaded once per process, so the text is
-    // given a static lifetime rather than re-parsed.
-    let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    let text = interned(text);
     let source = Source::new(text);
     let mut doc = DeTable::parse(text).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
     let mut errors = Vec::new();
+    let mut expanded = Expanded::default();
     for (_, value) in doc.get_mut().iter_mut() {
-        expand_env(value, &source, env, &mut errors);
+        expand_env(value, &source, env, &mut errors, &mut expanded);
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     let owned = doc.clone();
     let de = toml::de::Deserializer::from(doc);
-    let mut config =
-        Config::deserialize(de).map_err(|e| ConfigErrors(vec![source.toml_error(&e)]))?;
+    let masked = |errors: Vec<ConfigError>| ConfigErrors(expanded.mask(errors));
+    let mut config = Config::deserialize(de).map_err(|e| masked(vec![source.toml_error(&e)]))?;
     attach_places(&mut config, owned.get_ref(), &source);
-    let deliveries = config.validate()?;
+    let deliveries = config.validate().map_err(|e| masked(e.0))?;
     for (d, delivery) in config.destinations.iter_mut().zip(deliveries) {
         d.delivery = delivery;
     }
+    config.expanded = expanded;
     Ok(config)
+}
+
+/// The text with a static lifetime: the parsed document borrows it, and each destination
+/// keeps its spanned table for its adapter to deserialize later. Each distinct text is kept
+/// once for the life of the process (a start, and each reload of a changed file), never
+/// once per load.
+fn interned(text: &str) -> &'static str {
+    static TEXTS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut texts = TEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(kept) = texts.iter().find(|t| **t == text) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    texts.push(kept);
+    kept
 }
 
 /// The tables of an array of tables (`[[source]]`, `[[destination]]`), in file order.

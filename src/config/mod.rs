@@ -22,6 +22,7 @@ use serde::Deserialize;
 use crate::message::MessageType;
 use crate::secret::Secret;
 
+pub use expand::Expanded;
 pub use load::{load, load_with_env};
 pub use place::{ConfigError, ConfigErrors, Place};
 pub use settings::Settings;
@@ -46,6 +47,9 @@ pub struct Config {
     /// The operator side: admin API, console, metrics; off without a token.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What `${VAR}`s were replaced by: errors found after loading (an adapter's) mask them.
+    #[serde(skip)]
+    pub expanded: Expanded,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,7 +68,7 @@ impl Plan {
             }
         }
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(ConfigErrors(config.expanded.mask(errors)));
         }
         Ok(Self {
             config,
