@@ -19,6 +19,18 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret, in constant time: SHA-256 digests are compared, so
+    /// neither how much of a guess was right nor the secret's length shows in the timing.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let (a, b) = (
+            Sha256::digest(self.0.as_bytes()),
+            Sha256::digest(given.as_bytes()),
+        );
+        bool::from(a.as_slice().ct_eq(b.as_slice()))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -42,5 +54,7 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), "*** ***");
         assert_eq!(s.expose(), "hunter2");
+        assert!(s.matches("hunter2"));
+        assert!(!s.matches("hunter") && !s.matches("hunter22") && !s.matches(""));
     }
 }

@@ -289,9 +289,10 @@ async fn wait_for_dead_letters(d: &Daemon, n: usize) -> Vec<Value> {
 async fn try_a_message_shows_each_request_and_sends_nothing() {
     let rx = Receiver::start().await;
     let config = format!(
-        "{}\n[[destination]]\nname = \"Mixpanel\"\ntype = \"mixpanel\"\nproject_token = \"mp-token-never-shown\"\ngroup_key = \"company_id\"\napi_host = \"{}\"\n",
+        "{}\n[[destination]]\nname = \"Mixpanel\"\ntype = \"mixpanel\"\nproject_token = \"mp-token-never-shown\"\ngroup_key = \"company_id\"\napi_host = \"{}\"\n\n[[destination]]\nname = \"Signed\"\ntype = \"webhook\"\nurl = \"{}\"\nsigning_secret = \"signing-secret-never-shown\"\nsignature = \"segment\"\nheaders = {{ \"X-Team\" = \"header-value-never-shown\" }}\n",
         hook(&rx),
-        rx.url("")
+        rx.url(""),
+        rx.url("/hooks/T0KEN-IN-PATH")
     );
     let d = Daemon::start("", &config).await;
     let call = json!({
@@ -315,7 +316,25 @@ async fn try_a_message_shows_each_request_and_sends_nothing() {
     assert_eq!(groups["method"], "POST");
     assert_eq!(groups["body"][0]["$group_id"], "acme");
     assert_eq!(groups["body"][0]["$set"]["$name"], "Acme");
-    assert!(!tried.to_string().contains("mp-token-never-shown"));
+    // Nothing that may be a credential: tokens, configured header values, signatures over
+    // the chosen body (they would let the caller forge deliveries), a webhook URL's path.
+    let text = tried.to_string();
+    for hidden in [
+        "mp-token-never-shown",
+        "header-value-never-shown",
+        "T0KEN-IN-PATH",
+    ] {
+        assert!(!text.contains(hidden), "{hidden} in {text}");
+    }
+    let signed = requests
+        .iter()
+        .find(|r| r["destination"] == "Signed")
+        .unwrap_or_else(|| panic!("no Signed request: {tried}"));
+    assert_eq!(signed["url"], format!("http://{}/***", rx.addr));
+    for header in ["x-signature", "x-team"] {
+        assert_eq!(signed["headers"][header], "***", "{signed}");
+    }
+    assert_eq!(signed["headers"]["content-type"], "application/json");
     let (status, invalid) = d
         .admin_post("/admin/v1/try", &json!({"type": "group"}))
         .await;

@@ -69,16 +69,12 @@ pub(super) async fn dead_letters(
     }
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
     let dir = spool_dir(&admin);
-    let letters = blocking(move || {
+    let newest = blocking(move || {
         let conn = dlq::open(&dir)?;
-        dlq::list(
-            &conn,
-            filter.destination.as_deref(),
-            filter.reason.as_deref(),
-        )
+        let (destination, reason) = (filter.destination.as_deref(), filter.reason.as_deref());
+        dlq::newest(&conn, destination, reason, limit)
     })
     .await?;
-    let newest: Vec<_> = letters.into_iter().rev().take(limit).collect();
     Ok(Json(json!({"dead_letters": newest})))
 }
 

@@ -96,7 +96,7 @@ impl Sessions {
 pub fn token_matches(tokens: &[Secret], given: &str) -> bool {
     let mut found = false;
     for t in tokens {
-        found |= bool::from(t.expose().as_bytes().ct_eq(given.as_bytes()));
+        found |= t.matches(given);
     }
     found
 }

@@ -116,9 +116,14 @@ async fn login(
         return secure(Redirect::to("/console?failed=1").into_response());
     }
     let (id, _) = admin.sessions.open(token.trim());
+    // Behind a TLS proxy that says so, the cookie is never sent over plain HTTP.
+    let https = (headers.get("x-forwarded-proto"))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
     let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if https { "; Secure" } else { "" }
     );
     let mut response = Redirect::to("/console").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {

@@ -13,9 +13,10 @@ use serde_json::{Map, Value, json};
 use super::Admin;
 use super::api::rejected;
 use super::error::AdminError;
-use crate::destination::{Item, OutRequest, Verdict, redacted_headers, redacted_url};
+use crate::destination::{Item, OutRequest, Verdict, redacted_url};
 use crate::normalize::{self, BatchDefaults};
 use crate::route;
+use crate::server::Preview;
 
 /// `POST /admin/v1/try`: the body is one call, as an SDK sends it.
 pub(super) async fn try_message(
@@ -66,7 +67,7 @@ pub(super) async fn try_message(
                 other => errors.push(json!({"destination": p.name, "error": format!("{other:?}")})),
             }
         }
-        requests.extend(t.requests.iter().map(|r| shown(&p.name, r)));
+        requests.extend(t.requests.iter().map(|r| shown(p, r)));
     }
     Ok(Json(json!({
         "normalized": n.message,
@@ -76,23 +77,52 @@ pub(super) async fn try_message(
     })))
 }
 
-/// A request as the console shows it: credentials in the URL and headers masked, the body
-/// as JSON when it is JSON.
-fn shown(destination: &str, r: &OutRequest) -> Value {
-    let headers: Map<String, Value> = redacted_headers(&r.headers)
-        .into_iter()
-        .filter_map(|h| {
-            let (k, v) = h.split_once(": ")?;
-            Some((k.to_string(), Value::from(v)))
+/// Headers whose values are shown; every other value is `***`: configured headers may carry
+/// credentials under any name, and a signature over a body the caller chose would let the
+/// caller forge deliveries.
+const SHOWN_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+];
+
+/// A request as the console shows it: header values masked but for [`SHOWN_HEADERS`], a
+/// URL's credentials masked (a webhook's whole path and query: a webhook URL often is the
+/// credential), the body as JSON when it is JSON.
+fn shown(p: &Preview, r: &OutRequest) -> Value {
+    let headers: Map<String, Value> = (r.headers.iter())
+        .map(|(k, v)| {
+            let value = match (SHOWN_HEADERS.contains(&k.as_str()), v.to_str()) {
+                (true, Ok(v)) if !v.is_empty() => v,
+                _ => "***",
+            };
+            (k.as_str().to_string(), Value::from(value))
         })
         .collect();
+    let url = if p.kind == "webhook" {
+        origin_only(&r.url)
+    } else {
+        redacted_url(&r.url)
+    };
     let body = serde_json::from_slice::<Value>(&r.body)
         .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&r.body).into_owned()));
     json!({
-        "destination": destination,
+        "destination": p.name,
         "method": r.method.as_str(),
-        "url": redacted_url(&r.url),
+        "url": url,
         "headers": headers,
         "body": body,
     })
+}
+
+/// `scheme://host[:port]/***`: where the request goes, without what may be a token.
+fn origin_only(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.path() != "/" || u.query().is_some() => {
+            format!("{}/***", u.origin().ascii_serialization())
+        }
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "<a URL that cannot be parsed>".into(),
+    }
 }

@@ -94,6 +94,19 @@ fn tables<'d>(
 /// Give each source and destination its places, and each destination its own keys, in file
 /// order (the same order as the config's lists).
 fn attach_places(config: &mut Config, doc: &DeTable<'static>, source: &Source) {
+    if let Some(admin) = doc.get("admin")
+        && let DeValue::Table(t) = admin.get_ref()
+    {
+        let keys = t
+            .iter()
+            .map(|(k, _)| (k.get_ref().to_string(), k.span()))
+            .collect();
+        config.admin.place = Place {
+            keys,
+            span: admin.span(),
+            source: source.clone(),
+        };
+    }
     for (s, (_, mut place)) in config.sources.iter_mut().zip(tables(doc, "source")) {
         place.source = source.clone();
         s.place = place;

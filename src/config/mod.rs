@@ -64,6 +64,9 @@ pub struct AdminConfig {
     /// `/metrics` answers without a token.
     #[serde(default)]
     pub public_metrics: bool,
+    /// Where the table is in the file, for errors; filled in by [`load`].
+    #[serde(skip)]
+    pub place: Place,
 }
 
 /// Shortest admin token accepted: long enough that guessing it over HTTP is hopeless.
@@ -85,7 +88,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D:
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address ingest binds; port 0 picks a free one (it is logged).
@@ -407,6 +410,18 @@ mod tests {
             errors,
             "line 6, column 1: source name `Web` is used twice\n\
              line 7, column 1: source `Web` reuses another source's write_key"
+        );
+    }
+
+    #[test]
+    fn admin_errors_have_line_and_column() {
+        let text = "[[source]]\nname = \"web\"\nwrite_key = \"the-write-key-0123\"\n\n[admin]\ntoken = [\"short\", \"the-write-key-0123\"]\nlisten = \"nowhere\"\n";
+        let errors = load_with_env(text, &|_| None).unwrap_err().to_string();
+        assert_eq!(
+            errors,
+            "line 6, column 1: admin.token #1 is shorter than 16 characters\n\
+             line 6, column 1: admin.token #2 is also a source's write_key\n\
+             line 7, column 1: admin.listen `nowhere` is not an address like 127.0.0.1:8089"
         );
     }
 

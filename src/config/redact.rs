@@ -53,22 +53,53 @@ fn value_json(v: &toml::Value, hidden: bool, headers: bool, tokens: &[Secret]) -
 }
 
 fn string(s: &str, hidden: bool, tokens: &[Secret]) -> String {
-    let reference = s.starts_with("${") && s.ends_with('}') && !s[2..].contains('$');
-    if reference {
+    if is_reference(s) {
         return s.to_string();
     }
     if hidden || tokens.iter().any(|t| s.contains(t.expose())) {
         return HIDDEN.into();
     }
     if s.contains("://") {
-        return redacted_url(s);
+        return url(s);
     }
     s.to_string()
+}
+
+/// Exactly one `${NAME}` and nothing else.
+fn is_reference(s: &str) -> bool {
+    s.strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// A URL written in the file: its password and credential-like query values masked, and its
+/// path too (a webhook URL often carries its token in the path); a bare host is kept.
+fn url(s: &str) -> String {
+    let shown = redacted_url(s);
+    match reqwest::Url::parse(s) {
+        Ok(u) if u.path() != "/" && !u.path().is_empty() => {
+            let origin = reqwest::Url::parse(&shown)
+                .map(|r| r.origin().ascii_serialization())
+                .unwrap_or(shown);
+            format!("{origin}/{HIDDEN}")
+        }
+        _ => shown,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_lone_reference_is_shown_as_written() {
+        assert!(is_reference("${WEB_KEY}"));
+        for not in ["${A}literal}", "x${A}", "${}", "${A B}", "literal"] {
+            assert!(!is_reference(not), "{not}");
+        }
+    }
 
     #[test]
     fn credentials_written_in_the_file_are_hidden_and_references_shown() {
@@ -83,7 +114,8 @@ token = ["${ADMIN}", "admin-literal-0123456789"]
 [[destination]]
 name = "Hook"
 type = "webhook"
-url = "https://user:pw-literal@hooks.example.com/x?token=q-literal&team=growth"
+url = "https://user:pw-literal@hooks.example.com/path-literal?token=q-literal&team=growth"
+api_host = "https://api-eu.example.com"
 headers = { "X-Team" = "growth-literal", "X-Api" = "${HOOK_KEY}" }
 auth = { flow = "client_credentials", client_secret = "cs-literal" }
 note = "mentions admin-literal-0123456789 in passing"
@@ -97,13 +129,15 @@ note = "mentions admin-literal-0123456789 in passing"
             "q-literal",
             "growth-literal",
             "cs-literal",
+            "path-literal",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         for kept in [
             "${ADMIN}",
             "${HOOK_KEY}",
-            "team=growth",
+            "https://hooks.example.com/***",
+            "https://api-eu.example.com",
             "client_credentials",
         ] {
             assert!(shown.contains(kept), "{kept} missing from {shown}");

@@ -72,43 +72,34 @@ impl Config {
     /// only); the admin address parses.
     fn check_admin(&self, errors: &mut Vec<ConfigError>) {
         let a = &self.admin;
+        let at = |key: &str, message: String| a.place.error(key, message);
         for (i, token) in a.token.iter().enumerate() {
             let n = i + 1;
             if token.expose().chars().count() < super::MIN_ADMIN_TOKEN {
-                errors.push(ConfigError {
-                    at: None,
-                    message: format!(
-                        "admin.token #{n} is shorter than {} characters",
-                        super::MIN_ADMIN_TOKEN
-                    ),
-                });
+                let min = super::MIN_ADMIN_TOKEN;
+                errors.push(at(
+                    "token",
+                    format!("admin.token #{n} is shorter than {min} characters"),
+                ));
             }
             if a.token[..i].contains(token) {
-                errors.push(ConfigError {
-                    at: None,
-                    message: format!("admin.token #{n} is given twice"),
-                });
+                errors.push(at("token", format!("admin.token #{n} is given twice")));
             }
             if self.sources.iter().any(|s| &s.write_key == token) {
-                errors.push(ConfigError {
-                    at: None,
-                    message: format!("admin.token #{n} is also a source's write_key"),
-                });
+                errors.push(at(
+                    "token",
+                    format!("admin.token #{n} is also a source's write_key"),
+                ));
             }
         }
         if let Some(listen) = &a.listen {
             if listen.parse::<SocketAddr>().is_err() {
-                errors.push(ConfigError {
-                    at: None,
-                    message: format!(
-                        "admin.listen `{listen}` is not an address like 127.0.0.1:8089"
-                    ),
-                });
+                let message =
+                    format!("admin.listen `{listen}` is not an address like 127.0.0.1:8089");
+                errors.push(at("listen", message));
             } else if a.token.is_empty() {
-                errors.push(ConfigError {
-                    at: None,
-                    message: "admin.listen is set but admin.token is not: the admin side is off without a token".into(),
-                });
+                let message = "admin.listen is set but admin.token is not: the admin side is off without a token";
+                errors.push(at("listen", message.into()));
             }
         }
     }

@@ -3,13 +3,11 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
-use subtle::ConstantTimeEq;
 
+use super::Routing;
 use super::error::ApiError;
-use super::{AppState, Routing};
 
 pub(super) fn authenticate(
-    state: &AppState,
     routing: &Routing,
     headers: &HeaderMap,
     body_key: Option<&str>,
@@ -24,7 +22,7 @@ pub(super) fn authenticate(
                 "unknown write key",
             )
         }),
-        None if state.limits.allow_unauthenticated => Ok("unauthenticated".into()),
+        None if routing.allow_unauthenticated => Ok("unauthenticated".into()),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_write_key",
@@ -38,7 +36,7 @@ pub(super) fn authenticate(
 fn source_of(routing: &Routing, key: &str) -> Option<String> {
     let mut found = None;
     for (name, secret) in &routing.sources {
-        if bool::from(secret.expose().as_bytes().ct_eq(key.as_bytes())) {
+        if secret.matches(key) {
             found = Some(name.clone());
         }
     }

@@ -45,7 +45,7 @@ pub(super) async fn single(
     };
     let body_key = value.get("writeKey").and_then(Value::as_str);
     let routing = state.routing();
-    let source = authenticate(&state, &routing, &headers, body_key)?;
+    let source = authenticate(&routing, &headers, body_key)?;
     let defaults = BatchDefaults::default();
     let normalized = normalize::normalize(value, Some(ty), &defaults, chrono::Utc::now(), new_id)
         .map_err(|e| {
@@ -128,7 +128,7 @@ fn envelope<'b>(
         serde_json::from_slice(bytes).map_err(|e| ApiError::json(&e))?;
     let body_key = field(&keys, "writeKey")?;
     let body_key = body_key.as_ref().and_then(Value::as_str);
-    let source = authenticate(state, routing, headers, body_key)?;
+    let source = authenticate(routing, headers, body_key)?;
     let Some(raw) = keys.get("batch") else {
         return Err(ApiError::bad(
             "invalid_batch",

@@ -56,6 +56,8 @@ pub struct Routing {
     pub sources: Vec<(String, Secret)>,
     /// Each destination's routing keys, in config order.
     pub routes: Vec<RouteKey>,
+    /// `server.allow_unauthenticated`: calls without a write key are taken.
+    pub allow_unauthenticated: bool,
 }
 
 impl AppState {

@@ -54,6 +54,8 @@ pub struct Current {
 /// A destination built as for a dry run, with its routing keys.
 pub struct Preview {
     pub name: String,
+    /// The adapter's config `type`.
+    pub kind: String,
     pub route: RouteKey,
     pub adapter: Arc<dyn Destination>,
 }
@@ -88,7 +90,7 @@ impl Control {
         let Config {
             server, sources, ..
         } = config;
-        let routing = routing(sources, &current);
+        let routing = routing(sources, server.allow_unauthenticated, &current);
         let ingest = Arc::new(AppState::new(server, routing, spool.clone()));
         let ops = Arc::new(OpsState::new(views, spool.clone()));
         Ok(Arc::new(Self {
@@ -134,9 +136,32 @@ impl Control {
     }
 
     /// Read the config file again and apply it; an invalid file changes nothing. One reload
-    /// at a time; the outcome is logged, kept for the console, and returned.
-    pub async fn reload(&self) -> ReloadReport {
+    /// at a time; the outcome is logged, kept for the console, and returned. Runs as a task
+    /// of its own: a caller that goes away (an HTTP client hanging up) cannot cut it short
+    /// half applied.
+    pub async fn reload(self: &Arc<Self>) -> ReloadReport {
+        let control = self.clone();
+        match tokio::spawn(async move { control.reload_now().await }).await {
+            Ok(report) => report,
+            Err(e) => report(
+                false,
+                vec![format!("the reload failed: {e}")],
+                vec![],
+                vec![],
+            ),
+        }
+    }
+
+    async fn reload_now(&self) -> ReloadReport {
         let mut fleet = self.fleet.lock().await;
+        if fleet.stopped {
+            return report(
+                false,
+                vec!["the daemon is shutting down".into()],
+                vec![],
+                vec![],
+            );
+        }
         let report = match self.apply(&mut fleet).await {
             Ok((changes, restart_needed)) => {
                 tracing::info!(changes = ?changes, "config reloaded");
@@ -166,8 +191,12 @@ impl Control {
         let plan = Plan::from_file(&path, &self.registry)
             .map_err(|e| e.lines().map(str::to_string).collect::<Vec<_>>())?;
         let (config, next, fresh) = parts(plan);
-        let restart_needed: Vec<String> = (fresh.fixed.iter())
-            .zip(&self.current().fixed)
+        let next_fixed = fresh.fixed.clone();
+        let mut fresh = fresh;
+        // What needs a restart is compared with what runs: the values read at start.
+        fresh.fixed = self.current().fixed.clone();
+        let restart_needed: Vec<String> = (next_fixed.iter())
+            .zip(&fresh.fixed)
             .filter(|(new, old)| new.1 != old.1)
             .map(|(new, _)| new.0.to_string())
             .collect();
@@ -175,12 +204,21 @@ impl Control {
         let names: Vec<String> = next.iter().map(|n| n.name.clone()).collect();
         let mut both = names.clone();
         both.extend(diff.removed.iter().cloned());
+        both.extend(
+            fleet
+                .lingering
+                .iter()
+                .filter(|n| !names.contains(n))
+                .cloned(),
+        );
         // New destinations exist in the spool before ingest routes to them.
         self.spool
             .configure(&both)
             .await
             .map_err(|e| vec![format!("the spool cannot add the new destinations: {e}")])?;
-        self.ingest.set_routing(routing(config.sources, &fresh));
+        let open = config.server.allow_unauthenticated;
+        self.ingest
+            .set_routing(routing(config.sources, open, &fresh));
         let mut changes = Vec::new();
         for name in &diff.removed {
             let owed = self.spool.depth(name).pending;
@@ -204,9 +242,17 @@ impl Control {
         let mut stopping = diff.removed.clone();
         stopping.extend(diff.changed.iter().cloned());
         let statuses = fleet.stop(&stopping, self.grace).await;
-        if let Err(e) = self.spool.configure(&names).await {
-            tracing::warn!(error = %e, "the spool keeps serving a removed destination until the next reload");
+        for name in &diff.removed {
+            // Not served any more: its gauges would otherwise keep their last values.
+            crate::telemetry::destination_gauges(name, &Default::default(), false);
         }
+        fleet.lingering = match self.spool.configure(&names).await {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the spool keeps serving a removed destination until the next reload");
+                both.into_iter().filter(|n| !names.contains(n)).collect()
+            }
+        };
         fleet.run(next, statuses);
         self.ops.set_destinations(views_of(fleet));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
@@ -216,9 +262,17 @@ impl Control {
         Ok((changes, restart_needed))
     }
 
-    /// Stop every destination's workers (shutdown), within `grace`.
+    /// Stop every destination's workers (shutdown), within `grace`; no reload runs after.
     pub(super) async fn stop_delivery(&self, grace: Duration) {
-        self.fleet.lock().await.stop_all(grace).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        // A reload under way finishes first (it waits for batches too, within the same grace).
+        let Ok(mut fleet) = tokio::time::timeout_at(deadline, self.fleet.lock()).await else {
+            tracing::warn!("a reload was still running at the end of the grace period");
+            return;
+        };
+        fleet.stopped = true;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        fleet.stop_all(left.max(Duration::from_millis(100))).await;
     }
 }
 
@@ -258,6 +312,7 @@ fn parts(plan: Plan) -> (Config, Vec<Next>, Current) {
         .zip(previews)
         .map(|(n, adapter)| Preview {
             name: n.name.clone(),
+            kind: n.kind.clone(),
             route: n.route.clone(),
             adapter,
         })
@@ -269,7 +324,17 @@ fn parts(plan: Plan) -> (Config, Vec<Next>, Current) {
         public_metrics: admin.public_metrics,
         previews,
         fixed: vec![
-            ("[server]", format!("{:?}", config.server)),
+            // allow_unauthenticated goes with the sources: it applies live.
+            (
+                "[server]",
+                format!(
+                    "{:?}",
+                    crate::config::ServerConfig {
+                        allow_unauthenticated: false,
+                        ..config.server.clone()
+                    }
+                ),
+            ),
             ("[spool]", format!("{:?}", config.spool)),
             ("admin.listen", format!("{:?}", admin.listen)),
         ],
@@ -278,10 +343,15 @@ fn parts(plan: Plan) -> (Config, Vec<Next>, Current) {
 }
 
 /// Ingest's routing: the sources, and the destinations in `current`'s order.
-fn routing(sources: Vec<crate::config::SourceConfig>, current: &Current) -> Routing {
+fn routing(
+    sources: Vec<crate::config::SourceConfig>,
+    allow_unauthenticated: bool,
+    current: &Current,
+) -> Routing {
     Routing {
         sources: sources.into_iter().map(|s| (s.name, s.write_key)).collect(),
         routes: current.previews.iter().map(|p| p.route.clone()).collect(),
+        allow_unauthenticated,
     }
 }
 

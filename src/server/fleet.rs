@@ -33,6 +33,11 @@ pub(super) struct Fleet {
     spool: Arc<dyn Spool>,
     client: reqwest::Client,
     pub running: Vec<Running>,
+    /// Shut down: nothing is started again.
+    pub stopped: bool,
+    /// Removed destinations the spool still serves: a worker of theirs outlived the grace
+    /// with items leased. The next reload drops them from the spool.
+    pub lingering: Vec<String>,
 }
 
 /// A destination of a config, built and ready to run.
@@ -67,6 +72,8 @@ impl Fleet {
             spool,
             client,
             running: Vec::new(),
+            stopped: false,
+            lingering: Vec::new(),
         }
     }
 
@@ -130,9 +137,12 @@ impl Fleet {
             .partition(|r| names.contains(&r.name));
         self.running = kept;
         let deadline = tokio::time::Instant::now() + grace;
+        // Every worker is told first, so none leases again while another finishes.
+        for r in &stopping {
+            let _ = r.stop.send(true);
+        }
         let mut statuses = Vec::new();
         for r in stopping {
-            let _ = r.stop.send(true);
             for h in r.handles {
                 if tokio::time::timeout_at(deadline, h).await.is_err() {
                     tracing::warn!(destination = %r.name, grace = ?grace,

@@ -6,7 +6,7 @@ mod connections;
 mod control;
 mod fleet;
 
-pub use control::{Control, ReloadReport};
+pub use control::{Control, Preview, ReloadReport};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -184,6 +184,7 @@ pub async fn run_with_reload(
         tokio::spawn(connections::serve(app, l, limits, std::future::pending()))
     });
     let result = serve(app, listener, limits, shutdown, grace, &control).await;
+    // A reload runs as a task of its own: stopping the watcher cannot cut one short.
     watcher.abort();
     if let Some(s) = admin_server {
         s.abort();

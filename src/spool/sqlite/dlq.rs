@@ -100,11 +100,33 @@ pub fn list(
     destination: Option<&str>,
     reason: Option<&str>,
 ) -> Result<Vec<DeadLetter>, SpoolError> {
+    select(conn, destination, reason, "ASC", None)
+}
+
+/// The newest `limit` dead letters, newest first (the console's page).
+pub fn newest(
+    conn: &Connection,
+    destination: Option<&str>,
+    reason: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, SpoolError> {
+    select(conn, destination, reason, "DESC", Some(limit))
+}
+
+fn select(
+    conn: &Connection,
+    destination: Option<&str>,
+    reason: Option<&str>,
+    order: &str,
+    limit: Option<usize>,
+) -> Result<Vec<DeadLetter>, SpoolError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letter WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR reason = ?2) ORDER BY id"
+        "SELECT {COLUMNS} FROM dead_letter WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR reason = ?2) ORDER BY id {order} LIMIT ?3"
     );
+    // SQLite reads a negative LIMIT as none.
+    let limit = limit.map_or(-1, |l| l as i64);
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![destination, reason], |r| from_row(r, false))?;
+    let rows = stmt.query_map(params![destination, reason, limit], |r| from_row(r, false))?;
     rows.collect::<Result<_, _>>().map_err(SpoolError::from)
 }
 

@@ -71,22 +71,29 @@ impl Store {
         if removed.is_empty() && added.is_empty() {
             return Ok(added);
         }
+        // Everything read and written in one transaction; memory changes only once it is
+        // committed, so a failure leaves the store as it was.
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let ids = (|| {
+        let lanes = (|| {
             for name in &removed {
                 let lane = &self.lanes[name];
                 self.conn
                     .prepare_cached("UPDATE destination SET held = ?1 WHERE id = ?2")?
                     .execute(params![lane.hold.encode(), lane.id])?;
             }
-            let ids = (added.iter())
-                .map(|n| self.ensure_destination(n, destinations))
-                .collect::<Result<Vec<i64>, StorageError>>()?;
+            let mut lanes = Vec::with_capacity(added.len());
+            for name in &added {
+                let mut lane = Lane::new(self.ensure_destination(name, destinations)?);
+                lane.cursor = self.cursor_of(lane.id)?;
+                lane.scan = lane.cursor;
+                self.restore_hold(&mut lane)?;
+                lanes.push(lane);
+            }
             self.conn.execute_batch("COMMIT")?;
-            Ok(ids)
+            Ok(lanes)
         })();
-        let ids = match ids {
-            Ok(ids) => ids,
+        let lanes = match lanes {
+            Ok(lanes) => lanes,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);
@@ -98,12 +105,8 @@ impl Store {
                 self.others.push((lane.bit, lane.floor()));
             }
         }
-        for (name, id) in added.iter().zip(ids) {
-            self.others.retain(|(b, _)| *b != bit(id));
-            let mut lane = Lane::new(id);
-            lane.cursor = self.cursor_of(id)?;
-            lane.scan = lane.cursor;
-            self.restore_hold(&mut lane)?;
+        for (name, lane) in added.iter().zip(lanes) {
+            self.others.retain(|(b, _)| *b != lane.bit);
             self.lanes.insert(name.clone(), lane);
         }
         self.count(false)?;
