@@ -111,6 +111,9 @@ pub(super) struct Store {
     cache: cache::ParsedCache,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
+    /// `PRAGMA synchronous` is FULL (each commit fsyncs the WAL: `Some(true)`), NORMAL
+    /// (`Some(false)`), or unknown after an error setting it (`None`).
+    synced: Option<bool>,
 }
 
 impl Lane {
@@ -138,6 +141,19 @@ impl Lane {
 }
 
 impl Store {
+    /// Whether the next commits fsync (FULL) or not (NORMAL); set between transactions. An
+    /// error leaves the mode unknown: it is set again before the next transaction.
+    pub fn set_durable(&mut self, durable: bool) -> Result<(), StorageError> {
+        if self.synced == Some(durable) {
+            return Ok(());
+        }
+        self.synced = None;
+        let mode = if durable { "FULL" } else { "NORMAL" };
+        self.conn.pragma_update(None, "synchronous", mode)?;
+        self.synced = Some(durable);
+        Ok(())
+    }
+
     /// Write the held seqs of every lane whose hold changed: once per transaction, before
     /// its commit, so the file and memory agree after a crash.
     pub fn save_holds(&mut self) -> Result<(), StorageError> {

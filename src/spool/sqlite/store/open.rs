@@ -34,6 +34,7 @@ impl Store {
             others: Vec::new(),
             cache: Default::default(),
             rewake: Vec::new(),
+            synced: Some(true),
         };
         store.high = store.high_seq()?;
         for name in destinations {

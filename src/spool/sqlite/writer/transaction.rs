@@ -85,10 +85,22 @@ pub(super) fn execute(
     batch: Vec<Command>,
     deferred: &mut Deferred,
 ) {
+    // Only what a caller is answered about must be on disk before the answer: appends and
+    // refused messages. A transaction of leases and settlements alone commits without an
+    // fsync; the next durable commit syncs it with its own (WAL frames are written in order).
+    // Lost to a power cut, such outcomes only make their items due again: at-least-once.
+    let durable = batch
+        .iter()
+        .any(|c| matches!(c, Command::Append(..) | Command::Reject(..)));
     // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
     let snapshot = store.snapshot();
-    if let Err(e) = store.conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = Arc::new(StorageError::from(e));
+    let begun = store.set_durable(durable).and_then(|()| {
+        (store.conn)
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StorageError::from)
+    });
+    if let Err(e) = begun {
+        let e = Arc::new(e);
         // Nothing was applied (e.g. SQLITE_BUSY while `dlq replay` holds the write lock).
         tracing::warn!(error = %e, "cannot start a spool transaction; its callers are told to retry");
         for c in batch {
