@@ -2,8 +2,8 @@
 //! (WebDriver), both started here on free loopback ports, against the real daemon and a
 //! capture server playing the destinations. Log in; see every destination; a 429 shows its
 //! destination paused; a 400 makes a dead letter that the console shows beside the answer,
-//! and replays once the receiver is fixed; "try a message" shows the Mixpanel body. A
-//! screenshot of the console is saved (`target/console.png`; with
+//! and replays once the receiver is fixed; "try a message" shows the Mixpanel body; a failed
+//! reload shows its error. A screenshot of the console is saved (`target/console.png`; with
 //! `SWITCHYARD_UPDATE_SCREENSHOT=1`, also `docs/console.png`, the README's picture).
 
 mod common;
@@ -269,5 +269,16 @@ async fn the_console_in_a_real_browser() {
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join("console.png"), &png).unwrap();
     }
+
+    // A reload of a broken file: the console says so, with the error's line.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        format!("{text}\n[[destination]]\nname = 5\n"),
+    )
+    .unwrap();
+    let (status, _) = d.admin_post("/admin/v1/reload", &json!({})).await;
+    assert_eq!(status, 422);
+    wait_text(&c, "#reload-errors", "line ").await;
     c.close().await.unwrap();
 }

@@ -94,9 +94,24 @@ impl AppState {
             .clone()
     }
 
-    /// Route with `routing` from now on (a reload).
-    pub fn set_routing(&self, routing: Routing) {
-        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routing);
+    /// Route with `routing` from now on (a reload); returns the routing it replaces, which
+    /// requests under way still hold (see [`AppState::drained`]).
+    pub fn set_routing(&self, routing: Routing) -> Arc<Routing> {
+        let mut current = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *current, Arc::new(routing))
+    }
+
+    /// Wait until no request under way still routes with `old` (each holds it until its
+    /// messages are stored), at most `max`; whether none does.
+    pub async fn drained(&self, old: &Arc<Routing>, max: std::time::Duration) -> bool {
+        let deadline = Instant::now() + max;
+        while Arc::strong_count(old) > 1 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 }
 

@@ -217,8 +217,7 @@ impl Control {
             .await
             .map_err(|e| vec![format!("the spool cannot add the new destinations: {e}")])?;
         let open = config.server.allow_unauthenticated;
-        self.ingest
-            .set_routing(routing(config.sources, open, &fresh));
+        let old_routing = (self.ingest).set_routing(routing(config.sources, open, &fresh));
         let mut changes = Vec::new();
         for name in &diff.removed {
             let owed = self.spool.depth(name).pending;
@@ -242,6 +241,12 @@ impl Control {
         let mut stopping = diff.removed.clone();
         stopping.extend(diff.changed.iter().cloned());
         let statuses = fleet.stop(&stopping, self.grace).await;
+        // A request that routed with the old config stores its messages before a removed
+        // destination's lane goes, so each of them still reaches it.
+        if !self.ingest.drained(&old_routing, self.grace).await {
+            tracing::warn!("ingest requests that started before the reload are still running");
+        }
+        drop(old_routing);
         for name in &diff.removed {
             // Not served any more: its gauges would otherwise keep their last values.
             crate::telemetry::destination_gauges(name, &Default::default(), false);
