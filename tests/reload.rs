@@ -261,16 +261,26 @@ async fn the_admin_api_reloads_and_says_what_changed_and_what_needs_a_restart() 
         &rx,
         &[("A", "/a", ""), ("B", "/b", "")],
     )
-    .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"3s\"");
+    .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"3s\"")
+    // The source's write key is rotated: the new one works at once, the old one no more.
+    .replace(
+        &format!("write_key = \"{KEY}\""),
+        "write_key = \"rotated-key\"",
+    );
     std::fs::write(d.config_path(), text).unwrap();
     let (status, report) = d.admin_post("/admin/v1/reload", &json!({})).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["changes"], json!(["added destination `B`"]));
+    assert_eq!(
+        report["changes"],
+        json!(["added destination `B`", "sources changed"])
+    );
     assert_eq!(report["restart_needed"], json!(["[server]"]));
     let call = json!({"userId": "u", "groupId": "g", "messageId": "to-both"});
-    assert_eq!(d.post("/v1/group", Some(KEY), &call).await.0, 200);
+    assert_eq!(d.post("/v1/group", Some(KEY), &call).await.0, 401);
+    assert_eq!(d.post("/v1/group", Some("rotated-key"), &call).await.0, 200);
     let want = BTreeSet::from(["to-both".to_string()]);
     wait_for_ids(&rx, "/b", &want).await;
+    wait_for_ids(&rx, "/a", &want).await;
     std::fs::write(d.config_path(), "[server]\nlisten = 5\n").unwrap();
     let (status, report) = d.admin_post("/admin/v1/reload", &json!({})).await;
     assert_eq!(status, 422, "{report}");

@@ -235,6 +235,11 @@ impl Control {
                 .iter()
                 .map(|n| format!("added destination `{n}`")),
         );
+        if old_routing.sources != self.ingest.routing().sources
+            || old_routing.allow_unauthenticated != open
+        {
+            changes.push("sources changed".into());
+        }
         if self.current().admin_tokens != fresh.admin_tokens {
             changes.push("admin tokens changed".into());
         }
