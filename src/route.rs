@@ -94,7 +94,7 @@ impl Decision {
     /// In words, for the console's "try a message".
     pub fn explain(self, ty: MessageType, name: &str) -> String {
         match self {
-            Decision::WrongType => format!("`{name}` does not take {} calls", ty.as_str()),
+            Decision::WrongType => format!("{name} does not take {} calls", ty.as_str()),
             Decision::OwnKey { object: true, .. } => {
                 format!("integrations.{name} is an object (on, with per-message options)")
             }

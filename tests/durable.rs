@@ -261,6 +261,9 @@ async fn retry_after_pauses_the_destination_until_then() {
         200
     );
     let first = rx.wait_for("/a", 1).await;
+    // Calls sent once the daemon has read the 429 (a batch already on its way when the answer
+    // came cannot be called back).
+    d.wait_for_log("destination paused").await;
     for i in 2..5 {
         assert_eq!(
             d.post(

@@ -152,8 +152,8 @@ impl Worker {
     /// What a classification says about the whole destination: a pause, a problem to fix.
     fn heed(&self, c: &Classification, status: u16) {
         if let Some(pause) = c.pause {
-            tracing::warn!(destination = %self.name, pause = ?pause, status, "destination paused");
             self.status.pause(SystemTime::now() + pause);
+            tracing::warn!(destination = %self.name, pause = ?pause, status, "destination paused");
         }
         if let Some(problem) = &c.unhealthy {
             tracing::error!(destination = %self.name, problem = %problem, "destination needs attention");
