@@ -11,33 +11,12 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 use switchyard::destination::{Destination, Item, OutRequest, Response};
 
-const CONFIG: &str = r#"
-[server]
-allow_unauthenticated = true
-[[destination]]
-name = "Mixpanel"
-type = "mixpanel"
-project_token = "t"
-group_key = "company_id"
-api_host = "http://127.0.0.1:9"
-[[destination]]
-name = "Salesforce"
-type = "salesforce"
-instance_url = "http://127.0.0.1:9"
-external_id_field = "Ext__c"
-auth = { flow = "client_credentials", client_id = "c", client_secret = "s" }
-[[destination]]
-name = "Webhook"
-type = "webhook"
-url = "http://127.0.0.1:9/hook"
-batch = { max_events = 10 }
-"#;
+mod adapters;
 
 /// Each adapter with a request it made for three group calls.
 fn cases() -> &'static Vec<(Arc<dyn Destination>, OutRequest)> {
     static CASES: OnceLock<Vec<(Arc<dyn Destination>, OutRequest)>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let config = switchyard::config::load(CONFIG).expect("the fuzz config loads");
         let messages: Vec<Map<String, Value>> = (0..3)
             .map(|n| {
                 let m = json!({"type": "group", "userId": "u", "groupId": format!("g{n}"),
@@ -53,13 +32,11 @@ fn cases() -> &'static Vec<(Arc<dyn Destination>, OutRequest)> {
                 options: &empty,
             })
             .collect();
-        config
-            .destinations
+        adapters::adapters()
             .iter()
-            .map(|d| {
-                let adapter = switchyard::destination::build(d).expect("builds");
+            .map(|(adapter, _)| {
                 let mut t = adapter.translate(&items, SystemTime::now());
-                (adapter, t.requests.remove(0))
+                (adapter.clone(), t.requests.remove(0))
             })
             .collect()
     })

@@ -5,54 +5,16 @@
 //! message" runs the same translations on whatever an operator pastes.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use switchyard::destination::{Destination, Item};
+use switchyard::destination::Item;
 use switchyard::normalize::{BatchDefaults, normalize};
 use switchyard::route::{self, RouteKey};
 
-const CONFIG: &str = r#"
-[server]
-allow_unauthenticated = true
-[[destination]]
-name = "Mixpanel"
-type = "mixpanel"
-project_token = "t"
-group_key = "company_id"
-api_host = "http://127.0.0.1:9"
-[[destination]]
-name = "Salesforce"
-type = "salesforce"
-instance_url = "http://127.0.0.1:9"
-external_id_field = "Ext__c"
-fields = { plan = "Plan__c", seats = "Seats__c" }
-auth = { flow = "client_credentials", client_id = "c", client_secret = "s" }
-[[destination]]
-name = "Webhook"
-type = "webhook"
-url = "http://127.0.0.1:9/hook"
-batch = { max_events = 50 }
-"#;
-
-/// Each adapter with its routing keys.
-fn adapters() -> &'static Vec<(Arc<dyn Destination>, RouteKey)> {
-    static ADAPTERS: OnceLock<Vec<(Arc<dyn Destination>, RouteKey)>> = OnceLock::new();
-    ADAPTERS.get_or_init(|| {
-        let config = switchyard::config::load(CONFIG).expect("the fuzz config loads");
-        config
-            .destinations
-            .iter()
-            .map(|d| {
-                let adapter = switchyard::destination::build(d).expect("builds");
-                let route = RouteKey::new(&d.name, &d.aliases, adapter.accepts().to_vec());
-                (adapter, route)
-            })
-            .collect()
-    })
-}
+mod adapters;
+use adapters::adapters;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Value::Array(calls)) = serde_json::from_slice::<Value>(data) else {

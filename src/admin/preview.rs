@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::Admin;
 use super::api::rejected;
 use super::error::AdminError;
-use crate::destination::{Item, OutRequest, Verdict, redacted_url};
+use crate::destination::{Item, OutRequest, Verdict, origin_only, redacted_url};
 use crate::normalize::{self, BatchDefaults};
 use crate::route;
 use crate::server::Preview;
@@ -114,15 +114,4 @@ fn shown(p: &Preview, r: &OutRequest) -> Value {
         "headers": headers,
         "body": body,
     })
-}
-
-/// `scheme://host[:port]/***`: where the request goes, without what may be a token.
-fn origin_only(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.path() != "/" || u.query().is_some() => {
-            format!("{}/***", u.origin().ascii_serialization())
-        }
-        Ok(u) => u.origin().ascii_serialization(),
-        Err(_) => "<a URL that cannot be parsed>".into(),
-    }
 }

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::destination::{looks_secret, redacted_url};
+use crate::destination::{looks_secret, origin_only, redacted_url};
 use crate::secret::Secret;
 
 const HIDDEN: &str = "***";
@@ -77,15 +77,9 @@ fn is_reference(s: &str) -> bool {
 /// A URL written in the file: its password and credential-like query values masked, and its
 /// path too (a webhook URL often carries its token in the path); a bare host is kept.
 fn url(s: &str) -> String {
-    let shown = redacted_url(s);
     match reqwest::Url::parse(s) {
-        Ok(u) if u.path() != "/" && !u.path().is_empty() => {
-            let origin = reqwest::Url::parse(&shown)
-                .map(|r| r.origin().ascii_serialization())
-                .unwrap_or(shown);
-            format!("{origin}/{HIDDEN}")
-        }
-        _ => shown,
+        Ok(u) if u.path() != "/" && !u.path().is_empty() => origin_only(s),
+        _ => redacted_url(s),
     }
 }
 

@@ -22,7 +22,9 @@ use serde_json::{Map, Value};
 use crate::message::MessageType;
 
 pub use registry::{Constructor, Registry, Setup, build, registry};
-pub use request::{OutRequest, Response, excerpt, looks_secret, redacted_headers, redacted_url};
+pub use request::{
+    OutRequest, Response, excerpt, looks_secret, origin_only, redacted_headers, redacted_url,
+};
 pub use verdict::{
     Classification, Failure, FailureKind, Translation, Verdict, classify_status, retry_after,
 };

@@ -66,18 +66,7 @@ impl Registry {
     /// Build the adapter a destination's `type` names, and check its `types` against what
     /// the adapter accepts.
     pub fn build(&self, config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
-        let Some((_, construct)) = self.entries.iter().find(|(k, _)| *k == config.kind) else {
-            let known: Vec<&str> = self.entries.iter().map(|(k, _)| *k).collect();
-            return Err(config.settings.error(
-                "type",
-                format!(
-                    "unknown type `{}` (known: {})",
-                    config.kind,
-                    known.join(", ")
-                ),
-            ));
-        };
-        let adapter = construct(Setup::of(config))?;
+        let adapter = self.constructor(config)?(Setup::of(config))?;
         check_types(config, adapter.as_ref())?;
         check_coalesce(config, adapter.as_ref())?;
         Ok(adapter)
@@ -86,12 +75,19 @@ impl Registry {
     /// The same adapter built as for a dry run, whatever the config says: its requests carry
     /// no credential, to be shown (the console's "try a message"), never sent.
     pub fn preview(&self, config: &DestinationConfig) -> Result<Arc<dyn Destination>, ConfigError> {
-        let (_, construct) = (self.entries.iter())
-            .find(|(k, _)| *k == config.kind)
-            .ok_or_else(|| config.settings.error("type", "unknown type"))?;
-        construct(Setup {
+        self.constructor(config)?(Setup {
             dry_run: true,
             ..Setup::of(config)
+        })
+    }
+
+    /// The constructor the destination's `type` names.
+    fn constructor(&self, config: &DestinationConfig) -> Result<Constructor, ConfigError> {
+        let found = self.entries.iter().find(|(k, _)| *k == config.kind);
+        found.map(|(_, c)| *c).ok_or_else(|| {
+            let known: Vec<&str> = self.entries.iter().map(|(k, _)| *k).collect();
+            let (kind, known) = (&config.kind, known.join(", "));
+            (config.settings).error("type", format!("unknown type `{kind}` (known: {known})"))
         })
     }
 }

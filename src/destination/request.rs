@@ -78,6 +78,18 @@ pub fn redacted_headers(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Only where a URL goes: `scheme://host[:port]`, then `/***` when it has a path or a query
+/// (a webhook URL often carries its token there); no credentials.
+pub fn origin_only(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.path() != "/" || u.query().is_some() => {
+            format!("{}/***", u.origin().ascii_serialization())
+        }
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "<a URL that cannot be parsed>".into(),
+    }
+}
+
 /// A URL fit for a log line: a password in it, and the values of query parameters whose
 /// names look like credentials (`token`, `key`, `secret`, `sig`, …), shown as `***`.
 pub fn redacted_url(url: &str) -> String {
