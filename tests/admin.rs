@@ -230,11 +230,14 @@ async fn dead_letters_are_listed_shown_replayed_and_purged_through_the_api() {
         (status, filtered["dead_letters"].as_array().unwrap().len()),
         (200, 0)
     );
-    let (status, refused) = d.get("/admin/v1/dead-letters?reason=nope").await;
-    assert_eq!(
-        (status, refused["error"]["code"].as_str()),
-        (400, Some("invalid_filter"))
-    );
+    for bad in ["reason=nope", "limit=many", "colour=red"] {
+        let (status, refused) = d.get(&format!("/admin/v1/dead-letters?{bad}")).await;
+        let code = refused["error"]["code"].as_str();
+        assert_eq!((status, code), (400, Some("invalid_filter")), "{bad}");
+    }
+    let (status, missing) = d.get("/admin/v1/dead-letters/first").await;
+    let code = missing["error"]["code"].as_str();
+    assert_eq!((status, code), (404, Some("not_found")));
 
     // The receiver now takes it (its script is spent): replay delivers it.
     let (status, replayed) = d

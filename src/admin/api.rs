@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,8 +58,9 @@ const REASONS: &[&str] = &["invalid", "permanent", "exhausted", "corrupted"];
 /// `GET /admin/v1/dead-letters`: newest first, filtered.
 pub(super) async fn dead_letters(
     State(admin): State<Arc<Admin>>,
-    Query(filter): Query<Filter>,
+    filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Json<Value>, AdminError> {
+    let Query(filter) = filter.map_err(|e| AdminError::bad("invalid_filter", e.body_text()))?;
     if let Some(r) = &filter.reason
         && !REASONS.contains(&r.as_str())
     {
@@ -81,8 +83,9 @@ pub(super) async fn dead_letters(
 /// `GET /admin/v1/dead-letters/{id}`: one, with its message.
 pub(super) async fn dead_letter(
     State(admin): State<Arc<Admin>>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, AdminError> {
+    let Path(id) = id.map_err(|_| AdminError::not_found("a dead letter's id is a number"))?;
     let dir = spool_dir(&admin);
     let letter = blocking(move || dlq::show(&dlq::open(&dir)?, id)).await?;
     let letter = letter.ok_or_else(|| AdminError::not_found(format!("no dead letter {id}")))?;
