@@ -1,18 +1,23 @@
 //! `switchyard dlq`: list, show, replay and purge the dead letters of the spool a config
-//! names. Safe to run next to the daemon: the spool is SQLite in WAL mode, and the daemon
-//! picks replayed messages up on its own.
+//! names. Safe to run next to the daemon: the embedded spool is SQLite in WAL mode, a
+//! JetStream spool's dead letters are a stream, and the daemon picks replayed messages up on
+//! its own.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use crate::spool::SpoolError;
+use std::sync::Arc;
+
+use crate::config::Backend;
+use crate::spool::jetstream::dead::Dead;
 use crate::spool::sqlite::dlq::{self, DeadLetter, Selector};
+use crate::spool::{DeadLetters, SpoolError};
 
 #[derive(Debug, Args)]
 pub struct DlqArgs {
-    /// The config file; only its `[spool] path` is used.
+    /// The config file; its `[spool]` and destination names are used.
     #[arg(long, default_value = "switchyard.toml", global = true)]
     pub config: PathBuf,
     #[command(subcommand)]
@@ -86,15 +91,39 @@ pub enum DlqError {
 /// Run a `dlq` command, writing its report to `out`.
 pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
     let config = load(&args.config)?;
-    let dir = config.spool.path.clone();
-    match &args.command {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let letters = match config.spool.backend {
+            Backend::Sqlite => {
+                // Opened here so that a wrong path is an error before anything else.
+                dlq::open(&config.spool.path)?;
+                DeadLetters::Sqlite(config.spool.path.clone())
+            }
+            Backend::JetStream => {
+                DeadLetters::JetStream(Arc::new(Dead::connect(&config.spool).await?))
+            }
+        };
+        command(&args.command, &config, &letters, out).await
+    })
+}
+
+async fn command(
+    command: &DlqCommand,
+    config: &crate::config::Config,
+    letters: &DeadLetters,
+    out: &mut dyn Write,
+) -> Result<(), DlqError> {
+    match command {
         DlqCommand::List {
             destination,
             reason,
             json,
         } => {
-            let conn = dlq::open(&dir)?;
-            let letters = dlq::list(&conn, destination.as_deref(), reason.as_deref())?;
+            let letters = letters
+                .list(destination.clone(), reason.clone(), None)
+                .await?;
             if *json {
                 let text = serde_json::to_string_pretty(&letters)
                     .map_err(|e| DlqError::Config(e.to_string()))?;
@@ -104,25 +133,22 @@ pub fn run(args: &DlqArgs, out: &mut dyn Write) -> Result<(), DlqError> {
             }
         }
         DlqCommand::Show { id } => {
-            let conn = dlq::open(&dir)?;
-            let letter = dlq::show(&conn, *id)?.ok_or(DlqError::NotFound(*id))?;
+            let letter = letters.show(*id).await?.ok_or(DlqError::NotFound(*id))?;
             let text = serde_json::to_string_pretty(&letter)
                 .map_err(|e| DlqError::Config(e.to_string()))?;
             writeln!(out, "{text}")?;
         }
         DlqCommand::Replay(which) => {
-            let mut conn = dlq::open(&dir)?;
             let configured: Vec<String> =
                 config.destinations.iter().map(|d| d.name.clone()).collect();
-            let done = dlq::replay(&mut conn, &which.selector(), &configured)?;
+            let done = letters.replay(which.selector(), configured).await?;
             writeln!(out, "replayed {} dead letter(s)", done.replayed.len())?;
             for (id, why) in &done.skipped {
                 writeln!(out, "skipped {id}: {why}")?;
             }
         }
         DlqCommand::Purge(which) => {
-            let mut conn = dlq::open(&dir)?;
-            let n = dlq::purge(&mut conn, &which.selector())?;
+            let n = letters.purge(which.selector()).await?;
             writeln!(out, "purged {n} dead letter(s)")?;
         }
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::destination::Registry;
 use switchyard::dlq;
 use switchyard::server::{self, Plan};
+use switchyard::spool::jetstream::Role;
 
 /// Self-hosted fan-out router for Segment-spec calls.
 #[derive(Parser)]
@@ -33,6 +34,10 @@ enum Command {
         /// The config file.
         #[arg(long, default_value = "switchyard.toml")]
         config: PathBuf,
+        /// With a shared (JetStream) spool: accept calls and deliver (`all`), only accept
+        /// (`ingest`), or only deliver (`deliver`).
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
     },
     /// Validate a config and print what would run; exit 1 listing every error.
     Check {
@@ -80,7 +85,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => match run(&config) {
+        Command::Run { config, role } => match run(&config, role) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: {e:#}");
@@ -122,8 +127,9 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
-    let plan = plan(path).map_err(anyhow::Error::msg)?;
+fn run(path: &Path, role: Role) -> anyhow::Result<()> {
+    let mut plan = plan(path).map_err(anyhow::Error::msg)?;
+    plan.role = role;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // Before anything slow: a SIGHUP that arrives while the spool opens must reload,

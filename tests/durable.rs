@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Answer, Captured, DEADLINE, Daemon, Receiver};
+use common::{Answer, Backend, Captured, DEADLINE, Daemon, Receiver, Under};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-write-key";
@@ -66,19 +66,27 @@ fn dead_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_answered_200() {
-    kill_9_under_load(None).await;
+    kill_9_under_load(Backend::Sqlite, None).await;
 }
 
 /// The same with 40 group ids repeated all through the load: most items wait behind an older
 /// item of their group (in memory), and a crash must lose none of them either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_with_repeated_group_ids() {
-    kill_9_under_load(Some(40)).await;
+    kill_9_under_load(Backend::Sqlite, Some(40)).await;
+}
+
+/// The same on JetStream: the restarted daemon takes its partitions back and gets what the
+/// killed one held once the server's ack wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_on_jetstream_with_repeated_group_ids() {
+    kill_9_under_load(Backend::JetStream, Some(40)).await;
 }
 
 /// Kill -9 three times while 5,000 messages are sent (each message its own group, or spread
 /// over `groups`); every message answered 200 must reach both destinations.
-async fn kill_9_under_load(groups: Option<usize>) {
+async fn kill_9_under_load(backend: Backend, groups: Option<usize>) {
+    let under = Under::new(backend);
     const TOTAL: usize = 5000;
     const PER_REQUEST: usize = 50;
     const BATCH: usize = 50;
@@ -94,7 +102,7 @@ async fn kill_9_under_load(groups: Option<usize>) {
         hook("A", &rx.url("/a"), &batching),
         hook("B", &rx.url("/b"), &batching)
     );
-    let mut daemon = Daemon::start("", &config).await;
+    let mut daemon = Daemon::start_on(&under, "", &config).await;
     let base = Arc::new(Mutex::new(daemon.url("")));
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let queue: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(
@@ -186,8 +194,8 @@ async fn kill_9_under_load(groups: Option<usize>) {
     }
 }
 
-#[tokio::test]
-async fn an_outage_loses_nothing_and_stalls_no_other_destination() {
+async fn an_outage_loses_nothing_and_stalls_no_other_destination(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.set_default("/a", Answer::status(503));
     let config = format!(
@@ -196,7 +204,7 @@ async fn an_outage_loses_nothing_and_stalls_no_other_destination() {
         hook("A", &rx.url("/a"), ""),
         hook("B", &rx.url("/b"), "")
     );
-    let d = Daemon::start("", &config).await;
+    let d = Daemon::start_on(&under, "", &config).await;
     let ids: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
     let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
     assert_eq!(
@@ -247,15 +255,15 @@ async fn an_outage_loses_nothing_and_stalls_no_other_destination() {
     .await;
 }
 
-#[tokio::test]
-async fn retry_after_pauses_the_destination_until_then() {
+async fn retry_after_pauses_the_destination_until_then(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.script(
         "/a",
         vec![Answer::status(429).with_header("retry-after", "1")],
     );
     let config = format!("{}{}", source(), hook("A", &rx.url("/a"), ""));
-    let d = Daemon::start("", &config).await;
+    let d = Daemon::start_on(&under, "", &config).await;
     assert_eq!(
         d.post("/v1/group", Some(KEY), &group("r-1", "g1")).await.0,
         200
@@ -288,13 +296,13 @@ async fn retry_after_pauses_the_destination_until_then() {
     }
 }
 
-#[tokio::test]
-async fn a_newer_update_never_overtakes_an_older_one_in_retry() {
+async fn a_newer_update_never_overtakes_an_older_one_in_retry(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.script("/a", vec![Answer::status(500)]);
     let slow = "[[destination]]\nname = \"A\"\ntype = \"webhook\"\nurl = \"URL\"\nretry = { initial_backoff = \"300ms\", max_backoff = \"300ms\" }\n"
         .replace("URL", &rx.url("/a"));
-    let d = Daemon::start("", &format!("{}{slow}", source())).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{slow}", source())).await;
     assert_eq!(
         d.post("/v1/group", Some(KEY), &group("v1", "acme")).await.0,
         200
@@ -313,18 +321,24 @@ async fn a_newer_update_never_overtakes_an_older_one_in_retry() {
     );
 }
 
-#[tokio::test]
-async fn the_same_message_id_twice_is_delivered_once() {
+async fn the_same_message_id_twice_is_delivered_once(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
-    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    let d = Daemon::start_on(
+        &under,
+        "",
+        &format!("{}{}", source(), hook("A", &rx.url("/a"), "")),
+    )
+    .await;
     for _ in 0..2 {
         assert_eq!(
             d.post("/v1/group", Some(KEY), &group("dup", "g")).await,
             (200, json!({"success": true}))
         );
     }
+    // A marker in the same group: per-group order puts any second `dup` before it.
     assert_eq!(
-        d.post("/v1/group", Some(KEY), &group("after", "h")).await.0,
+        d.post("/v1/group", Some(KEY), &group("after", "g")).await.0,
         200
     );
     let got = rx
@@ -347,14 +361,19 @@ async fn the_same_message_id_twice_is_delivered_once() {
     );
 }
 
-#[tokio::test]
-async fn a_refused_message_is_a_dead_letter_until_replayed() {
+async fn a_refused_message_is_a_dead_letter_until_replayed(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.script(
         "/a",
         vec![Answer::json(400, json!({"error": "bad field plan"}))],
     );
-    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    let d = Daemon::start_on(
+        &under,
+        "",
+        &format!("{}{}", source(), hook("A", &rx.url("/a"), "")),
+    )
+    .await;
     assert_eq!(
         d.post("/v1/group", Some(KEY), &group("dl-1", "g")).await.0,
         200
@@ -407,14 +426,14 @@ async fn a_refused_message_is_a_dead_letter_until_replayed() {
     assert!(d.dlq(&["list"]).contains("no dead letters"));
 }
 
-#[tokio::test]
-async fn a_full_spool_answers_503_and_memory_stays_flat() {
+async fn a_full_spool_answers_503_and_memory_stays_flat(backend: Backend) {
+    let under = Under::new(backend);
     let config = format!(
         "max_bytes = 4000\n{}{}",
         source(),
         hook("A", &dead_url(), "")
     );
-    let d = Daemon::start("", &config).await;
+    let d = Daemon::start_on(&under, "", &config).await;
     let client = reqwest::Client::new();
     let post = async |i: usize| {
         let body =
@@ -451,11 +470,16 @@ async fn a_full_spool_answers_503_and_memory_stays_flat() {
     );
 }
 
-#[tokio::test]
-async fn a_backlog_survives_sigterm_and_is_delivered_after_restart() {
+async fn a_backlog_survives_sigterm_and_is_delivered_after_restart(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.set_default("/a", Answer::status(503));
-    let d = Daemon::start("", &format!("{}{}", source(), hook("A", &rx.url("/a"), ""))).await;
+    let d = Daemon::start_on(
+        &under,
+        "",
+        &format!("{}{}", source(), hook("A", &rx.url("/a"), "")),
+    )
+    .await;
     let ids: Vec<String> = (0..30).map(|i| format!("t-{i}")).collect();
     let batch: Vec<Value> = ids.iter().map(|id| group(id, id)).collect();
     assert_eq!(
@@ -663,3 +687,13 @@ async fn a_large_replay_does_not_stall_ingest() {
     )
     .await;
 }
+
+on_both_spools!(
+    an_outage_loses_nothing_and_stalls_no_other_destination,
+    retry_after_pauses_the_destination_until_then,
+    a_newer_update_never_overtakes_an_older_one_in_retry,
+    the_same_message_id_twice_is_delivered_once,
+    a_refused_message_is_a_dead_letter_until_replayed,
+    a_full_spool_answers_503_and_memory_stays_flat,
+    a_backlog_survives_sigterm_and_is_delivered_after_restart,
+);

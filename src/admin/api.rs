@@ -1,7 +1,6 @@
 //! The admin API's handlers. Dead letters go through the same functions as the `switchyard
 //! dlq` command (`spool::sqlite::dlq`), on a connection of their own, off the async threads.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
@@ -16,11 +15,12 @@ use super::error::AdminError;
 use super::{Admin, auth};
 use crate::config::redact;
 use crate::ops;
-use crate::spool::sqlite::dlq::{self, Selector};
+use crate::spool::sqlite::dlq::Selector;
 
 /// `GET /admin/v1/destinations` (and `/v1/destinations`): each destination's state, queue,
 /// counters and chart, and the last reload's outcome.
 pub(super) async fn destinations(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    admin.control.ops.spool.refresh_depth().await;
     let list = ops::destinations(&admin.control.ops);
     Json(json!({"destinations": list, "reload": admin.control.last_reload()}))
 }
@@ -40,6 +40,7 @@ pub(super) async fn metrics(
             return e.into_response();
         }
     }
+    admin.control.ops.spool.refresh_depth().await;
     let text = ops::metrics(&admin.control.ops);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -70,13 +71,10 @@ pub(super) async fn dead_letters(
         ));
     }
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
-    let dir = spool_dir(&admin);
-    let newest = blocking(move || {
-        let conn = dlq::open(&dir)?;
-        let (destination, reason) = (filter.destination.as_deref(), filter.reason.as_deref());
-        dlq::newest(&conn, destination, reason, limit)
-    })
-    .await?;
+    let newest = letters(&admin)
+        .list(filter.destination, filter.reason, Some(limit))
+        .await
+        .map_err(spool_error)?;
     Ok(Json(json!({"dead_letters": newest})))
 }
 
@@ -86,8 +84,7 @@ pub(super) async fn dead_letter(
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, AdminError> {
     let Path(id) = id.map_err(|_| AdminError::not_found("a dead letter's id is a number"))?;
-    let dir = spool_dir(&admin);
-    let letter = blocking(move || dlq::show(&dlq::open(&dir)?, id)).await?;
+    let letter = letters(&admin).show(id).await.map_err(spool_error)?;
     let letter = letter.ok_or_else(|| AdminError::not_found(format!("no dead letter {id}")))?;
     Ok(Json(json!(letter)))
 }
@@ -123,15 +120,13 @@ pub(super) async fn replay(
     body: Result<Json<Which>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, AdminError> {
     let which = body.map_err(rejected)?.0.selector()?;
-    let dir = spool_dir(&admin);
     let configured: Vec<String> = (admin.control.current().previews.iter())
         .map(|p| p.name.clone())
         .collect();
-    let done = blocking(move || {
-        let mut conn = dlq::open(&dir)?;
-        dlq::replay(&mut conn, &which, &configured).map_err(|s| s.error)
-    })
-    .await?;
+    let done = letters(&admin)
+        .replay(which, configured)
+        .await
+        .map_err(|s| spool_error(s.error))?;
     tracing::info!(
         replayed = done.replayed.len(),
         skipped = done.skipped.len(),
@@ -153,12 +148,10 @@ pub(super) async fn purge(
     body: Result<Json<Which>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, AdminError> {
     let which = body.map_err(rejected)?.0.selector()?;
-    let dir = spool_dir(&admin);
-    let purged = blocking(move || {
-        let mut conn = dlq::open(&dir)?;
-        dlq::purge(&mut conn, &which).map_err(|s| s.error)
-    })
-    .await?;
+    let purged = letters(&admin)
+        .purge(which)
+        .await
+        .map_err(|s| spool_error(s.error))?;
     tracing::info!(purged, "dead letters purged from the admin API");
     Ok(Json(json!({"purged": purged})))
 }
@@ -196,18 +189,12 @@ pub(super) async fn recent(State(admin): State<Arc<Admin>>) -> Json<Value> {
     Json(json!({"messages": messages}))
 }
 
-fn spool_dir(admin: &Admin) -> PathBuf {
-    admin.control.spool_dir().to_path_buf()
+fn letters(admin: &Admin) -> crate::spool::DeadLetters {
+    admin.control.ops.spool.dead_letters()
 }
 
-/// Run spool reads and writes off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::spool::SpoolError> + Send + 'static,
-) -> Result<T, AdminError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AdminError::internal(format!("the spool task failed: {e}")))?
-        .map_err(|e| AdminError::internal(format!("spool: {e}")))
+fn spool_error(e: crate::spool::SpoolError) -> AdminError {
+    AdminError::internal(format!("spool: {e}"))
 }
 
 pub(super) fn rejected(e: axum::extract::rejection::JsonRejection) -> AdminError {

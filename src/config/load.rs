@@ -94,19 +94,8 @@ fn tables<'d>(
 /// Give each source and destination its places, and each destination its own keys, in file
 /// order (the same order as the config's lists).
 fn attach_places(config: &mut Config, doc: &DeTable<'static>, source: &Source) {
-    if let Some(admin) = doc.get("admin")
-        && let DeValue::Table(t) = admin.get_ref()
-    {
-        let keys = t
-            .iter()
-            .map(|(k, _)| (k.get_ref().to_string(), k.span()))
-            .collect();
-        config.admin.place = Place {
-            keys,
-            span: admin.span(),
-            source: source.clone(),
-        };
-    }
+    config.admin.place = table_place(doc, "admin", source);
+    config.spool.place = table_place(doc, "spool", source);
     for (s, (_, mut place)) in config.sources.iter_mut().zip(tables(doc, "source")) {
         place.source = source.clone();
         s.place = place;
@@ -129,6 +118,24 @@ fn attach_places(config: &mut Config, doc: &DeTable<'static>, source: &Source) {
             name: d.name.clone(),
             place,
         };
+    }
+}
+
+/// Where a top-level table and its keys are; empty when the file has no such table.
+fn table_place(doc: &DeTable<'static>, name: &str, source: &Source) -> Place {
+    let Some(table) = doc.get(name) else {
+        return Place::default();
+    };
+    let DeValue::Table(t) = table.get_ref() else {
+        return Place::default();
+    };
+    Place {
+        keys: t
+            .iter()
+            .map(|(k, _)| (k.get_ref().to_string(), k.span()))
+            .collect(),
+        span: table.span(),
+        source: source.clone(),
     }
 }
 

@@ -153,7 +153,11 @@ pub struct SourceConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
-    /// Directory of the local store; created if missing.
+    /// Where the spool lives: `sqlite` (embedded, one daemon) or `jetstream` (a NATS
+    /// JetStream server or cluster, shared by several daemons).
+    #[serde(default)]
+    pub backend: Backend,
+    /// Directory of the local store; created if missing (`sqlite`).
     #[serde(default = "default_spool_path")]
     pub path: PathBuf,
     /// Ingest answers 503 once the stored backlog reaches this many bytes.
@@ -166,15 +170,94 @@ pub struct SpoolConfig {
     /// under this many bytes; beyond it they are counted, not kept.
     #[serde(default = "default_max_refused_bytes")]
     pub max_refused_bytes: u64,
+    /// `jetstream`: server URLs, comma-separated (`nats://host:4222`); several for a cluster.
+    pub url: Option<String>,
+    /// `jetstream`: user and password, a token, or an NKey/JWT creds file; at most one way.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub creds: Option<PathBuf>,
+    /// `jetstream`: require TLS; implied by `tls_ca` and by `tls://` URLs.
+    #[serde(default)]
+    pub tls: bool,
+    /// `jetstream`: PEM file of the CA that signed the server's certificate (else the
+    /// system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// `jetstream`: streams, consumers and buckets are named from this
+    /// (`switchyard` → `SWITCHYARD_LOG`).
+    pub prefix: Option<String>,
+    /// `jetstream`: copies of each stream the cluster keeps, 1 or 3.
+    pub replicas: Option<usize>,
+    /// `jetstream`: how many partitions the log is split into (by a hash of the group id),
+    /// the unit of work shared between daemons. Fixed once the stream exists.
+    pub partitions: Option<u32>,
+    /// Where the table is in the file, for errors; filled in by [`load`].
+    #[serde(skip)]
+    pub place: Place,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    #[serde(rename = "jetstream")]
+    JetStream,
+}
+
+impl SpoolConfig {
+    pub const DEFAULT_PREFIX: &str = "switchyard";
+    pub const DEFAULT_PARTITIONS: u32 = 16;
+
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(Self::DEFAULT_PREFIX)
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas.unwrap_or(1)
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(Self::DEFAULT_PARTITIONS)
+    }
+
+    /// The `jetstream` keys set, by name (each is an error with the `sqlite` backend).
+    pub fn jetstream_keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("url", self.url.is_some()),
+            ("user", self.user.is_some()),
+            ("password", self.password.is_some()),
+            ("token", self.token.is_some()),
+            ("creds", self.creds.is_some()),
+            ("tls", self.tls),
+            ("tls_ca", self.tls_ca.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("replicas", self.replicas.is_some()),
+            ("partitions", self.partitions.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()
+    }
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::default(),
             path: default_spool_path(),
             max_bytes: default_max_bytes(),
             dedupe_window: default_dedupe_window(),
             max_refused_bytes: default_max_refused_bytes(),
+            url: None,
+            user: None,
+            password: None,
+            token: None,
+            creds: None,
+            tls: false,
+            tls_ca: None,
+            prefix: None,
+            replicas: None,
+            partitions: None,
+            place: Place::default(),
         }
     }
 }

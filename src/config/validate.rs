@@ -10,7 +10,7 @@ use std::time::Duration;
 use governor::Quota;
 
 use super::place::{ConfigError, ConfigErrors};
-use super::{Config, DestinationConfig, MAX_CONCURRENCY, RateLimitConfig, RetryConfig};
+use super::{Backend, Config, DestinationConfig, MAX_CONCURRENCY, RateLimitConfig, RetryConfig};
 use crate::retry::RetryPolicy;
 
 /// What a destination's worker runs with.
@@ -52,6 +52,7 @@ impl Config {
         let mut errors = self.check_server();
         self.check_sources(&mut errors);
         self.check_admin(&mut errors);
+        self.check_spool(&mut errors);
         let mut names = HashSet::new();
         let mut deliveries = Vec::with_capacity(self.destinations.len());
         for d in &self.destinations {
@@ -101,6 +102,76 @@ impl Config {
                 let message = "admin.listen is set but admin.token is not: the admin side is off without a token";
                 errors.push(at("listen", message.into()));
             }
+        }
+    }
+
+    /// The backend's own keys, and only its keys.
+    fn check_spool(&self, errors: &mut Vec<ConfigError>) {
+        let s = &self.spool;
+        let at = |key: &str, message: String| s.place.error(key, message);
+        if s.backend == Backend::Sqlite {
+            for key in s.jetstream_keys_set() {
+                let message =
+                    format!("spool.{key} is for backend = \"jetstream\"; this spool is sqlite");
+                errors.push(at(key, message));
+            }
+            return;
+        }
+        if s.place.keys.iter().any(|(k, _)| k == "path") {
+            let message =
+                "spool.path is for backend = \"sqlite\"; a jetstream spool lives on its server"
+                    .into();
+            errors.push(at("path", message));
+        }
+        match &s.url {
+            None => errors.push(at(
+                "backend",
+                "backend = \"jetstream\" needs spool.url, e.g. \"nats://127.0.0.1:4222\"".into(),
+            )),
+            Some(url) => {
+                for one in url.split(',').map(str::trim) {
+                    if one.parse::<async_nats::ServerAddr>().is_err() {
+                        let message = format!(
+                            "spool.url `{one}` is not a server address like nats://127.0.0.1:4222"
+                        );
+                        errors.push(at("url", message));
+                    }
+                }
+            }
+        }
+        let ways = [
+            s.user.is_some() || s.password.is_some(),
+            s.token.is_some(),
+            s.creds.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            let message =
+                "spool: give user and password, token, or creds: one way, not several".into();
+            errors.push(at("token", message));
+        }
+        if s.user.is_some() != s.password.is_some() {
+            let key = if s.user.is_some() { "user" } else { "password" };
+            errors.push(at(key, "spool.user and spool.password go together".into()));
+        }
+        if !matches!(s.replicas(), 1 | 3) {
+            let message = format!("spool.replicas is {}; it must be 1 or 3", s.replicas());
+            errors.push(at("replicas", message));
+        }
+        if !(1..=1024).contains(&s.partitions()) {
+            let message = format!(
+                "spool.partitions is {}; it must be 1 to 1024",
+                s.partitions()
+            );
+            errors.push(at("partitions", message));
+        }
+        let prefix = s.prefix();
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            let message = format!("spool.prefix `{prefix}` must be letters, digits, `_` or `-`");
+            errors.push(at("prefix", message));
         }
     }
 

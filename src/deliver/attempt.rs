@@ -111,7 +111,7 @@ impl Worker {
     async fn send(&self, mut request: OutRequest) -> Classification {
         let mut refreshed = false;
         loop {
-            if let Some(limiter) = &self.limiter {
+            if let Some(limiter) = self.limiter() {
                 limiter.until_ready().await;
             }
             // Dry run comes before authorize: showing a request must not fetch a credential
@@ -152,7 +152,9 @@ impl Worker {
     /// What a classification says about the whole destination: a pause, a problem to fix.
     fn heed(&self, c: &Classification, status: u16) {
         if let Some(pause) = c.pause {
-            self.status.pause(SystemTime::now() + pause);
+            let until = SystemTime::now() + pause;
+            self.status.pause(until);
+            self.spool.share_pause(&self.name, until);
             tracing::warn!(destination = %self.name, pause = ?pause, status, "destination paused");
         }
         if let Some(problem) = &c.unhealthy {

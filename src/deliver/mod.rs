@@ -26,7 +26,9 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::Delivery;
 use crate::destination::{Destination, Transport};
@@ -41,6 +43,37 @@ pub use transport::TransportError;
 /// retry cap, when lower).
 const AUTH_RETRY: Duration = Duration::from_secs(30);
 
+/// A destination's quota divided between the daemons delivering to it: with `n` of them,
+/// each sends at `rate / n` with a burst of `burst / n` (at least one), so together they keep
+/// the configured rate. Rebuilt when `n` changes.
+struct SharedLimiter {
+    quota: Quota,
+    current: std::sync::Mutex<(u32, Arc<DefaultDirectRateLimiter>)>,
+}
+
+impl SharedLimiter {
+    fn new(quota: Quota) -> Self {
+        Self {
+            quota,
+            current: std::sync::Mutex::new((1, Arc::new(RateLimiter::direct(quota)))),
+        }
+    }
+
+    fn share(&self, daemons: u32) -> Arc<DefaultDirectRateLimiter> {
+        let n = daemons.max(1);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != n {
+            let burst =
+                NonZeroU32::new(self.quota.burst_size().get() / n).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(self.quota.replenish_interval() * n)
+                .unwrap_or(self.quota)
+                .allow_burst(burst);
+            *current = (n, Arc::new(RateLimiter::direct(quota)));
+        }
+        current.1.clone()
+    }
+}
+
 /// Everything one destination's delivery needs; run it `concurrency` times over one `Arc`
 /// for that many batches in flight (leases, the limiter and the pause are shared).
 pub struct Worker {
@@ -50,8 +83,9 @@ pub struct Worker {
     route: RouteKey,
     spool: Arc<dyn Spool>,
     transport: Transport,
-    /// One permit per HTTP request, shared by every batch in flight.
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// One permit per HTTP request, shared by every batch in flight; with several daemons
+    /// delivering from one spool, each takes its share of the quota.
+    limiter: Option<SharedLimiter>,
     policy: RetryPolicy,
     /// Items per lease: the configured size, or the adapter's default, never above its limit.
     batch_max: usize,
@@ -86,7 +120,7 @@ impl Worker {
                 client,
                 timeout: delivery.timeout,
             },
-            limiter: delivery.quota.map(RateLimiter::direct),
+            limiter: delivery.quota.map(SharedLimiter::new),
             policy: delivery.retry.clone(),
             batch_max,
             max_wait: delivery.max_wait,
@@ -95,6 +129,12 @@ impl Worker {
             spool_trouble: crate::telemetry::Throttle::new(Duration::from_secs(60), 0),
             order: order::Order::default(),
         }
+    }
+
+    /// The limiter for this daemon's share of the quota, if there is a quota.
+    fn limiter(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let shared = self.limiter.as_ref()?;
+        Some(shared.share(self.spool.delivering_daemons()))
     }
 
     /// Report into `status` (kept from an earlier run of this destination).

@@ -15,6 +15,10 @@ impl Worker {
     /// Deliver until `shutdown` turns true; a batch in progress is finished first.
     pub async fn run(self: std::sync::Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
+            if let Some(until) = self.spool.shared_pause(&self.name) {
+                // Another daemon sharing the spool read a 429 from this destination.
+                self.status.pause(until);
+            }
             if let Some(until) = self.status.paused_until() {
                 let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
                 tokio::select! {

@@ -72,6 +72,22 @@ impl From<SpoolError> for ApiError {
                 retry_after: Some(e.retry_after()),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", e.to_string())
             },
+            SpoolError::Unavailable(_) => {
+                static TOLD: telemetry::Throttle =
+                    telemetry::Throttle::new(Duration::from_secs(60), 0);
+                if let Some(refused) = TOLD.due(telemetry::once) {
+                    tracing::error!(error = %e, refused_since_last_line = refused,
+                        "cannot store accepted messages: ingest answers 503 until the spool's server answers");
+                }
+                Self {
+                    retry_after: Some(e.retry_after()),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "spool_unavailable",
+                        "the spool's server is unavailable; retry later",
+                    )
+                }
+            }
             SpoolError::Storage(_) if e.is_disk_full() => {
                 // A person must free space; the SDKs keep the messages and retry meanwhile.
                 static TOLD: telemetry::Throttle =

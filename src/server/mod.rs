@@ -16,10 +16,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::Backend;
 use crate::config::{Config, ConfigErrors};
 use crate::destination::{Destination, Registry};
 use crate::route::RouteKey;
 use crate::spool::Spool;
+use crate::spool::jetstream::{JetStreamSpool, Role};
 use crate::spool::sqlite::{Bounds, SqliteSpool};
 use crate::{admin, ingest, ops, telemetry};
 
@@ -36,6 +38,8 @@ pub struct Plan {
     /// The file the config came from, and its text: what a reload reads again and the
     /// console shows (redacted). `None` for a config made in a program.
     pub file: Option<(PathBuf, String)>,
+    /// What this daemon does with a shared (JetStream) spool: `switchyard run --role`.
+    pub role: Role,
 }
 
 impl Plan {
@@ -77,6 +81,7 @@ impl Plan {
             routes,
             registry: registry.clone(),
             file: None,
+            role: Role::All,
         })
     }
 
@@ -151,7 +156,14 @@ pub async fn run_with_reload(
     reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> anyhow::Result<()> {
     telemetry::install();
-    let spool = open_spool(&plan.config).await?;
+    let role = plan.role;
+    if role != Role::All && plan.config.spool.backend == Backend::Sqlite {
+        anyhow::bail!(
+            "--role {} needs a spool several daemons share: [spool] backend = \"jetstream\"",
+            serde_json::to_value(role)?.as_str().unwrap_or_default()
+        );
+    }
+    let spool = open_spool(&plan.config, role).await?;
     let admin_listen = plan.config.admin.listen.clone();
     let admin_listener = match &admin_listen {
         Some(a) => Some(
@@ -163,9 +175,13 @@ pub async fn run_with_reload(
     };
     let grace = plan.config.server.shutdown_grace;
     let limits = connections::Limits::from(&plan.config.server);
-    let control = Control::start(plan, spool)?;
+    let control = Control::start(plan, spool.clone())?;
     let admin = Arc::new(admin::Admin::new(control.clone()));
-    let open = ingest::app(control.ingest.clone()).merge(ops::open_router());
+    let open = if role.ingests() {
+        ingest::app(control.ingest.clone()).merge(ops::open_router())
+    } else {
+        ops::open_router()
+    };
     let (app, admin_app) = match admin_listener {
         Some(l) => (open, Some((admin::router(admin), l))),
         None => (open.merge(admin::router(admin)), None),
@@ -184,6 +200,8 @@ pub async fn run_with_reload(
         tokio::spawn(connections::serve(app, l, limits, std::future::pending()))
     });
     let result = serve(app, listener, limits, shutdown, grace, &control).await;
+    // Delivery has stopped: a shared spool hands this daemon's share to the others now.
+    spool.close().await;
     // A reload runs as a task of its own: stopping the watcher cannot cut one short.
     watcher.abort();
     if let Some(s) = admin_server {
@@ -203,10 +221,14 @@ async fn reload_on(
     }
 }
 
-/// The embedded spool, opened off the async threads (it may replay a long log).
-async fn open_spool(config: &Config) -> anyhow::Result<Arc<dyn Spool>> {
+/// The configured spool: JetStream, or the embedded one, opened off the async threads (it
+/// may replay a long log).
+async fn open_spool(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Spool>> {
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     let s = &config.spool;
+    if s.backend == Backend::JetStream {
+        return Ok(Arc::new(JetStreamSpool::open(s, &names, role).await?));
+    }
     let (dir, bounds) = (s.path.clone(), Bounds::from(s));
     let spool = tokio::task::spawn_blocking(move || SqliteSpool::open(&dir, &names, bounds))
         .await?

@@ -6,7 +6,11 @@
 //! the same group for the same destination are not leased. Items without a group are never
 //! held back.
 
+pub mod jetstream;
+mod letters;
 pub mod sqlite;
+
+pub use letters::DeadLetters;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -88,6 +92,45 @@ pub struct Rejected {
     pub at: SystemTime,
 }
 
+/// Most bytes of a refused message's body its dead letter keeps: enough to see what was wrong.
+pub const REFUSED_PREFIX: usize = 4096;
+
+impl Rejected {
+    /// What its dead letter keeps of the message: the first [`REFUSED_PREFIX`] bytes.
+    pub fn kept_body(&self) -> &str {
+        let mut end = REFUSED_PREFIX.min(self.raw.len());
+        while !self.raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        &self.raw[..end]
+    }
+
+    /// Its dead letter's error: where it was in the batch, why, and whether the body was cut.
+    pub fn described(&self) -> String {
+        let mut error = format!("batch index {}: {}", self.index, self.error);
+        let kept = self.kept_body().len();
+        if kept < self.raw.len() {
+            let cut = format!(
+                " (body cut to its first {kept} of {} bytes)",
+                self.raw.len()
+            );
+            error.push_str(&cut);
+        }
+        error
+    }
+
+    /// Its `messageId`, if it has one, read without building the message.
+    pub fn message_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            #[serde(rename = "messageId", borrow)]
+            message_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let id: Id<'_> = serde_json::from_str(&self.raw).ok()?;
+        id.message_id.map(std::borrow::Cow::into_owned)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     Stored,
@@ -116,6 +159,10 @@ pub enum SpoolError {
     Full { used: u64, max: u64 },
     #[error("spool storage failed: {0}")]
     Storage(#[from] StorageError),
+    /// The spool's server (JetStream) cannot be reached or refused; callers should come back
+    /// later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl SpoolError {
@@ -169,8 +216,33 @@ pub trait Spool: Send + Sync + 'static {
     /// Counts for status and metrics.
     fn depth(&self, destination: &str) -> Depth;
 
+    /// Bring what `depth` answers up to date where counting takes a round trip (a shared
+    /// spool's counts live on its server); called before the counts are shown.
+    async fn refresh_depth(&self) {}
+
     /// Serve exactly `destinations` from now on (a reload); answers the names added. A
     /// destination dropped keeps what it is owed until it is configured again; its workers
     /// must have stopped (nothing of it leased).
     async fn configure(&self, destinations: &[String]) -> Result<Vec<String>, SpoolError>;
+
+    /// Tell every daemon sharing this spool that `destination` is paused until `until` (a
+    /// 429's `Retry-After`). A spool of one daemon has nobody to tell.
+    fn share_pause(&self, _destination: &str, _until: SystemTime) {}
+
+    /// A pause another daemon set for `destination` that has not ended.
+    fn shared_pause(&self, _destination: &str) -> Option<SystemTime> {
+        None
+    }
+
+    /// Where this spool's dead letters are, for the admin API.
+    fn dead_letters(&self) -> DeadLetters;
+
+    /// Delivery has stopped for good: let other daemons sharing the spool take over now.
+    async fn close(&self) {}
+
+    /// How many daemons deliver from this spool: each destination's rate limit is divided
+    /// between them.
+    fn delivering_daemons(&self) -> u32 {
+        1
+    }
 }

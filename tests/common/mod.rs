@@ -16,6 +16,82 @@ use axum::response::IntoResponse;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+pub mod nats;
+
+/// Where a test's daemons keep their spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded spool, in the daemon's temp dir.
+    Sqlite,
+    /// JetStream, on a `nats-server` of the test's own.
+    JetStream,
+}
+
+/// A test's spool: for JetStream, its server and a prefix every daemon of the test shares.
+pub struct Under {
+    pub backend: Backend,
+    pub nats: Option<nats::Nats>,
+    jetstream_table: String,
+}
+
+impl Under {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::sqlite(),
+            Backend::JetStream => {
+                let n = nats::Nats::start();
+                let table = nats::spool_table(&n.url(), "");
+                Self {
+                    backend,
+                    nats: Some(n),
+                    jetstream_table: table,
+                }
+            }
+        }
+    }
+
+    pub fn sqlite() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            nats: None,
+            jetstream_table: String::new(),
+        }
+    }
+
+    /// The `[spool]` table for a daemon whose files go in `dir`; keys at the start of the
+    /// rest of the config land in it too.
+    fn table(&self, dir: &std::path::Path) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("[spool]\npath = \"{}\"\n", dir.join("spool").display()),
+            Backend::JetStream => self.jetstream_table.clone(),
+        }
+    }
+}
+
+/// Two tests of one body, `sqlite::NAME` and `jetstream::NAME`: the same behaviour on both
+/// spools. The body is `async fn NAME(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_spools {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::Backend::JetStream).await
+                }
+            )*
+        }
+    };
+}
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -298,6 +374,20 @@ impl Daemon {
     }
 
     pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_under(&Under::sqlite(), server_extra, rest, env).await
+    }
+
+    /// Start on the test's spool (`Daemon::start` is the embedded one).
+    pub async fn start_on(under: &Under, server_extra: &str, rest: &str) -> Self {
+        Self::start_under(under, server_extra, rest, &[]).await
+    }
+
+    pub async fn start_under(
+        under: &Under,
+        server_extra: &str,
+        rest: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin = if rest.contains("[admin]") {
             String::new()
@@ -305,8 +395,8 @@ impl Daemon {
             format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")
         };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[spool]\npath = \"{}\"\n\n{rest}\n\n{admin}",
-            dir.path().join("spool").display()
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n{}\n{rest}\n\n{admin}",
+            under.table(dir.path())
         );
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, &config).unwrap();

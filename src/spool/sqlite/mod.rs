@@ -45,6 +45,8 @@ pub struct SqliteSpool {
     commands: Sender<Command>,
     /// Counts, next retry times and wakers the writer publishes, read without a round trip.
     shared: Arc<Shared>,
+    /// Where it is, for dead letters read on connections of their own.
+    dir: std::path::PathBuf,
 }
 
 /// The bounds a spool keeps, from `[spool]`.
@@ -100,7 +102,11 @@ impl SqliteSpool {
                 drop(lock);
             })
             .map_err(StorageError::StartWriter)?;
-        Ok(Self { commands, shared })
+        Ok(Self {
+            commands,
+            shared,
+            dir: dir.to_path_buf(),
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SpoolError> {
@@ -138,6 +144,10 @@ fn lock(dir: &Path) -> Result<std::fs::File, StorageError> {
 
 #[async_trait]
 impl Spool for SqliteSpool {
+    fn dead_letters(&self) -> crate::spool::DeadLetters {
+        crate::spool::DeadLetters::Sqlite(self.dir.clone())
+    }
+
     async fn append(&self, messages: Vec<Accepted>) -> Result<Vec<Appended>, SpoolError> {
         // Parsed messages the spool does not keep are freed here, after the answer, rather
         // than by the writer thread, which every append and lease waits on.

@@ -7,11 +7,9 @@
 //! remembered for dedupe but not logged; each logged row's `dests` has one bit per
 //! destination it goes to, and that lane's `unscanned` count grows with it.
 
-use std::borrow::Cow;
 use std::time::SystemTime;
 
 use rusqlite::params;
-use serde::Deserialize;
 
 use super::{Store, ms};
 use crate::message::Accepted;
@@ -111,21 +109,12 @@ impl Store {
     }
 
     /// Keep messages refused at ingest as dead letters (reason `invalid`), each with at most
-    /// [`REFUSED_PREFIX`] bytes of its body, while what is kept of them stays under
+    /// [`crate::spool::REFUSED_PREFIX`] bytes of its body, while what is kept of them stays under
     /// `max_refused_bytes`; returns how many were not kept.
     pub fn reject(&mut self, rejected: &[Rejected]) -> Result<usize, StorageError> {
         let mut not_kept = 0;
         for r in rejected {
-            let body = prefix(&r.raw, REFUSED_PREFIX);
-            let mut error = format!("batch index {}: {}", r.index, r.error);
-            if body.len() < r.raw.len() {
-                let kept = format!(
-                    " (body cut to its first {} of {} bytes)",
-                    body.len(),
-                    r.raw.len()
-                );
-                error.push_str(&kept);
-            }
+            let (body, error) = (r.kept_body(), r.described());
             let cost = (body.len() + error.len()) as u64;
             if self.refused_bytes + cost > self.bounds.max_refused_bytes {
                 not_kept += 1;
@@ -136,7 +125,7 @@ impl Store {
                     "INSERT INTO dead_letter (destination, source, message_id, body, reason, error, attempts, last_attempt)
                      VALUES (NULL, ?1, ?2, ?3, 'invalid', ?4, 0, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![r.source, message_id(&r.raw), body, error, ms(r.at)]))?;
+                .and_then(|mut s| s.execute(params![r.source, r.message_id(), body, error, ms(r.at)]))?;
             self.refused_bytes += cost;
         }
         Ok(not_kept)
@@ -154,27 +143,4 @@ impl Store {
         self.refused_bytes = bytes.max(0) as u64;
         Ok(())
     }
-}
-
-/// Most bytes of a refused message's body its dead letter keeps: enough to see what was wrong.
-pub const REFUSED_PREFIX: usize = 4096;
-
-/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
-fn prefix(text: &str, max: usize) -> &str {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// The `messageId` of a refused message, if it has one, read without building the message.
-fn message_id(raw: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Id<'a> {
-        #[serde(rename = "messageId", borrow)]
-        message_id: Option<Cow<'a, str>>,
-    }
-    let id: Id<'_> = serde_json::from_str(raw).ok()?;
-    id.message_id.map(Cow::into_owned)
 }

@@ -1,0 +1,389 @@
+//! The daemons sharing a spool: each puts its record in the members bucket every
+//! [`HEARTBEAT`]; a record not refreshed for [`MEMBER_TTL`] expires, and its daemon is gone.
+//! Partitions go to the delivering members by rendezvous hashing (each partition to the
+//! member whose hash with it is highest), so a member joining or leaving moves only its own
+//! share. Also here: pulling the owned partitions, "in progress" for what is held, the
+//! cluster-wide counts, and the shared pauses.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::names::{self, OWNER_GROUP};
+use super::setup::{ACK_WAIT, MAX_ACK_PENDING};
+use super::{Inner, Lane, Role, lock, read};
+
+/// How often a daemon refreshes its record and looks at the others'.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A daemon whose record is this old is gone: its partitions go to the others.
+pub(super) const MEMBER_TTL: Duration = Duration::from_secs(6);
+
+/// One daemon, as the others see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub role: Role,
+    /// RFC 3339.
+    pub started: String,
+    /// Partitions it pulls (the same for every destination).
+    #[serde(default)]
+    pub owns: Vec<u32>,
+    /// Items it holds waiting for a retry, per destination.
+    #[serde(default)]
+    pub retrying: std::collections::BTreeMap<String, u64>,
+    /// Items it has leased (being delivered), per destination.
+    #[serde(default)]
+    pub leased: std::collections::BTreeMap<String, u64>,
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        <Role as clap::ValueEnum>::from_str(&s, true).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Member {
+    pub(super) fn new(role: Role) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            host,
+            pid: std::process::id(),
+            role,
+            started: chrono::Utc::now().to_rfc3339(),
+            owns: Vec::new(),
+            retrying: Default::default(),
+            leased: Default::default(),
+        }
+    }
+}
+
+/// The member a partition belongs to among `ids`.
+fn owner_of(partition: u32, ids: &[&str]) -> Option<usize> {
+    use sha2::{Digest, Sha256};
+    (0..ids.len()).max_by_key(|&i| {
+        let mut h = Sha256::new();
+        h.update(ids[i].as_bytes());
+        h.update(partition.to_be_bytes());
+        let d = h.finalize();
+        u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    })
+}
+
+/// Put this daemon's record, read everyone's, and take or release partitions to match.
+pub(super) async fn beat(inner: &Arc<Inner>) {
+    if inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let mut me = inner.me.clone();
+    if let Some(lane) = read(&inner.lanes).values().next() {
+        me.owns = lane.owned();
+    }
+    for (name, lane) in read(&inner.lanes).iter() {
+        let (retrying, leased) = lane.counts();
+        me.retrying.insert(name.clone(), retrying);
+        me.leased.insert(name.clone(), leased);
+    }
+    let record = serde_json::to_vec(&me).unwrap_or_default();
+    if let Err(e) = inner.members.put(&me.id, record.into()).await {
+        tracing::warn!(error = %e, "cannot refresh this daemon's record in the members bucket");
+        return;
+    }
+    match alive(inner).await {
+        Ok(members) => *lock(&inner.alive) = members,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the members bucket");
+            return;
+        }
+    }
+    rebalance(inner).await;
+}
+
+async fn alive(inner: &Inner) -> Result<Vec<Member>, String> {
+    let mut keys = inner.members.keys().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        if let Ok(Some(value)) = inner.members.get(&key).await
+            && let Ok(m) = serde_json::from_slice::<Member>(&value)
+        {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Take the partitions this daemon should own and release the others, for every lane.
+pub(super) async fn rebalance(inner: &Arc<Inner>) {
+    if !inner.me.role.delivers() || inner.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let mine: BTreeSet<u32> = {
+        let alive = lock(&inner.alive);
+        let mut ids: Vec<&str> = alive
+            .iter()
+            .filter(|m| m.role.delivers())
+            .map(|m| m.id.as_str())
+            .collect();
+        if !ids.contains(&inner.me.id.as_str()) {
+            ids.push(&inner.me.id);
+        }
+        (0..inner.partitions)
+            .filter(|p| owner_of(*p, &ids).is_some_and(|i| ids[i] == inner.me.id))
+            .collect()
+    };
+    let lanes: Vec<Arc<Lane>> = read(&inner.lanes).values().cloned().collect();
+    for lane in lanes {
+        let owned: BTreeSet<u32> = lane.owned().into_iter().collect();
+        for &p in owned.difference(&mine) {
+            lane.release(p);
+            unpin(inner, &lane.name, p).await;
+            tracing::info!(destination = %lane.name, partition = p, "partition handed over to another daemon");
+        }
+        for &p in mine.difference(&owned) {
+            let puller = tokio::spawn(pull(inner.clone(), lane.clone(), p));
+            lane.own(p, puller, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+        }
+    }
+}
+
+/// Let another daemon pull `partition` now rather than after the pin timeout.
+async fn unpin(inner: &Inner, destination: &str, partition: u32) {
+    let subject = format!(
+        "CONSUMER.UNPIN.{}.{}",
+        inner.names.log_stream(),
+        inner.names.consumer(destination, partition)
+    );
+    let body = serde_json::json!({ "group": OWNER_GROUP });
+    let asked = inner.js.request::<_, _, serde_json::Value>(subject, &body);
+    match tokio::time::timeout(Duration::from_secs(2), asked).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(destination, partition, error = %e, "unpin refused"),
+        Err(_) => tracing::debug!(destination, partition, "unpin not answered"),
+    }
+}
+
+/// Heartbeat until the spool is dropped.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        beat(&inner).await;
+    }
+}
+
+/// Remove this daemon's record and let go of its partitions.
+pub(super) async fn leave(inner: &Arc<Inner>) {
+    inner
+        .leaving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_secs(2), inner.members.delete(&inner.me.id)).await;
+    let lanes: Vec<Arc<Lane>> = read(&inner.lanes).values().cloned().collect();
+    for lane in lanes {
+        for p in lane.owned() {
+            lane.release(p);
+            unpin(inner, &lane.name, p).await;
+        }
+    }
+}
+
+/// Pull one partition of one destination into its lane while it is owned here.
+async fn pull(inner: Arc<Inner>, lane: Arc<Lane>, partition: u32) {
+    let token = names::token(&lane.name);
+    loop {
+        if let Err(e) = pull_once(&inner, &lane, partition, &token).await {
+            tracing::debug!(destination = %lane.name, partition, error = %e, "pulling again in a second");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> Result<(), String> {
+    let name = inner.names.consumer(&lane.name, partition);
+    let mut consumer: PullConsumer = inner
+        .log
+        .get_consumer(&name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .group(OWNER_GROUP)
+        .max_messages_per_batch(MAX_ACK_PENDING as usize / 4)
+        // Pulls renewed well within the pin timeout, so the pin stays while this daemon lives.
+        .expires(Duration::from_secs(2))
+        .heartbeat(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            next = messages.next() => match next {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(message)) => {
+                    if let Some(item) = super::item_of(message, partition, token).await? {
+                        lane.arrive(item);
+                    }
+                }
+            },
+            _ = check.tick(), if lane.recovering(partition) => {
+                let info = consumer.info().await.map_err(|e| e.to_string())?;
+                if lane.check_recovery(partition, info.num_ack_pending) {
+                    tracing::debug!(destination = %lane.name, partition, "partition taken over");
+                }
+            }
+        }
+    }
+}
+
+/// Tell the server "in progress" for everything held, well within its ack wait.
+pub(super) async fn refresh(inner: Arc<Inner>) {
+    let every = ACK_WAIT / 4;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let lanes: Vec<Arc<Lane>> = read(&inner.lanes).values().cloned().collect();
+        for lane in lanes {
+            for acker in lane.to_refresh(Instant::now() - ACK_WAIT / 3) {
+                let _ = acker.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// Cluster-wide counts per destination, every heartbeat (for metrics scraped without a
+/// refresh, and the reload's "still owed").
+pub(super) async fn count(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        count_now(&inner).await;
+    }
+}
+
+/// Each destination's counts from its consumers (waiting and unacknowledged), the members'
+/// records (retrying) and the dead-letter stream.
+pub(super) async fn count_now(inner: &Inner) {
+    let destinations = read(&inner.destinations).clone();
+    let dead = dead_counts(inner).await;
+    let others: Vec<Member> = lock(&inner.alive)
+        .iter()
+        .filter(|m| m.id != inner.me.id)
+        .cloned()
+        .collect();
+    for d in destinations {
+        let mut counts = Counts::default();
+        for p in 0..inner.partitions {
+            let name = inner.names.consumer(&d, p);
+            let consumer = inner
+                .log
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await;
+            if let Ok(mut c) = consumer
+                && let Ok(info) = c.info().await
+            {
+                counts.unsettled += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        for m in &others {
+            counts.others_retrying += m.retrying.get(&d).copied().unwrap_or(0);
+            counts.others_leased += m.leased.get(&d).copied().unwrap_or(0);
+        }
+        counts.dead_letters = dead.get(&names::token(&d)).copied().unwrap_or(0);
+        lock(&inner.depth).insert(d, counts);
+    }
+}
+
+/// What the last count saw of one destination across the cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counts {
+    /// Not acknowledged: waiting on the server, or held by a daemon.
+    pub unsettled: u64,
+    /// Held by the other daemons waiting for a retry, and leased by them (their records).
+    pub others_retrying: u64,
+    pub others_leased: u64,
+    pub dead_letters: u64,
+}
+
+async fn dead_counts(inner: &Inner) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(mut subjects) = inner
+        .dead
+        .info_with_subjects(inner.names.dead_subjects())
+        .await
+    else {
+        return out;
+    };
+    while let Some(Ok((subject, n))) = subjects.next().await {
+        if let Some(token) = subject.rsplit('.').next() {
+            out.insert(token.to_string(), n as u64);
+        }
+    }
+    out
+}
+
+/// Follow the pauses bucket: a pause any daemon sets holds here too.
+pub(super) async fn watch_pauses(inner: Arc<Inner>) {
+    loop {
+        match inner.pauses.watch_with_history(">").await {
+            Ok(mut entries) => {
+                while let Some(Ok(entry)) = entries.next().await {
+                    let ms = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let mut paused = lock(&inner.paused);
+                    match ms {
+                        Some(ms) => {
+                            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                            let held = paused.entry(entry.key.clone()).or_insert(until);
+                            *held = (*held).max(until);
+                        }
+                        None => {
+                            paused.remove(&entry.key);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot watch the pauses bucket"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_of;
+
+    #[test]
+    fn partitions_spread_and_move_only_with_their_member() {
+        let three = ["a", "b", "c"];
+        let owners: Vec<usize> = (0..64).map(|p| owner_of(p, &three).unwrap()).collect();
+        for i in 0..3 {
+            let n = owners.iter().filter(|o| **o == i).count();
+            assert!(n > 8, "member {i} owns {n} of 64");
+        }
+        // Without "c", what a and b owned stays theirs.
+        let two = ["a", "b"];
+        for p in 0..64 {
+            let before = three[owners[p as usize]];
+            let after = two[owner_of(p, &two).unwrap()];
+            if before != "c" {
+                assert_eq!(before, after, "partition {p} moved");
+            }
+        }
+    }
+}
