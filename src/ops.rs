@@ -71,7 +71,7 @@ pub fn metrics(state: &OpsState) -> String {
         telemetry::destination_gauges(
             &d.name,
             &state.spool.depth(&d.name),
-            d.status.paused_until().is_some(),
+            d.status.paused_until().is_some() || state.spool.shared_pause(&d.name).is_some(),
         );
     }
     telemetry::render()
@@ -84,7 +84,11 @@ pub fn destinations(state: &OpsState) -> Vec<Value> {
     (state.destinations().iter())
         .map(|d| {
             let depth = state.spool.depth(&d.name);
-            let paused_until = d.status.paused_until();
+            // A pause another daemon sharing the spool set counts as this one's.
+            let paused_until = d
+                .status
+                .paused_until()
+                .max(state.spool.shared_pause(&d.name));
             let state = if d.dry_run {
                 "dry_run"
             } else if paused_until.is_some() {

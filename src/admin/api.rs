@@ -22,7 +22,8 @@ use crate::spool::sqlite::dlq::Selector;
 pub(super) async fn destinations(State(admin): State<Arc<Admin>>) -> Json<Value> {
     admin.control.ops.spool.refresh_depth().await;
     let list = ops::destinations(&admin.control.ops);
-    Json(json!({"destinations": list, "reload": admin.control.last_reload()}))
+    let cluster = admin.control.ops.spool.cluster();
+    Json(json!({"destinations": list, "reload": admin.control.last_reload(), "cluster": cluster}))
 }
 
 /// `GET /metrics`: with the admin token, or to anyone with `public_metrics`.

@@ -115,6 +115,25 @@ impl AppState {
     }
 }
 
+/// The ingest paths of a daemon that only delivers (`--role deliver`): each answers 404
+/// saying so, in JSON like every other error.
+pub fn refusing() -> Router {
+    let off = || async {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ingest_off",
+            "this daemon runs with --role deliver: send calls to one that ingests",
+        )
+    };
+    Router::new()
+        .route("/v1/batch", post(off))
+        .route("/v1/import", post(off))
+        .route("/v1/{kind}", post(off))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+}
+
 /// The router, apart from any socket, so tests and `server::run` share it.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()

@@ -180,7 +180,7 @@ pub async fn run_with_reload(
     let open = if role.ingests() {
         ingest::app(control.ingest.clone()).merge(ops::open_router())
     } else {
-        ops::open_router()
+        ingest::refusing().merge(ops::open_router())
     };
     let (app, admin_app) = match admin_listener {
         Some(l) => (open, Some((admin::router(admin), l))),

@@ -237,6 +237,11 @@ pub trait Spool: Send + Sync + 'static {
     /// Where this spool's dead letters are, for the admin API.
     fn dead_letters(&self) -> DeadLetters;
 
+    /// For a spool several daemons share: which are alive, what each runs and owns.
+    fn cluster(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Delivery has stopped for good: let other daemons sharing the spool take over now.
     async fn close(&self) {}
 

@@ -388,6 +388,21 @@ impl Daemon {
         rest: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_with_args(under, server_extra, rest, env, &[]).await
+    }
+
+    /// Start with `switchyard run --role ROLE` on the test's (shared) spool.
+    pub async fn start_role(under: &Under, role: &str, server_extra: &str, rest: &str) -> Self {
+        Self::start_with_args(under, server_extra, rest, &[], &["--role", role]).await
+    }
+
+    async fn start_with_args(
+        under: &Under,
+        server_extra: &str,
+        rest: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin = if rest.contains("[admin]") {
             String::new()
@@ -400,7 +415,9 @@ impl Daemon {
         );
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, &config).unwrap();
-        Self::spawn(dir, &path, env).await
+        let mut cmd = Command::new(binary());
+        cmd.args(["run"]).args(args);
+        Self::spawn_command(dir, cmd, &path, env).await
     }
 
     /// Start with a complete config text, as given.
@@ -440,8 +457,10 @@ impl Daemon {
         config: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
-        cmd.arg("run")
-            .arg("--config")
+        if !cmd.get_args().any(|a| a == "run") {
+            cmd.arg("run");
+        }
+        cmd.arg("--config")
             .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

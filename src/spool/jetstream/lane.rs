@@ -41,6 +41,9 @@ pub(super) struct Item {
     pub due: Option<SystemTime>,
     /// When the server last heard about it (delivered, or told "in progress").
     pub touched: Instant,
+    /// Delivered, its acknowledgement not confirmed yet: no more "in progress" for it, so
+    /// the server gives it again if the acknowledgement never reached it.
+    pub acking: bool,
 }
 
 /// A partition this daemon pulls.
@@ -64,7 +67,15 @@ struct State {
     inflight: HashMap<Seq, Item>,
     /// Group → its items leased.
     busy: HashMap<Arc<str>, u32>,
+    /// Group → the newest of its items settled here. The server can give an item again after
+    /// it was acknowledged (a consumer's leader lost with the acknowledgement not yet
+    /// replicated): one older than this was settled already, and sending it again would put
+    /// an older update after a newer one.
+    settled: HashMap<Arc<str>, Seq>,
 }
+
+/// Most groups whose newest settled item a lane remembers; past it the memory starts over.
+const MAX_REMEMBERED: usize = 100_000;
 
 pub(super) struct Lane {
     pub name: String,
@@ -110,17 +121,22 @@ impl Lane {
     }
 
     /// A message the consumer delivered. A redelivery of an item held here replaces its
-    /// handle (the old one is stale).
-    pub fn arrive(&self, item: Item) {
+    /// handle (the old one is stale). One settled here already (an item of its group as new
+    /// or newer was) is handed back, to be acknowledged and not sent again.
+    pub fn arrive(&self, item: Item) -> Option<Item> {
         let mut s = self.state();
+        if let Some(g) = &item.group
+            && s.settled.get(g).is_some_and(|newest| *newest >= item.seq)
+        {
+            return Some(item);
+        }
         if let Some(held) = s.inflight.get_mut(&item.seq) {
             held.acker = item.acker;
             held.touched = item.touched;
-            return;
+            return None;
         }
-        let Some(part) = s.parts.get_mut(&item.partition) else {
-            return;
-        };
+        // Not held here (any more): the next owner gets it from the server.
+        let part = s.parts.get_mut(&item.partition)?;
         match part.queue.get_mut(&item.seq) {
             Some(held) => {
                 held.acker = item.acker;
@@ -132,6 +148,7 @@ impl Lane {
         }
         drop(s);
         self.notify.notify_one();
+        None
     }
 
     /// Whether `partition` is still being taken over.
@@ -174,6 +191,7 @@ impl Lane {
             parts,
             inflight,
             busy,
+            ..
         } = &mut *s;
         // The first `max` free items of each partition, then the oldest `max` of those.
         let mut free: Vec<(Seq, u32)> = Vec::new();
@@ -223,13 +241,42 @@ impl Lane {
         out
     }
 
+    /// The handles of leased items, to acknowledge them.
+    pub fn ackers(&self, seqs: &[Seq]) -> Vec<(Seq, Arc<Acker>)> {
+        let s = self.state();
+        seqs.iter()
+            .filter_map(|seq| Some((*seq, s.inflight.get(seq)?.acker.clone())))
+            .collect()
+    }
+
+    /// A leased item whose acknowledgement is not confirmed: its handle and when the server
+    /// last gave it, marked as waiting for the confirmation.
+    pub fn acking(&self, seq: Seq) -> Option<(Arc<Acker>, Instant)> {
+        let mut s = self.state();
+        let item = s.inflight.get_mut(&seq)?;
+        item.acking = true;
+        Some((item.acker.clone(), item.touched))
+    }
+
+    /// `f` of a leased item.
+    pub fn with_item<T>(&self, seq: Seq, f: impl FnOnce(&Item) -> T) -> Option<T> {
+        self.state().inflight.get(&seq).map(f)
+    }
+
     /// Settled for good: the items leave, their groups free up; their handles to acknowledge.
     pub fn settle(&self, seqs: &[Seq]) -> Vec<Item> {
         let mut s = self.state();
         let mut done = Vec::with_capacity(seqs.len());
+        if s.settled.len() > MAX_REMEMBERED {
+            s.settled.clear();
+        }
         for seq in seqs {
             if let Some(item) = s.inflight.remove(seq) {
                 unbusy(&mut s.busy, &item.group);
+                if let Some(g) = &item.group {
+                    let newest = s.settled.entry(g.clone()).or_default();
+                    *newest = (*newest).max(*seq);
+                }
                 done.push(item);
             }
         }
@@ -258,18 +305,6 @@ impl Lane {
         self.notify.notify_one();
     }
 
-    /// An item taken out for settling put back, to go again at `at` (its outcome could not
-    /// be recorded).
-    pub fn restore(&self, mut item: Item, at: SystemTime) {
-        let mut s = self.state();
-        item.due = Some(at);
-        if let Some(part) = s.parts.get_mut(&item.partition) {
-            part.queue.insert(item.seq, item);
-        }
-        drop(s);
-        self.notify.notify_one();
-    }
-
     /// The earliest time an item waiting for a retry comes due.
     pub fn next_due(&self) -> Option<SystemTime> {
         let s = self.state();
@@ -293,7 +328,7 @@ impl Lane {
             .flat_map(|p| p.queue.values_mut())
             .chain(inflight.values_mut());
         let mut out = Vec::new();
-        for item in items.filter(|i| i.touched < stale) {
+        for item in items.filter(|i| i.touched < stale && !i.acking) {
             item.touched = now;
             out.push(item.acker.clone());
         }

@@ -121,7 +121,7 @@ impl JetStreamSpool {
         let client = setup::connect(c, &format!("switchyard {}", me.id)).await?;
         let js = jetstream::new(client);
         let names = Names::new(c.prefix());
-        let (log, dead, refused) = setup::streams(&js, &names, c).await?;
+        let (log, dead, refused) = setup::streams_when_ready(&js, &names, c).await?;
         let replicas = c.replicas();
         let members_bucket =
             setup::bucket(&js, names.members_bucket(), members::MEMBER_TTL, replicas).await?;
@@ -179,11 +179,6 @@ impl JetStreamSpool {
         tracing::info!(url = %setup::url_of(c), prefix = c.prefix(), partitions, id = %inner.me.id,
             role = ?role, "spool on JetStream");
         Ok(Self { inner, tasks })
-    }
-
-    /// The daemons alive at the last look, with what each owns.
-    pub fn members(&self) -> Vec<members::Member> {
-        lock(&self.inner.alive).clone()
     }
 
     fn lane(&self, destination: &str) -> Option<Arc<Lane>> {
@@ -304,12 +299,27 @@ impl Spool for JetStreamSpool {
         let Some(lane) = self.lane(destination) else {
             return Ok(());
         };
-        for item in lane.settle(seqs) {
-            // A lost acknowledgement means one more delivery, never a lost message.
-            if let Err(e) = item.acker.ack().await {
-                tracing::debug!(destination, seq = item.seq, error = %e, "acknowledgement not sent");
+        // Confirmed by the server before the groups free up: a newer item of a group is sent
+        // only once the older one is settled on the server. Otherwise an acknowledgement lost
+        // (a node dying, a daemon killed) would have the server give the older one again,
+        // after the newer.
+        let acks =
+            lane.ackers(seqs)
+                .into_iter()
+                .map(|(seq, acker)| async move {
+                    acker.double_ack().await.map(|()| seq).map_err(|_| seq)
+                });
+        let mut confirmed = Vec::with_capacity(seqs.len());
+        for outcome in futures_util::future::join_all(acks).await {
+            match outcome {
+                Ok(seq) => confirmed.push(seq),
+                // Still held, its group still waiting: confirmed later, by a task of its own.
+                Err(seq) => {
+                    tokio::spawn(confirm(lane.clone(), destination.to_string(), seq));
+                }
             }
         }
+        lane.settle(&confirmed);
         Ok(())
     }
 
@@ -335,10 +345,11 @@ impl Spool for JetStreamSpool {
         let Some(lane) = self.lane(destination) else {
             return Ok(());
         };
-        let Some(item) = lane.settle(&[seq]).pop() else {
+        let Some(letter) =
+            lane.with_item(seq, |item| dead::Record::failed(destination, item, attempt))
+        else {
             return Ok(());
         };
-        let letter = dead::Record::failed(destination, &item, attempt);
         let stored = async {
             self.inner
                 .js
@@ -347,19 +358,21 @@ impl Spool for JetStreamSpool {
                 .await
         }
         .await;
-        match stored {
-            Ok(_) => {
-                if let Err(e) = item.acker.ack().await {
-                    tracing::debug!(destination, seq, error = %e, "acknowledgement not sent");
-                }
-                Ok(())
+        if let Err(e) = stored {
+            // Not a dead letter yet: back in the lane, tried again in a second.
+            let again = SystemTime::now() + Duration::from_secs(1);
+            lane.retry(seq, again, attempt.attempts, attempt.first_attempt);
+            return Err(unavailable("cannot store a dead letter", e));
+        }
+        match lane.ackers(&[seq]).pop() {
+            Some((_, acker)) if acker.double_ack().await.is_err() => {
+                tokio::spawn(confirm(lane.clone(), destination.to_string(), seq));
             }
-            Err(e) => {
-                // Not a dead letter yet: back in the lane, tried again in a second.
-                lane.restore(item, SystemTime::now() + Duration::from_secs(1));
-                Err(unavailable("cannot store a dead letter", e))
+            _ => {
+                lane.settle(&[seq]);
             }
         }
+        Ok(())
     }
 
     async fn wait(&self, destination: &str, max: Duration) {
@@ -461,6 +474,18 @@ impl Spool for JetStreamSpool {
         )))
     }
 
+    fn cluster(&self) -> Option<serde_json::Value> {
+        let i = &self.inner;
+        let members = lock(&i.alive).clone();
+        Some(serde_json::json!({
+            "backend": "jetstream",
+            "prefix": i.names.log_stream(),
+            "partitions": i.partitions,
+            "this_daemon": i.me.id,
+            "members": members,
+        }))
+    }
+
     async fn close(&self) {
         members::leave(&self.inner).await;
     }
@@ -469,6 +494,30 @@ impl Spool for JetStreamSpool {
         let alive = lock(&self.inner.alive);
         (alive.iter().filter(|m| m.role.delivers()).count() as u32).max(1)
     }
+}
+
+/// Acknowledge a delivered item until the server confirms it, then let its group go on.
+/// Each try uses the newest handle (the server may have given the item again). Without a
+/// confirmation and without the item given again for twice the ack wait, the server has it
+/// as acknowledged (it would have given it again otherwise; "in progress" stopped for it).
+/// Gives up if the item leaves this daemon (its partition handed over).
+async fn confirm(lane: Arc<Lane>, destination: String, seq: Seq) {
+    let mut tries = 0u32;
+    while let Some((acker, given)) = lane.acking(seq) {
+        match acker.double_ack().await {
+            Ok(()) => break,
+            Err(_) if given.elapsed() > setup::ACK_WAIT * 2 => break,
+            Err(e) => {
+                tries += 1;
+                if tries % 10 == 1 {
+                    tracing::warn!(destination = %destination, seq, error = %e, tries,
+                        "acknowledgement not confirmed; its group waits until it is");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    lane.settle(&[seq]);
 }
 
 /// An item of a message the consumer delivered, if it is for `lane`'s destination; a
@@ -506,5 +555,6 @@ async fn item_of(
         first_attempt: None,
         due: None,
         touched: Instant::now(),
+        acking: false,
     }))
 }

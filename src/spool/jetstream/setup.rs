@@ -124,6 +124,25 @@ fn new_enough(version: &str) -> bool {
     (major, minor) >= MIN_VERSION
 }
 
+/// [`streams`], tried again for a while when the server is up but its JetStream is not ready
+/// yet (a cluster still electing its leader answers "temporarily unavailable" or not at all).
+pub(super) async fn streams_when_ready(
+    js: &jetstream::Context,
+    names: &Names,
+    c: &SpoolConfig,
+) -> Result<(stream::Stream, stream::Stream, stream::Stream), SetupError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match streams(js, names, c).await {
+            Err(SetupError::Server { what, reason }) if std::time::Instant::now() < deadline => {
+                tracing::info!(what = %what, reason = %reason, "JetStream not ready; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The streams and buckets, made or updated to the config.
 pub(super) async fn streams(
     js: &jetstream::Context,
