@@ -155,9 +155,16 @@ async fn command(
     Ok(())
 }
 
-/// The spool directory a config names (secrets need not be set), for `switchyard spool`.
+/// The spool directory a config names (secrets need not be set), for `switchyard spool`; an
+/// error for a JetStream spool, which has no file here.
 pub fn spool_dir(config: &Path) -> Result<PathBuf, DlqError> {
-    Ok(load(config)?.spool.path)
+    let config = load(config)?;
+    if config.spool.backend == Backend::JetStream {
+        return Err(DlqError::Config(
+            "this config's spool is on JetStream: there is no local file to check (the server checksums its own store; `nats stream info` shows its state)".into(),
+        ));
+    }
+    Ok(config.spool.path)
 }
 
 /// The config, for its spool path and destination names. Secrets are not needed here, so a

@@ -11,7 +11,7 @@ mod salesforce;
 
 use std::time::Instant;
 
-use common::{Answer, Captured, DEADLINE, Daemon, Receiver};
+use common::{Answer, Backend, Captured, DEADLINE, Daemon, Receiver, Under};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-write-key";
@@ -140,8 +140,8 @@ fn dead_letter_lines(logs: &str) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn request_limit_pauses_salesforce_only() {
+async fn request_limit_pauses_salesforce_only(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let limited = json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]);
@@ -152,7 +152,7 @@ async fn request_limit_pauses_salesforce_only() {
         salesforce(&rx, "request_limit_pause = \"3s\""),
         mixpanel(&rx, "")
     );
-    let d = Daemon::start("", &config).await;
+    let d = Daemon::start_on(&under, "", &config).await;
 
     send(&d, vec![call("g-1", Some("u-1"), json!({"name": "One"}))]).await;
     rx.wait_for(UPSERT_PATH, 1).await;
@@ -265,3 +265,5 @@ fn example_configs_build() {
         switchyard::server::Plan::new(config).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 }
+
+on_both_spools!(request_limit_pauses_salesforce_only,);

@@ -212,3 +212,63 @@ fn a_secret_in_the_wrong_key_is_not_shown_in_the_error() {
     assert!(err.contains("unknown variant `***`"), "{err}");
     assert!(!err.contains("whsec-0a1b2c3d4e5f"), "{err}");
 }
+
+#[test]
+fn the_jetstream_spool_is_checked_key_by_key() {
+    let base = "[server]\nallow_unauthenticated = true\n";
+    let (ok, _, err) = check_text(
+        &format!("{base}[spool]\npath = \"data\"\nurl = \"nats://127.0.0.1:4222\"\nreplicas = 3\n"),
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("spool.url is for backend = \"jetstream\""),
+        "{err}"
+    );
+    assert!(err.contains("spool.replicas is for backend"), "{err}");
+    assert!(
+        err.contains("line 5, column 1: spool.url"),
+        "the line of `url`: {err}"
+    );
+
+    let (ok, _, err) = check_text(
+        &format!(
+            "{base}[spool]\nbackend = \"jetstream\"\npath = \"data\"\nreplicas = 2\npartitions = 0\nprefix = \"a.b\"\n"
+        ),
+        &[],
+    );
+    assert!(!ok);
+    for expected in [
+        "needs spool.url",
+        "spool.path is for backend = \"sqlite\"",
+        "spool.replicas is 2; it must be 1 or 3",
+        "spool.partitions is 0",
+        "spool.prefix `a.b`",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+
+    let (ok, _, err) = check_text(
+        &format!(
+            "{base}[spool]\nbackend = \"jetstream\"\nurl = \"nats://ops:hunter2@10.0.0.1:4222, ::bad::\"\ntoken = \"t\"\nuser = \"u\"\n"
+        ),
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("one way, not several"), "{err}");
+    assert!(
+        err.contains("spool.user and spool.password go together"),
+        "{err}"
+    );
+    assert!(err.contains("`::bad::` is not a server address"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let (ok, out, err) = check_text(
+        &format!(
+            "{base}[spool]\nbackend = \"jetstream\"\nurl = \"nats://10.0.0.1:4222,nats://10.0.0.2:4222\"\nreplicas = 3\n"
+        ),
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("spool: jetstream"), "{out}");
+}

@@ -435,3 +435,114 @@ fn with_listen(rest: &str) -> String {
         common::ADMIN_TOKEN
     )
 }
+
+/// `switchyard run` against a server that is not there, or with a wrong token, stops at once
+/// naming the URL (never the token); the right token (from the environment) works and never
+/// reaches the logs.
+#[tokio::test]
+async fn the_server_is_named_when_it_cannot_be_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: String, env: &[(&str, &str)]| {
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, with_listen(&config)).unwrap();
+        let mut cmd = std::process::Command::new(common::binary());
+        cmd.args(["run", "--config"]).arg(&path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let rx = Receiver::start().await;
+    let nowhere = format!("nats://127.0.0.1:{}", nats::free_port());
+    let out = run(
+        format!("{}{}", config(&rx, ""), nats::spool_table(&nowhere, "")),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("cannot reach the JetStream server at {nowhere}")),
+        "{err}"
+    );
+
+    const TOKEN: &str = "nats-token-s3cr3t-7f2a";
+    let server = Nats::start_with(&["--auth", TOKEN]);
+    let table = nats::spool_table(&server.url(), "token = \"${NATS_TOKEN}\"");
+    let out = run(
+        format!("{}{table}", config(&rx, "")),
+        &[("NATS_TOKEN", "wrong-token-123456")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&server.url()) && !err.contains("wrong-token-123456"),
+        "{err}"
+    );
+
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, with_listen(&format!("{}{table}", config(&rx, "")))).unwrap();
+    let d = Daemon::spawn(
+        tempfile::tempdir().unwrap(),
+        &path,
+        &[("NATS_TOKEN", TOKEN)],
+    )
+    .await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("tok", "g", 0))
+            .await
+            .0,
+        200
+    );
+    rx.wait_for("/a", 1).await;
+    let (_, config_view) = d.get("/admin/v1/config").await;
+    assert!(!d.logs().contains(TOKEN) && !config_view.to_string().contains(TOKEN));
+}
+
+/// Removing a destination from the config (a reload) deletes its consumers on the server:
+/// nothing is kept for a destination nobody reads.
+#[tokio::test]
+async fn a_removed_destination_leaves_no_consumers() {
+    let under = Under::new(Backend::JetStream);
+    let rx = Receiver::start().await;
+    let second = format!(
+        "[[destination]]\nname = \"B\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        rx.url("/b")
+    );
+    let d = Daemon::start_on(&under, "", &format!("{}{second}", config(&rx, ""))).await;
+    let js = async_nats::jetstream::new(
+        async_nats::connect(under.nats.as_ref().unwrap().url())
+            .await
+            .unwrap(),
+    );
+    let stream = cluster(&d).await["stream"].as_str().unwrap().to_string();
+    let consumers = async || -> Vec<String> {
+        use futures_util::StreamExt;
+        let s = js.get_stream(&stream).await.unwrap();
+        let names: Vec<_> = s.consumer_names().collect().await;
+        let mut names: Vec<String> = names.into_iter().map(Result::unwrap).collect();
+        names.sort();
+        names
+    };
+    let before = consumers().await;
+    assert_eq!(
+        before.iter().filter(|n| n.contains("_B_")).count(),
+        4,
+        "{before:?}"
+    );
+    // The config without B, then SIGHUP.
+    let path = d.config_path();
+    let text = std::fs::read_to_string(&path).unwrap().replace(&second, "");
+    std::fs::write(&path, text).unwrap();
+    let (status, report) = d.admin_post("/admin/v1/reload", &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    let after = consumers().await;
+    assert!(after.iter().all(|n| !n.contains("_B_")), "{after:?}");
+    assert_eq!(after.len(), 4, "A's consumers stay: {after:?}");
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("still", "g", 0))
+            .await
+            .0,
+        200
+    );
+    rx.wait_for("/a", 1).await;
+}

@@ -132,7 +132,8 @@ impl Config {
                 for one in url.split(',').map(str::trim) {
                     if one.parse::<async_nats::ServerAddr>().is_err() {
                         let message = format!(
-                            "spool.url `{one}` is not a server address like nats://127.0.0.1:4222"
+                            "spool.url `{}` is not a server address like nats://127.0.0.1:4222",
+                            crate::spool::jetstream::names::shown_url(one)
                         );
                         errors.push(at("url", message));
                     }

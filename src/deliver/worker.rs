@@ -69,7 +69,7 @@ impl Worker {
             }
             self.spool.wait(&self.name, left).await;
             let more = self.batch_max - batch.len();
-            batch.extend(self.spool.lease(&self.name, more).await?);
+            batch.extend(self.spool.lease_more(&self.name, more).await?);
         }
         Ok(batch)
     }

@@ -65,6 +65,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 503 with `Retry-After` for a spool that cannot take messages for now, logged at most
+/// once a minute with how many were refused since.
+fn refusing(
+    e: &SpoolError,
+    told: &telemetry::Throttle,
+    log: &'static str,
+    code: &'static str,
+    message: &'static str,
+) -> ApiError {
+    if let Some(refused) = told.due(telemetry::once) {
+        tracing::error!(error = %e, refused_since_last_line = refused, "{log}");
+    }
+    ApiError {
+        retry_after: Some(e.retry_after()),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
 impl From<SpoolError> for ApiError {
     fn from(e: SpoolError) -> Self {
         match e {
@@ -75,35 +93,30 @@ impl From<SpoolError> for ApiError {
             SpoolError::Unavailable(_) => {
                 static TOLD: telemetry::Throttle =
                     telemetry::Throttle::new(Duration::from_secs(60), 0);
-                if let Some(refused) = TOLD.due(telemetry::once) {
-                    tracing::error!(error = %e, refused_since_last_line = refused,
-                        "cannot store accepted messages: ingest answers 503 until the spool's server answers");
-                }
-                Self {
-                    retry_after: Some(e.retry_after()),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "spool_unavailable",
-                        "the spool's server is unavailable; retry later",
-                    )
-                }
+                let (code, message) = (
+                    "spool_unavailable",
+                    "the spool's server is unavailable; retry later",
+                );
+                refusing(
+                    &e,
+                    &TOLD,
+                    "cannot store accepted messages: ingest answers 503 until the spool's server answers",
+                    code,
+                    message,
+                )
             }
+            // A person must free space; the SDKs keep the messages and retry meanwhile.
             SpoolError::Storage(_) if e.is_disk_full() => {
-                // A person must free space; the SDKs keep the messages and retry meanwhile.
                 static TOLD: telemetry::Throttle =
                     telemetry::Throttle::new(Duration::from_secs(60), 0);
-                if let Some(refused) = TOLD.due(telemetry::once) {
-                    tracing::error!(error = %e, refused_since_last_line = refused,
-                        "the spool's disk is full: ingest refuses calls until space is freed");
-                }
-                Self {
-                    retry_after: Some(e.retry_after()),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "disk_full",
-                        "the spool's disk is full; retry later",
-                    )
-                }
+                let (code, message) = ("disk_full", "the spool's disk is full; retry later");
+                refusing(
+                    &e,
+                    &TOLD,
+                    "the spool's disk is full: ingest refuses calls until space is freed",
+                    code,
+                    message,
+                )
             }
             SpoolError::Storage(_) => {
                 tracing::error!(error = %e, "could not store accepted messages");

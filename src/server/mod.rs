@@ -108,7 +108,16 @@ impl Plan {
         let mut out = format!(
             "listen: {}\nspool: {}\nsources:\n",
             c.server.listen,
-            c.spool.path.display()
+            match c.spool.backend {
+                Backend::Sqlite => c.spool.path.display().to_string(),
+                Backend::JetStream => format!(
+                    "jetstream at {} (prefix {}, {} partitions, {} replica(s))",
+                    crate::spool::jetstream::names::shown_url(c.spool.url.as_deref().unwrap_or("")),
+                    c.spool.prefix(),
+                    c.spool.partitions(),
+                    c.spool.replicas()
+                ),
+            }
         );
         if c.sources.is_empty() {
             out.push_str("  (none: unauthenticated calls are accepted)\n");

@@ -189,6 +189,13 @@ pub trait Spool: Send + Sync + 'static {
     /// Up to `max` items due for `destination`, oldest first.
     async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError>;
 
+    /// More items for the batch the last `lease` began (the worker is filling it): as
+    /// `lease`, and a spool may let a group's next items join its items already in that
+    /// batch. No other lease of the destination comes between.
+    async fn lease_more(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        self.lease(destination, max).await
+    }
+
     /// Delivered: the items are done for this destination.
     async fn ack(&self, destination: &str, seqs: &[Seq]) -> Result<(), SpoolError>;
 

@@ -86,12 +86,13 @@ async fn too_large_splits_the_batch() {
 /// Two updates of one group share a batch; only the older one's engage request fails. The
 /// newer update must be sent again after the older one's retry, so it still wins. (Not
 /// coalesced: merged, both would ride in one group update.)
-#[tokio::test]
-async fn a_partly_failed_batch_keeps_the_last_write_winning() {
+async fn a_partly_failed_batch_keeps_the_last_write_winning(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script("/engage", vec![Answer::status(503)]);
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "",
         &format!("{}{}", source(), mixpanel(&rx, "coalesce = false")),
     )
@@ -149,8 +150,8 @@ fn updates(requests: &[common::Captured]) -> Vec<Vec<(String, String)>> {
 
 /// Calls of one group that pile up while Mixpanel is paused reach it as one update, the
 /// newest values in it; `/v1/destinations` and `/metrics` count the calls merged away.
-#[tokio::test]
-async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group() {
+async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script(
@@ -160,7 +161,7 @@ async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group() {
                 .with_header("retry-after", "1"),
         ],
     );
-    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
     send(&d, vec![numbered("acme", 0)]).await;
     rx.wait_for("/groups", 1).await;
     // Paused now: these wait behind the first call.
@@ -221,15 +222,16 @@ async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group() {
 
 /// A merged update that Mixpanel refuses dead-letters every call it stood for, and
 /// `dlq replay` delivers them all again.
-#[tokio::test]
-async fn a_refused_merged_update_dead_letters_every_call_in_it() {
+async fn a_refused_merged_update_dead_letters_every_call_in_it(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script(
         "/groups",
         vec![Answer::json(400, json!({"error": "bad", "status": 0}))],
     );
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "",
         &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
     )
@@ -253,3 +255,9 @@ async fn a_refused_merged_update_dead_letters_every_call_in_it() {
     assert_eq!(sent.len(), 2, "the replay merged again: {sent:?}");
     assert_eq!(sent[1], [("acme".to_string(), "p9".to_string())]);
 }
+
+on_both_spools!(
+    a_partly_failed_batch_keeps_the_last_write_winning,
+    calls_waiting_out_a_pause_arrive_as_one_update_per_group,
+    a_refused_merged_update_dead_letters_every_call_in_it,
+);

@@ -77,7 +77,7 @@ macro_rules! on_both_spools {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::common::Backend::Sqlite).await
+                    super::$name($crate::common::Backend::Sqlite).await
                 }
             )*
         }
@@ -85,7 +85,7 @@ macro_rules! on_both_spools {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::common::Backend::JetStream).await
+                    super::$name($crate::common::Backend::JetStream).await
                 }
             )*
         }

@@ -49,6 +49,8 @@ pub struct Nats {
     pub port: u16,
     /// Cluster port and the routes to the other nodes, when clustered.
     cluster: Option<(u16, Vec<u16>, String)>,
+    /// More arguments (`--auth TOKEN`).
+    extra: Vec<String>,
     pub store: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
 }
@@ -56,10 +58,16 @@ pub struct Nats {
 impl Nats {
     /// A single server on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A single server with more arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut n = Self {
             child: None,
             port: free_port(),
             cluster: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             store: tempfile::tempdir().unwrap(),
             logs: Arc::default(),
         };
@@ -79,6 +87,7 @@ impl Nats {
                     (0..3).filter(|j| *j != i).map(|j| ports[j].1).collect(),
                     format!("n{i}"),
                 )),
+                extra: Vec::new(),
                 store: tempfile::tempdir().unwrap(),
                 logs: Arc::default(),
             })
@@ -128,6 +137,7 @@ impl Nats {
                 &routes.join(","),
             ]);
         }
+        cmd.args(&self.extra);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()

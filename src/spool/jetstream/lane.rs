@@ -67,6 +67,8 @@ struct State {
     inflight: HashMap<Seq, Item>,
     /// Group → its items leased.
     busy: HashMap<Arc<str>, u32>,
+    /// Group → its items leased into the batch being filled (see [`Lane::lease`]).
+    batch: HashMap<Arc<str>, u32>,
     /// Group → the newest of its items settled here. The server can give an item again after
     /// it was acknowledged (a consumer's leader lost with the acknowledgement not yet
     /// replicated): one older than this was settled already, and sending it again would put
@@ -122,7 +124,8 @@ impl Lane {
 
     /// A message the consumer delivered. A redelivery of an item held here replaces its
     /// handle (the old one is stale). One settled here already (an item of its group as new
-    /// or newer was) is handed back, to be acknowledged and not sent again.
+    /// or newer was) is handed back, to be acknowledged and not sent again. Wakes nobody:
+    /// the caller notifies once the burst it is reading is in.
     pub fn arrive(&self, item: Item) -> Option<Item> {
         let mut s = self.state();
         if let Some(g) = &item.group
@@ -146,8 +149,6 @@ impl Lane {
                 part.queue.insert(item.seq, item);
             }
         }
-        drop(s);
-        self.notify.notify_one();
         None
     }
 
@@ -183,16 +184,25 @@ impl Lane {
         false
     }
 
-    /// Up to `max` items that may go now, oldest first.
-    pub fn lease(&self, max: usize) -> Vec<Leased> {
+    /// Up to `max` items that may go now, oldest first. With `more`, the items fill the
+    /// batch the previous call began: a group whose only items in flight are in that batch
+    /// may add its next ones to it (calls that arrived a moment apart still travel, and
+    /// coalesce, together).
+    pub fn lease(&self, max: usize, more: bool) -> Vec<Leased> {
         let now = SystemTime::now();
         let mut s = self.state();
         let State {
             parts,
             inflight,
             busy,
+            batch,
             ..
         } = &mut *s;
+        if !more {
+            batch.clear();
+        }
+        let elsewhere =
+            |g: &Arc<str>| busy.get(g).copied().unwrap_or(0) > batch.get(g).copied().unwrap_or(0);
         // The first `max` free items of each partition, then the oldest `max` of those.
         let mut free: Vec<(Seq, u32)> = Vec::new();
         for (&p, part) in parts.iter() {
@@ -207,7 +217,7 @@ impl Lane {
                 }
                 let not_due = item.due.is_some_and(|d| d > now);
                 if let Some(g) = &item.group
-                    && (not_due || busy.contains_key(g) || blocked.contains(g))
+                    && (not_due || elsewhere(g) || blocked.contains(g))
                 {
                     blocked.insert(g);
                     continue;
@@ -226,6 +236,7 @@ impl Lane {
             let item = part.queue.remove(&seq).expect("listed");
             if let Some(g) = &item.group {
                 *busy.entry(g.clone()).or_default() += 1;
+                *batch.entry(g.clone()).or_default() += 1;
             }
             out.push(Leased {
                 seq,

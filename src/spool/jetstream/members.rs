@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::names::{self, OWNER_GROUP};
@@ -266,13 +266,25 @@ async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> R
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e.to_string()),
                 Some(Ok(message)) => {
-                    if let Some(item) = super::item_of(message, partition, token).await?
-                        && let Some(seen) = lane.arrive(item)
-                    {
-                        tracing::debug!(destination = %lane.name, seq = seen.seq,
-                            "given again after it was settled: acknowledged, not sent again");
-                        let _ = seen.acker.ack().await;
+                    // What has already come with it too, before anyone is woken: a group's
+                    // calls that arrived together are leased (and coalesced) together.
+                    let mut burst = vec![message];
+                    while burst.len() < MAX_ACK_PENDING as usize {
+                        match messages.next().now_or_never() {
+                            Some(Some(Ok(m))) => burst.push(m),
+                            _ => break,
+                        }
                     }
+                    for message in burst {
+                        if let Some(item) = super::item_of(message, partition, token).await?
+                            && let Some(seen) = lane.arrive(item)
+                        {
+                            tracing::debug!(destination = %lane.name, seq = seen.seq,
+                                "given again after it was settled: acknowledged, not sent again");
+                            let _ = seen.acker.ack().await;
+                        }
+                    }
+                    lane.notify.notify_one();
                 }
             },
             _ = check.tick(), if lane.recovering(partition) => {

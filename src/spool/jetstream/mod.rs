@@ -290,7 +290,14 @@ impl Spool for JetStreamSpool {
 
     async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
         Ok(match self.lane(destination) {
-            Some(lane) => lane.lease(max),
+            Some(lane) => lane.lease(max, false),
+            None => Vec::new(),
+        })
+    }
+
+    async fn lease_more(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
+        Ok(match self.lane(destination) {
+            Some(lane) => lane.lease(max, true),
             None => Vec::new(),
         })
     }
@@ -479,7 +486,7 @@ impl Spool for JetStreamSpool {
         let members = lock(&i.alive).clone();
         Some(serde_json::json!({
             "backend": "jetstream",
-            "prefix": i.names.log_stream(),
+            "stream": i.names.log_stream(),
             "partitions": i.partitions,
             "this_daemon": i.me.id,
             "members": members,

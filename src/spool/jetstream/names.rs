@@ -106,6 +106,16 @@ pub fn token(name: &str) -> String {
     }
 }
 
+/// A server URL as messages show it: a user and password written into it
+/// (`nats://user:pass@host`) as `***`.
+pub fn shown_url(url: &str) -> String {
+    let u = url.trim();
+    match (u.find("://"), u.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &u[..scheme + 3], &u[at..]),
+        _ => u.to_string(),
+    }
+}
+
 /// The partition a key (the group id, else the message id) lives in; stable across
 /// daemons and releases.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {

@@ -62,9 +62,14 @@ pub(super) fn server(what: impl Into<String>, e: impl std::fmt::Display) -> Setu
     }
 }
 
-/// The URL list as configured, for messages (never with credentials: those are separate keys).
+/// The URL list as configured, for messages: a user and password written into a URL
+/// (`nats://user:pass@host`) show as `***`.
 pub(super) fn url_of(c: &SpoolConfig) -> String {
-    c.url.clone().unwrap_or_default()
+    let url = c.url.as_deref().unwrap_or_default();
+    url.split(',')
+        .map(super::names::shown_url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Connect with the configured credentials and TLS; fails at once (naming the URL) when no
@@ -182,24 +187,22 @@ pub(super) async fn streams(
         metadata: HashMap::from([(PARTITIONS_KEY.to_string(), partitions.to_string())]),
         ..Default::default()
     };
-    let dead = stream::Config {
-        name: names.dead_stream(),
-        subjects: vec![names.dead_subjects()],
+    // Dead letters and refused messages: kept until a person purges or replays them.
+    let kept = |name: String, subject: String, max_bytes: u64| stream::Config {
+        name,
+        subjects: vec![subject],
         storage: stream::StorageType::File,
-        max_bytes: c.max_bytes as i64,
+        max_bytes: max_bytes as i64,
         discard: stream::DiscardPolicy::New,
         num_replicas: replicas,
         ..Default::default()
     };
-    let refused = stream::Config {
-        name: names.refused_stream(),
-        subjects: vec![names.refused_subject()],
-        storage: stream::StorageType::File,
-        max_bytes: c.max_refused_bytes as i64,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas,
-        ..Default::default()
-    };
+    let dead = kept(names.dead_stream(), names.dead_subjects(), c.max_bytes);
+    let refused = kept(
+        names.refused_stream(),
+        names.refused_subject(),
+        c.max_refused_bytes,
+    );
     let mut made = Vec::new();
     for config in [log, dead, refused] {
         let name = config.name.clone();
@@ -312,6 +315,18 @@ pub(super) async fn remove_unread(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_urls_are_not_shown() {
+        let c = crate::config::SpoolConfig {
+            url: Some("nats://ops:hunter2@10.0.0.1:4222, tls://10.0.0.2:4222".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            super::url_of(&c),
+            "nats://***@10.0.0.1:4222,tls://10.0.0.2:4222"
+        );
+    }
+
     #[test]
     fn versions_from_2_11_are_new_enough() {
         for (v, ok) in [
