@@ -36,7 +36,7 @@ enum Command {
         config: PathBuf,
         /// With a shared (JetStream) spool: accept calls and deliver (`all`), only accept
         /// (`ingest`), or only deliver (`deliver`).
-        #[arg(long, value_enum, default_value_t = Role::All)]
+        #[arg(long, value_enum, default_value_t = Role::All, env = "SWITCHYARD_ROLE")]
         role: Role,
     },
     /// Validate a config and print what would run; exit 1 listing every error.

@@ -145,28 +145,50 @@ async fn load(
 }
 
 /// Every id in `sent` reached `path`; for each group the last call the receiver got is the
-/// newest sent (per-group order held, across takeovers too). Answers the duplicates.
+/// newest sent (per-group order held, across takeovers too). Answers the duplicates. On a
+/// timeout, says what is missing and what the daemons report.
 async fn all_delivered_in_order(
     rx: &Receiver,
     path: &str,
     sent: &HashSet<String>,
     per_group: usize,
+    daemons: &[&Daemon],
 ) -> usize {
-    let got = within(
-        TAKEOVER,
-        "every accepted call at the receiver",
-        async || {
-            let got = rx.requests(path);
-            let seen: HashSet<String> = got
-                .iter()
-                .filter(|c| c.status == 200)
-                .flat_map(items)
-                .map(|i| i.0)
-                .collect();
-            sent.is_subset(&seen).then_some(got)
-        },
-    )
-    .await;
+    let seen = |got: &[Captured]| -> HashSet<String> {
+        got.iter()
+            .filter(|c| c.status == 200)
+            .flat_map(items)
+            .map(|i| i.0)
+            .collect()
+    };
+    let deadline = Instant::now() + TAKEOVER;
+    let got = loop {
+        let got = rx.requests(path);
+        if sent.is_subset(&seen(&got)) {
+            break got;
+        }
+        if Instant::now() > deadline {
+            let seen = seen(&got);
+            let mut missing: Vec<&String> = sent.difference(&seen).collect();
+            missing.sort();
+            for d in daemons {
+                let (_, status) = d.get("/v1/destinations").await;
+                let logs = d.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                eprintln!(
+                    "daemon {}: {status}\n{}",
+                    d.addr,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!(
+                "{} accepted calls never arrived, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut all = 0;
     for (_, g, n) in got.iter().filter(|c| c.status == 200).flat_map(items) {
@@ -174,10 +196,17 @@ async fn all_delivered_in_order(
         all += 1;
     }
     for (g, n) in &last {
+        let delivered: Vec<u64> = got
+            .iter()
+            .filter(|c| c.status == 200)
+            .flat_map(items)
+            .filter(|i| &i.1 == g)
+            .map(|i| i.2)
+            .collect();
         assert_eq!(
             *n as usize,
             per_group - 1,
-            "group {g}: the last update delivered was {n}, not the newest"
+            "group {g}: the last update delivered was {n}, not the newest; in order: {delivered:?}"
         );
     }
     all - sent.len()
@@ -224,7 +253,7 @@ async fn three_daemons_share_the_work_and_a_killed_one_loses_nothing() {
     loading.await.unwrap();
     let sent = sent.lock().unwrap().clone();
     assert_eq!(sent.len(), GROUPS * PER_GROUP);
-    let duplicates = all_delivered_in_order(&rx, "/a", &sent, PER_GROUP).await;
+    let duplicates = all_delivered_in_order(&rx, "/a", &sent, PER_GROUP, &[&a, &d]).await;
     println!(
         "{} calls, {duplicates} delivered twice after the kill",
         sent.len()
@@ -420,7 +449,7 @@ async fn a_three_node_cluster_losing_a_node_under_load_loses_nothing() {
     nodes[0].restart();
     loading.await.unwrap();
     let sent = sent.lock().unwrap().clone();
-    let duplicates = all_delivered_in_order(&rx, "/a", &sent, PER_GROUP).await;
+    let duplicates = all_delivered_in_order(&rx, "/a", &sent, PER_GROUP, &[&a, &b]).await;
     println!(
         "{} calls, {duplicates} delivered twice around the node's loss",
         sent.len()

@@ -32,6 +32,8 @@ pub(super) struct Item {
     pub partition: u32,
     pub acker: Arc<Acker>,
     pub body: Arc<str>,
+    /// Its one parse, shared with the other destinations' lanes here.
+    pub parsed: Parsed,
     pub group: Option<Arc<str>>,
     pub source: String,
     pub message_id: String,
@@ -69,18 +71,21 @@ struct State {
     busy: HashMap<Arc<str>, u32>,
     /// Group → its items leased into the batch being filled (see [`Lane::lease`]).
     batch: HashMap<Arc<str>, u32>,
-    /// Group → the newest of its items settled here. The server can give an item again after
-    /// it was acknowledged (a consumer's leader lost with the acknowledgement not yet
-    /// replicated): one older than this was settled already, and sending it again would put
-    /// an older update after a newer one.
-    settled: HashMap<Arc<str>, Seq>,
+    /// The items settled here lately. The server can give an item again after it was
+    /// acknowledged (a consumer's leader lost with the acknowledgement not yet replicated):
+    /// sending it again could put an older update after a newer one.
+    settled: HashSet<Seq>,
+    /// The same, oldest first, to forget the oldest past [`MAX_REMEMBERED`].
+    settled_order: std::collections::VecDeque<Seq>,
 }
 
-/// Most groups whose newest settled item a lane remembers; past it the memory starts over.
+/// Most settled items a lane remembers.
 const MAX_REMEMBERED: usize = 100_000;
 
 pub(super) struct Lane {
     pub name: String,
+    /// The destination's name in subjects and consumer names.
+    pub token: String,
     state: Mutex<State>,
     pub notify: Notify,
 }
@@ -89,6 +94,7 @@ impl Lane {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
+            token: super::names::token(name),
             state: Mutex::new(State::default()),
             notify: Notify::new(),
         }
@@ -123,14 +129,12 @@ impl Lane {
     }
 
     /// A message the consumer delivered. A redelivery of an item held here replaces its
-    /// handle (the old one is stale). One settled here already (an item of its group as new
-    /// or newer was) is handed back, to be acknowledged and not sent again. Wakes nobody:
+    /// handle (the old one is stale). One settled here already is handed back, to be
+    /// acknowledged and not sent again. Wakes nobody:
     /// the caller notifies once the burst it is reading is in.
     pub fn arrive(&self, item: Item) -> Option<Item> {
         let mut s = self.state();
-        if let Some(g) = &item.group
-            && s.settled.get(g).is_some_and(|newest| *newest >= item.seq)
-        {
+        if s.settled.contains(&item.seq) {
             return Some(item);
         }
         if let Some(held) = s.inflight.get_mut(&item.seq) {
@@ -150,6 +154,14 @@ impl Lane {
             }
         }
         None
+    }
+
+    /// Take `partition` over again (its pull started anew): what the server gave a pull that
+    /// broke comes back once its ack wait runs out, possibly after newer messages.
+    pub fn recover(&self, partition: u32, deadline: Instant) {
+        if let Some(part) = self.state().parts.get_mut(&partition) {
+            part.recovering = Some(deadline);
+        }
     }
 
     /// Whether `partition` is still being taken over.
@@ -241,7 +253,7 @@ impl Lane {
             out.push(Leased {
                 seq,
                 body: item.body.clone(),
-                parsed: Parsed::default(),
+                parsed: item.parsed.clone(),
                 group_id: item.group.clone(),
                 attempts: item.attempts,
                 first_attempt: item.first_attempt,
@@ -278,17 +290,17 @@ impl Lane {
     pub fn settle(&self, seqs: &[Seq]) -> Vec<Item> {
         let mut s = self.state();
         let mut done = Vec::with_capacity(seqs.len());
-        if s.settled.len() > MAX_REMEMBERED {
-            s.settled.clear();
-        }
         for seq in seqs {
             if let Some(item) = s.inflight.remove(seq) {
                 unbusy(&mut s.busy, &item.group);
-                if let Some(g) = &item.group {
-                    let newest = s.settled.entry(g.clone()).or_default();
-                    *newest = (*newest).max(*seq);
-                }
+                s.settled.insert(*seq);
+                s.settled_order.push_back(*seq);
                 done.push(item);
+            }
+        }
+        while s.settled_order.len() > MAX_REMEMBERED {
+            if let Some(old) = s.settled_order.pop_front() {
+                s.settled.remove(&old);
             }
         }
         drop(s);

@@ -21,8 +21,14 @@ use super::{Inner, Lane, Role, lock, read};
 /// How often a daemon refreshes its record and looks at the others'.
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(2);
 
-/// A daemon whose record is this old is gone: its partitions go to the others.
-pub(super) const MEMBER_TTL: Duration = Duration::from_secs(6);
+/// A daemon whose record is this old is gone: its partitions go to the others. Longer than
+/// a cluster's leader election (about 5 s), during which no record can be refreshed.
+pub(super) const MEMBER_TTL: Duration = Duration::from_secs(10);
+
+/// A daemon that could not refresh its record for this long lets go of its partitions (the
+/// others may already count it gone), before its record can expire: two daemons never
+/// deliver one partition at once.
+pub(super) const SELF_FENCE: Duration = Duration::from_secs(6);
 
 /// One daemon, as the others see it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,10 +131,23 @@ pub(super) async fn beat(inner: &Arc<Inner>) {
         me.leased.insert(name.clone(), leased);
     }
     let record = serde_json::to_vec(&me).unwrap_or_default();
+    // Timed from before the put: the server's copy is no older than this.
+    let putting = Instant::now();
     if let Err(e) = inner.members.put(&me.id, record.into()).await {
-        tracing::warn!(error = %e, "cannot refresh this daemon's record in the members bucket");
+        let since = lock(&inner.last_beat).elapsed();
+        tracing::warn!(error = %e, since = ?since, "cannot refresh this daemon's record in the members bucket");
+        if since >= SELF_FENCE {
+            let owned = read(&inner.lanes).values().any(|l| !l.owned().is_empty());
+            if owned {
+                tracing::warn!(
+                    "letting go of every partition until the members bucket answers again"
+                );
+                release_all(inner).await;
+            }
+        }
         return;
     }
+    *lock(&inner.last_beat) = putting;
     match alive(inner).await {
         Ok(members) => *lock(&inner.alive) = members,
         Err(e) => {
@@ -222,6 +241,11 @@ pub(super) async fn leave(inner: &Arc<Inner>) {
         .leaving
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = tokio::time::timeout(Duration::from_secs(2), inner.members.delete(&inner.me.id)).await;
+    release_all(inner).await;
+}
+
+/// Let go of every partition of every lane.
+async fn release_all(inner: &Arc<Inner>) {
     let lanes: Vec<Arc<Lane>> = read(&inner.lanes).values().cloned().collect();
     for lane in lanes {
         for p in lane.owned() {
@@ -231,11 +255,15 @@ pub(super) async fn leave(inner: &Arc<Inner>) {
     }
 }
 
+/// Whether this daemon's record may have expired: it leases nothing then.
+pub(super) fn fenced(inner: &Inner) -> bool {
+    lock(&inner.last_beat).elapsed() >= SELF_FENCE
+}
+
 /// Pull one partition of one destination into its lane while it is owned here.
 async fn pull(inner: Arc<Inner>, lane: Arc<Lane>, partition: u32) {
-    let token = names::token(&lane.name);
     loop {
-        if let Err(e) = pull_once(&inner, &lane, partition, &token).await {
+        if let Err(e) = pull_once(&inner, &lane, partition, &lane.token).await {
             tracing::debug!(destination = %lane.name, partition, error = %e, "pulling again in a second");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -259,6 +287,10 @@ async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> R
         .messages()
         .await
         .map_err(|e| e.to_string())?;
+    // Nothing of the partition goes out until all the consumer has outstanding is here
+    // (a first pull, or one after a broken one).
+    lane.recover(partition, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+    let mut last_delivery: Option<u64> = None;
     let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -276,7 +308,15 @@ async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> R
                         }
                     }
                     for message in burst {
-                        if let Some(item) = super::item_of(message, partition, token).await?
+                        let (delivery, item) = super::item_of(inner, message, partition, token).await?;
+                        if last_delivery.is_some_and(|last| delivery > last + 1) {
+                            // A delivery lost on the way (a connection broken under the pull):
+                            // it comes back after its ack wait, older than what follows it.
+                            tracing::debug!(destination = %lane.name, partition, "a delivery was lost on the way; waiting for it");
+                            lane.recover(partition, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+                        }
+                        last_delivery = Some(last_delivery.map_or(delivery, |l| l.max(delivery)));
+                        if let Some(item) = item
                             && let Some(seen) = lane.arrive(item)
                         {
                             tracing::debug!(destination = %lane.name, seq = seen.seq,

@@ -75,6 +75,7 @@ pub struct JetStreamSpool {
 }
 
 struct Inner {
+    client: async_nats::Client,
     js: jetstream::Context,
     names: Names,
     partitions: u32,
@@ -97,6 +98,59 @@ struct Inner {
     alive: Mutex<Vec<members::Member>>,
     /// Delivery stopped for good: own nothing from now on.
     leaving: std::sync::atomic::AtomicBool,
+    /// When this daemon's record was last stored (see [`members::SELF_FENCE`]).
+    last_beat: Mutex<Instant>,
+    /// Bodies (and their one parse) of messages other destinations' lanes here have yet to
+    /// receive, with how many: each destination's consumer delivers its own copy.
+    bodies: Mutex<HashMap<Seq, SharedBody>>,
+}
+
+/// A body, its parse, and how many lanes here have yet to take it.
+type SharedBody = (Arc<str>, crate::message::Parsed, usize);
+
+/// Most bodies kept for the other destinations' lanes; past it they start over (a body
+/// missed is only read and parsed once more).
+const MAX_SHARED_BODIES: usize = 20_000;
+
+impl Inner {
+    /// The body of message `seq` as the lanes share it: read and parsed once for the
+    /// `readers` destinations here that receive it.
+    fn body(
+        &self,
+        seq: Seq,
+        payload: &[u8],
+        readers: usize,
+    ) -> Result<(Arc<str>, crate::message::Parsed), String> {
+        let mut bodies = lock(&self.bodies);
+        if let Some((body, parsed, left)) = bodies.get_mut(&seq) {
+            let shared = (body.clone(), parsed.clone());
+            *left -= 1;
+            if *left == 0 {
+                bodies.remove(&seq);
+            }
+            return Ok(shared);
+        }
+        let body: Arc<str> = std::str::from_utf8(payload)
+            .map_err(|_| format!("message {seq} is not UTF-8"))?
+            .into();
+        let parsed = crate::message::Parsed::default();
+        if readers > 1 {
+            if bodies.len() >= MAX_SHARED_BODIES {
+                bodies.clear();
+            }
+            bodies.insert(seq, (body.clone(), parsed.clone(), readers - 1));
+        }
+        Ok((body, parsed))
+    }
+
+    /// Make sure the server has read everything this daemon sent so far (acknowledgements
+    /// included): one round trip for a whole batch.
+    async fn flushed(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 impl std::fmt::Debug for JetStreamSpool {
@@ -119,7 +173,7 @@ impl JetStreamSpool {
     ) -> Result<Self, SetupError> {
         let me = members::Member::new(role);
         let client = setup::connect(c, &format!("switchyard {}", me.id)).await?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let names = Names::new(c.prefix());
         let (log, dead, refused) = setup::streams_when_ready(&js, &names, c).await?;
         let replicas = c.replicas();
@@ -151,6 +205,7 @@ impl JetStreamSpool {
             HashMap::new()
         };
         let inner = Arc::new(Inner {
+            client,
             js,
             names,
             partitions,
@@ -167,6 +222,8 @@ impl JetStreamSpool {
             paused: Mutex::new(HashMap::new()),
             alive: Mutex::new(Vec::new()),
             leaving: Default::default(),
+            bodies: Mutex::new(HashMap::new()),
+            last_beat: Mutex::new(Instant::now()),
         });
         // Join before delivering anything, so ownership is decided from the start.
         members::beat(&inner).await;
@@ -290,15 +347,15 @@ impl Spool for JetStreamSpool {
 
     async fn lease(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
         Ok(match self.lane(destination) {
-            Some(lane) => lane.lease(max, false),
-            None => Vec::new(),
+            Some(lane) if !members::fenced(&self.inner) => lane.lease(max, false),
+            _ => Vec::new(),
         })
     }
 
     async fn lease_more(&self, destination: &str, max: usize) -> Result<Vec<Leased>, SpoolError> {
         Ok(match self.lane(destination) {
-            Some(lane) => lane.lease(max, true),
-            None => Vec::new(),
+            Some(lane) if !members::fenced(&self.inner) => lane.lease(max, true),
+            _ => Vec::new(),
         })
     }
 
@@ -306,27 +363,22 @@ impl Spool for JetStreamSpool {
         let Some(lane) = self.lane(destination) else {
             return Ok(());
         };
-        // Confirmed by the server before the groups free up: a newer item of a group is sent
-        // only once the older one is settled on the server. Otherwise an acknowledgement lost
-        // (a node dying, a daemon killed) would have the server give the older one again,
-        // after the newer.
-        let acks =
-            lane.ackers(seqs)
-                .into_iter()
-                .map(|(seq, acker)| async move {
-                    acker.double_ack().await.map(|()| seq).map_err(|_| seq)
-                });
-        let mut confirmed = Vec::with_capacity(seqs.len());
-        for outcome in futures_util::future::join_all(acks).await {
-            match outcome {
-                Ok(seq) => confirmed.push(seq),
-                // Still held, its group still waiting: confirmed later, by a task of its own.
-                Err(seq) => {
-                    tokio::spawn(confirm(lane.clone(), destination.to_string(), seq));
-                }
+        // The server has the acknowledgements before the groups free up: a newer item of a
+        // group is sent only once the older one is settled there. Otherwise an acknowledgement
+        // lost (a daemon killed with it unsent) would have the next owner send the older one
+        // again, after the newer. One flush (a round trip) for the batch.
+        let ackers = lane.ackers(seqs);
+        for (_, acker) in &ackers {
+            let _ = acker.ack().await;
+        }
+        if self.inner.flushed().await {
+            lane.settle(seqs);
+        } else {
+            // Still held, their groups still waiting: confirmed one by one, each by a task.
+            for (seq, _) in ackers {
+                tokio::spawn(confirm(lane.clone(), destination.to_string(), seq));
             }
         }
-        lane.settle(&confirmed);
         Ok(())
     }
 
@@ -371,14 +423,14 @@ impl Spool for JetStreamSpool {
             lane.retry(seq, again, attempt.attempts, attempt.first_attempt);
             return Err(unavailable("cannot store a dead letter", e));
         }
-        match lane.ackers(&[seq]).pop() {
-            Some((_, acker)) if acker.double_ack().await.is_err() => {
+        if let Some((_, acker)) = lane.ackers(&[seq]).pop() {
+            let _ = acker.ack().await;
+            if !self.inner.flushed().await {
                 tokio::spawn(confirm(lane.clone(), destination.to_string(), seq));
-            }
-            _ => {
-                lane.settle(&[seq]);
+                return Ok(());
             }
         }
+        lane.settle(&[seq]);
         Ok(())
     }
 
@@ -527,41 +579,55 @@ async fn confirm(lane: Arc<Lane>, destination: String, seq: Seq) {
     lane.settle(&[seq]);
 }
 
-/// An item of a message the consumer delivered, if it is for `lane`'s destination; a
-/// message for other destinations only is acknowledged at once (it is not this one's).
+/// The consumer's delivery number of a message (it counts every delivery, redeliveries
+/// included: a gap means one was lost on the way), and its item if it is for `lane`'s
+/// destination; a message for other destinations only is acknowledged at once (it is not
+/// this one's).
 async fn item_of(
+    inner: &Inner,
     message: jetstream::Message,
     partition: u32,
     token: &str,
-) -> Result<Option<Item>, String> {
+) -> Result<(u64, Option<Item>), String> {
     let info = message.info().map_err(|e| e.to_string())?;
-    let seq = info.stream_sequence;
+    let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
     let (message, acker) = message.split();
     let headers = message.headers.unwrap_or_default();
     let text = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
     let unhex = |name: &str| {
         text(name).and_then(|h| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok()))
     };
-    let for_me = text(names::TO).is_some_and(|to| to.split(' ').any(|t| t == token))
-        || message.subject.as_str().contains(".replay.");
-    if !for_me {
+    let replay = message.subject.as_str().contains(".replay.");
+    let to = text(names::TO).unwrap_or_default();
+    if !replay && !to.split(' ').any(|t| t == token) {
         let _ = acker.ack().await;
-        return Ok(None);
+        return Ok((delivery, None));
     }
-    let body = String::from_utf8(message.payload.to_vec())
-        .map_err(|_| format!("message {seq} is not UTF-8"))?;
-    Ok(Some(Item {
-        seq,
-        partition,
-        acker: Arc::new(acker),
-        body: body.into(),
-        group: unhex(names::GROUP).map(Arc::from),
-        source: unhex(names::SOURCE).unwrap_or_default(),
-        message_id: unhex(names::MESSAGE_ID).unwrap_or_default(),
-        attempts: 0,
-        first_attempt: None,
-        due: None,
-        touched: Instant::now(),
-        acking: false,
-    }))
+    // The destinations here that get a copy of it too (a replay is for one only).
+    let readers = if replay {
+        1
+    } else {
+        let lanes = read(&inner.lanes);
+        let here = |t: &str| lanes.values().any(|lane| lane.token == t);
+        to.split(' ').filter(|t| here(t)).count().max(1)
+    };
+    let (body, parsed) = inner.body(seq, &message.payload, readers)?;
+    Ok((
+        delivery,
+        Some(Item {
+            seq,
+            partition,
+            acker: Arc::new(acker),
+            body,
+            parsed,
+            group: unhex(names::GROUP).map(Arc::from),
+            source: unhex(names::SOURCE).unwrap_or_default(),
+            message_id: unhex(names::MESSAGE_ID).unwrap_or_default(),
+            attempts: 0,
+            first_attempt: None,
+            due: None,
+            touched: Instant::now(),
+            acking: false,
+        }),
+    ))
 }
