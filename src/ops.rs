@@ -74,6 +74,9 @@ pub fn metrics(state: &OpsState) -> String {
             d.status.paused_until().is_some() || state.spool.shared_pause(&d.name).is_some(),
         );
     }
+    if let Some(cluster) = state.spool.cluster() {
+        telemetry::cluster_gauges(&cluster);
+    }
     telemetry::render()
 }
 

@@ -121,7 +121,27 @@ pub fn destination_gauges(destination: &str, depth: &Depth, paused: bool) {
         })
         .unwrap_or(0.0);
     gauge!("switchyard_oldest_pending_seconds", "destination" => d.clone()).set(age);
+    gauge!("switchyard_retrying", "destination" => d.clone()).set(depth.retrying as f64);
+    gauge!("switchyard_dead_letters", "destination" => d.clone()).set(depth.dead_letters as f64);
     gauge!("switchyard_destination_paused", "destination" => d).set(if paused { 1.0 } else { 0.0 });
+}
+
+/// A shared spool's members as this daemon last saw them: how many are alive per role, and
+/// how many partitions this daemon owns.
+pub fn cluster_gauges(cluster: &serde_json::Value) {
+    let Some(members) = cluster["members"].as_array() else {
+        return;
+    };
+    for role in ["all", "ingest", "deliver"] {
+        let n = members.iter().filter(|m| m["role"] == role).count();
+        gauge!("switchyard_cluster_members", "role" => role).set(n as f64);
+    }
+    let owned = members
+        .iter()
+        .find(|m| m["id"] == cluster["this_daemon"])
+        .and_then(|m| m["owns"].as_array())
+        .map_or(0, Vec::len);
+    gauge!("switchyard_partitions_owned").set(owned as f64);
 }
 
 /// At most one log line per `every` for a condition that repeats while it lasts (a full

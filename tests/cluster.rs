@@ -413,6 +413,14 @@ async fn roles_split_ingest_from_delivery() {
         .unwrap();
     assert_eq!(owner["role"], "deliver");
     assert!(front.logs().contains("spool on JetStream"));
+    let metrics = back.get_text("/metrics").await;
+    for line in [
+        "switchyard_cluster_members{role=\"deliver\"} 1",
+        "switchyard_cluster_members{role=\"ingest\"} 1",
+        "switchyard_partitions_owned 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
