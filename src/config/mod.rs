@@ -150,7 +150,7 @@ pub struct SourceConfig {
     pub place: Place,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     /// Where the spool lives: `sqlite` (embedded, one daemon) or `jetstream` (a NATS

@@ -345,7 +345,17 @@ fn parts(plan: Plan) -> (Config, Vec<Next>, Current) {
                     }
                 ),
             ),
-            ("[spool]", format!("{:?}", config.spool)),
+            // Without its places: moving the table in the file changes nothing.
+            (
+                "[spool]",
+                format!(
+                    "{:?}",
+                    crate::config::SpoolConfig {
+                        place: Default::default(),
+                        ..config.spool.clone()
+                    }
+                ),
+            ),
             ("admin.listen", format!("{:?}", admin.listen)),
         ],
     };
