@@ -583,3 +583,49 @@ async fn a_removed_destination_leaves_no_consumers() {
     );
     rx.wait_for("/a", 1).await;
 }
+
+/// Partitions handed over while calls flow: a second daemon joins under load (the first hands
+/// it half the partitions), then the first stops cleanly (the second takes the rest). Every
+/// call arrives, and each group's last update is its newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_handed_over_under_load_keep_every_call_and_its_order() {
+    const GROUPS: usize = 24;
+    const PER_GROUP: usize = 60;
+    let under = Under::new(Backend::JetStream);
+    let rx = Receiver::start().await;
+    // A destination slow enough that batches are in flight when partitions move.
+    rx.set_default("/a", Answer::status(200).delayed(Duration::from_millis(30)));
+    let c = config(
+        &rx,
+        "batch = { max_events = 20, max_wait = \"5ms\" }\nconcurrency = 2",
+    );
+    let mut a = Daemon::start_on(&under, "", &c).await;
+    settled(&[&a], 1).await;
+    let targets = Arc::new(Mutex::new(vec![a.url("")]));
+    let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let loading = tokio::spawn(load(targets.clone(), GROUPS, PER_GROUP, 3, sent.clone()));
+    let part = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            within(common::DEADLINE, "calls accepted", async || {
+                (sent.lock().unwrap().len() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    part(GROUPS * PER_GROUP / 4).await;
+    let b = Daemon::start_on(&under, "", &c).await;
+    targets.lock().unwrap().push(b.url(""));
+    settled(&[&a, &b], 2).await;
+    part(GROUPS * PER_GROUP / 2).await;
+    targets.lock().unwrap().retain(|t| *t != a.url(""));
+    assert!(a.terminate().await.success());
+    loading.await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    let duplicates = all_delivered_in_order(&rx, "/a", &sent, PER_GROUP, &[&b]).await;
+    println!(
+        "{} calls, {duplicates} delivered twice across two handovers",
+        sent.len()
+    );
+    assert!(a.logs().contains("partition handed over to another daemon"));
+}

@@ -99,6 +99,9 @@ pub fn redacted_url(url: &str) -> String {
     if parsed.password().is_some() {
         // Only fails for URLs that cannot have credentials, and this one has some.
         let _ = parsed.set_password(Some("***"));
+    } else if !parsed.username().is_empty() {
+        // A user name alone is often the secret itself (`nats://TOKEN@host`, `https://KEY@…`).
+        let _ = parsed.set_username("***");
     }
     if parsed.query().is_some() {
         let pairs: Vec<(String, String)> = parsed

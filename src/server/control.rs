@@ -222,7 +222,7 @@ impl Control {
         for name in &diff.removed {
             let owed = self.spool.depth(name).pending;
             changes.push(format!(
-                "removed destination `{name}` ({owed} messages kept in the spool until it is configured again)"
+                "removed destination `{name}` ({owed} messages kept in the spool until it is configured again; on a JetStream spool, dropped once no daemon serves it)"
             ));
         }
         changes.extend(

@@ -128,6 +128,8 @@ pub struct Answer {
     /// Hold the answer until this many requests reached the path; if they do not within
     /// the deadline, answer 504 instead (so a test sees the requests did not overlap).
     pub hold_until: usize,
+    /// Answer this long after the request was captured (a slow destination).
+    pub delay: Duration,
 }
 
 impl Answer {
@@ -137,6 +139,7 @@ impl Answer {
             headers: Vec::new(),
             body: String::new(),
             hold_until: 0,
+            delay: Duration::ZERO,
         }
     }
 
@@ -146,7 +149,13 @@ impl Answer {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
             hold_until: 0,
+            delay: Duration::ZERO,
         }
+    }
+
+    pub fn delayed(mut self, by: Duration) -> Self {
+        self.delay = by;
+        self
     }
 
     pub fn held_until(mut self, requests: usize) -> Self {
@@ -293,6 +302,7 @@ async fn capture(
         status: answer.status,
     });
     state.arrived.notify_waiters();
+    tokio::time::sleep(answer.delay).await;
     let mut response = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
     for (k, v) in answer.headers {
         response.headers_mut().insert(

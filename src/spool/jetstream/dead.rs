@@ -115,6 +115,7 @@ pub struct Dead {
     partitions: u32,
     dead: stream::Stream,
     refused: stream::Stream,
+    log: stream::Stream,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> SpoolError {
@@ -142,12 +143,19 @@ impl Dead {
         };
         let dead = get(names.dead_stream()).await?;
         let refused = get(names.refused_stream()).await?;
+        let mut log = get(names.log_stream()).await?;
+        // The stream's own count, whatever this file says: a replay must land where the
+        // daemons' consumers read.
+        let partitions = super::setup::partitions_of(&mut log)
+            .await
+            .unwrap_or(c.partitions());
         Ok(Self {
             js,
             names,
-            partitions: c.partitions(),
+            partitions,
             dead,
             refused,
+            log,
         })
     }
 
@@ -155,15 +163,16 @@ impl Dead {
         js: jetstream::Context,
         names: Names,
         partitions: u32,
-        dead: stream::Stream,
-        refused: stream::Stream,
+        streams: [stream::Stream; 3],
     ) -> Self {
+        let [log, dead, refused] = streams;
         Self {
             js,
             names,
             partitions,
             dead,
             refused,
+            log,
         }
     }
 
@@ -283,6 +292,15 @@ impl Dead {
                 .or(r.message_id.as_deref())
                 .unwrap_or("");
             let partition = names::partition_of(key, self.partitions);
+            // Published where no consumer reads, the stream would drop it at once.
+            let consumer = self.names.consumer(&destination, partition);
+            if self.log.consumer_info(&consumer).await.is_err() {
+                let why = format!(
+                    "destination `{destination}` has no consumer on the server (has a daemon with it in its config run?)"
+                );
+                out.skipped.push((id, why));
+                continue;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(names::TO, names::token(&destination).as_str());
             if let Some(g) = &r.group_id {

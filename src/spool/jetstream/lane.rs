@@ -71,6 +71,9 @@ struct State {
     busy: HashMap<Arc<str>, u32>,
     /// Group → its items leased into the batch being filled (see [`Lane::lease`]).
     batch: HashMap<Arc<str>, u32>,
+    /// The earliest retry time, at the last lease, of an item that only waited for it (not
+    /// behind an older item of its group, not in a partition being taken over).
+    next_due: Option<SystemTime>,
     /// The items settled here lately. The server can give an item again after it was
     /// acknowledged (a consumer's leader lost with the acknowledgement not yet replicated):
     /// sending it again could put an older update after a newer one.
@@ -122,10 +125,12 @@ impl Lane {
     }
 
     /// Stop holding `partition`: its puller stops and what waits here is forgotten (still
-    /// unacknowledged, the server gives it to the next owner). Leased items settle as usual.
-    pub fn release(&self, partition: u32) {
+    /// unacknowledged, the server gives it to the next owner: the caller hands the handles
+    /// back at once). Leased items settle as usual.
+    pub fn release(&self, partition: u32) -> Vec<Arc<Acker>> {
         let part = self.state().parts.remove(&partition);
-        drop(part);
+        part.map(|p| p.queue.values().map(|i| i.acker.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// A message the consumer delivered. A redelivery of an item held here replaces its
@@ -215,6 +220,7 @@ impl Lane {
         }
         let elsewhere =
             |g: &Arc<str>| busy.get(g).copied().unwrap_or(0) > batch.get(g).copied().unwrap_or(0);
+        let mut next_due: Option<SystemTime> = None;
         // The first `max` free items of each partition, then the oldest `max` of those.
         let mut free: Vec<(Seq, u32)> = Vec::new();
         for (&p, part) in parts.iter() {
@@ -228,8 +234,13 @@ impl Lane {
                     break;
                 }
                 let not_due = item.due.is_some_and(|d| d > now);
+                let behind =
+                    (item.group.as_ref()).is_some_and(|g| elsewhere(g) || blocked.contains(g));
+                if not_due && !behind {
+                    next_due = next_due.min(item.due).or(item.due);
+                }
                 if let Some(g) = &item.group
-                    && (not_due || elsewhere(g) || blocked.contains(g))
+                    && (not_due || behind)
                 {
                     blocked.insert(g);
                     continue;
@@ -261,6 +272,7 @@ impl Lane {
             });
             inflight.insert(seq, item);
         }
+        s.next_due = next_due;
         out
     }
 
@@ -312,30 +324,36 @@ impl Lane {
 
     /// Back in its place, to go again at `at`; forgotten if its partition is not held here
     /// any more (the server gives it to the next owner).
-    pub fn retry(&self, seq: Seq, at: SystemTime, attempts: u32, first: SystemTime) {
+    pub fn retry(
+        &self,
+        seq: Seq,
+        at: SystemTime,
+        attempts: u32,
+        first: SystemTime,
+    ) -> Option<Arc<Acker>> {
         let mut s = self.state();
-        let Some(mut item) = s.inflight.remove(&seq) else {
-            return;
-        };
+        let mut item = s.inflight.remove(&seq)?;
         unbusy(&mut s.busy, &item.group);
         item.due = Some(at);
         item.attempts = attempts;
         item.first_attempt = Some(first);
-        if let Some(part) = s.parts.get_mut(&item.partition) {
-            part.queue.insert(seq, item);
-        }
+        let handed_back = match s.parts.get_mut(&item.partition) {
+            Some(part) => {
+                part.queue.insert(seq, item);
+                None
+            }
+            // Its partition went to another daemon: the server gives it there (the caller
+            // hands it back at once), before anything newer of its group.
+            None => Some(item.acker),
+        };
         drop(s);
         self.notify.notify_one();
+        handed_back
     }
 
-    /// The earliest time an item waiting for a retry comes due.
+    /// When an item waiting only for its retry time comes due (as the last lease saw it).
     pub fn next_due(&self) -> Option<SystemTime> {
-        let s = self.state();
-        s.parts
-            .values()
-            .flat_map(|p| p.queue.values())
-            .filter_map(|i| i.due)
-            .min()
+        self.state().next_due
     }
 
     /// Handles of items the server last heard of before `stale`, now marked as heard of: to

@@ -18,6 +18,11 @@ use super::names::{self, OWNER_GROUP};
 use super::setup::{ACK_WAIT, MAX_ACK_PENDING};
 use super::{Inner, Lane, Role, lock, read};
 
+/// Longest a partition taken over waits for the messages still outstanding on its consumer
+/// (held by the daemon that had it, or lost on the way) before its items go anyway: a
+/// backstop, for an acknowledgement the server lost.
+pub(super) const RECOVERY_MAX: Duration = Duration::from_secs(30);
+
 /// How often a daemon refreshes its record and looks at the others'.
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -48,6 +53,9 @@ pub struct Member {
     /// Items it has leased (being delivered), per destination.
     #[serde(default)]
     pub leased: std::collections::BTreeMap<String, u64>,
+    /// The destinations its config has: their consumers stay while it lives.
+    #[serde(default)]
+    pub serves: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for Role {
@@ -71,6 +79,7 @@ impl Member {
             owns: Vec::new(),
             retrying: Default::default(),
             leased: Default::default(),
+            serves: Vec::new(),
         }
     }
 }
@@ -122,6 +131,7 @@ pub(super) async fn beat(inner: &Arc<Inner>) {
         return;
     }
     let mut me = inner.me.clone();
+    me.serves = read(&inner.destinations).clone();
     if let Some(lane) = read(&inner.lanes).values().next() {
         me.owns = lane.owned();
     }
@@ -198,13 +208,16 @@ pub(super) async fn rebalance(inner: &Arc<Inner>) {
     for lane in lanes {
         let owned: BTreeSet<u32> = lane.owned().into_iter().collect();
         for &p in owned.difference(&mine) {
-            lane.release(p);
-            unpin(inner, &lane.name, p).await;
+            hand_over(inner, &lane, p).await;
             tracing::info!(destination = %lane.name, partition = p, "partition handed over to another daemon");
+        }
+        // A lane removed meanwhile (a reload) gets no puller: nothing would ever stop it.
+        if !read(&inner.lanes).values().any(|l| Arc::ptr_eq(l, &lane)) {
+            continue;
         }
         for &p in mine.difference(&owned) {
             let puller = tokio::spawn(pull(inner.clone(), lane.clone(), p));
-            lane.own(p, puller, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+            lane.own(p, puller, Instant::now() + RECOVERY_MAX);
         }
     }
 }
@@ -249,10 +262,19 @@ async fn release_all(inner: &Arc<Inner>) {
     let lanes: Vec<Arc<Lane>> = read(&inner.lanes).values().cloned().collect();
     for lane in lanes {
         for p in lane.owned() {
-            lane.release(p);
-            unpin(inner, &lane.name, p).await;
+            hand_over(inner, &lane, p).await;
         }
     }
+}
+
+/// Stop pulling `partition` of `lane` and give what waits here back to the server at once,
+/// for the next owner; items being delivered settle here (one that fails is given back
+/// then). The next owner sends nothing of the partition until all of them are back.
+async fn hand_over(inner: &Inner, lane: &Lane, partition: u32) {
+    for acker in lane.release(partition) {
+        super::hand_back(&acker).await;
+    }
+    unpin(inner, &lane.name, partition).await;
 }
 
 /// Whether this daemon's record may have expired: it leases nothing then.
@@ -272,11 +294,22 @@ async fn pull(inner: Arc<Inner>, lane: Arc<Lane>, partition: u32) {
 
 async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> Result<(), String> {
     let name = inner.names.consumer(&lane.name, partition);
-    let mut consumer: PullConsumer = inner
-        .log
-        .get_consumer(&name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut consumer: PullConsumer = match inner.log.get_consumer(&name).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Deleted under it (a daemon whose file lacks the destination, at a moment no
+            // live daemon served it): made again, from the messages still in the stream.
+            tracing::warn!(destination = %lane.name, partition, error = %e, "consumer missing; making it again");
+            super::setup::consumer(&inner.log, &inner.names, &lane.name, partition)
+                .await
+                .map_err(|e| e.to_string())?;
+            inner
+                .log
+                .get_consumer(&name)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
     let mut messages = consumer
         .stream()
         .group(OWNER_GROUP)
@@ -289,7 +322,7 @@ async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> R
         .map_err(|e| e.to_string())?;
     // Nothing of the partition goes out until all the consumer has outstanding is here
     // (a first pull, or one after a broken one).
-    lane.recover(partition, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+    lane.recover(partition, Instant::now() + RECOVERY_MAX);
     let mut last_delivery: Option<u64> = None;
     let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -308,12 +341,18 @@ async fn pull_once(inner: &Inner, lane: &Lane, partition: u32, token: &str) -> R
                         }
                     }
                     for message in burst {
-                        let (delivery, item) = super::item_of(inner, message, partition, token).await?;
+                        let (delivery, item) = match super::item_of(inner, message, partition, token).await {
+                            Ok(read) => read,
+                            Err(e) => {
+                                tracing::error!(destination = %lane.name, partition, error = %e, "a stored message cannot be read; skipped");
+                                continue;
+                            }
+                        };
                         if last_delivery.is_some_and(|last| delivery > last + 1) {
                             // A delivery lost on the way (a connection broken under the pull):
                             // it comes back after its ack wait, older than what follows it.
                             tracing::debug!(destination = %lane.name, partition, "a delivery was lost on the way; waiting for it");
-                            lane.recover(partition, Instant::now() + ACK_WAIT + HEARTBEAT * 2);
+                            lane.recover(partition, Instant::now() + RECOVERY_MAX);
                         }
                         last_delivery = Some(last_delivery.map_or(delivery, |l| l.max(delivery)));
                         if let Some(item) = item
@@ -374,17 +413,25 @@ pub(super) async fn count_now(inner: &Inner) {
         .collect();
     for d in destinations {
         let mut counts = Counts::default();
-        for p in 0..inner.partitions {
+        // One request per consumer, all at once (`get_consumer` answers with its info).
+        let infos = (0..inner.partitions).map(|p| {
             let name = inner.names.consumer(&d, p);
-            let consumer = inner
-                .log
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                .await;
-            if let Ok(mut c) = consumer
-                && let Ok(info) = c.info().await
-            {
-                counts.unsettled += info.num_pending + info.num_ack_pending as u64;
+            async move {
+                let c = inner
+                    .log
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                    .await
+                    .ok()?;
+                let info = c.cached_info();
+                Some(info.num_pending + info.num_ack_pending as u64)
             }
+        });
+        for unsettled in futures_util::future::join_all(infos)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            counts.unsettled += unsettled;
         }
         for m in &others {
             counts.others_retrying += m.retrying.get(&d).copied().unwrap_or(0);

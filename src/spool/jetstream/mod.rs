@@ -113,6 +113,21 @@ type SharedBody = (Arc<str>, crate::message::Parsed, usize);
 const MAX_SHARED_BODIES: usize = 20_000;
 
 impl Inner {
+    /// Delete the consumers of destinations that neither this daemon nor any live member
+    /// serves: a daemon still running an older file keeps a destination it serves alive.
+    async fn remove_unread(&self) -> Result<(), SetupError> {
+        let mut served = read(&self.destinations).clone();
+        for m in lock(&self.alive).iter() {
+            served.extend(m.serves.iter().cloned());
+        }
+        let removed =
+            setup::remove_unread(&self.log, &self.names, &served, self.partitions).await?;
+        if !removed.is_empty() {
+            tracing::info!(consumers = ?removed, "removed the consumers of destinations no daemon serves");
+        }
+        Ok(())
+    }
+
     /// The body of message `seq` as the lanes share it: read and parsed once for the
     /// `readers` destinations here that receive it.
     fn body(
@@ -144,12 +159,17 @@ impl Inner {
     }
 
     /// Make sure the server has read everything this daemon sent so far (acknowledgements
-    /// included): one round trip for a whole batch.
+    /// included): one round trip for a whole batch. A request to a subject nobody serves is
+    /// answered by the server itself ("no responders") once it has read what came before
+    /// it on this connection.
     async fn flushed(&self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await,
-            Ok(Ok(()))
-        )
+        use async_nats::client::RequestErrorKind;
+        let subject = format!("_SWITCHYARD.flush.{}", self.me.id);
+        let asked = self.client.request(subject, bytes::Bytes::new());
+        match tokio::time::timeout(Duration::from_secs(5), asked).await {
+            Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
+            Ok(Ok(_)) | Err(_) => false,
+        }
     }
 }
 
@@ -192,10 +212,6 @@ impl JetStreamSpool {
                 setup::consumer(&log, &names, d, p).await?;
             }
         }
-        let removed = setup::remove_unread(&log, &names, destinations, partitions).await?;
-        if !removed.is_empty() {
-            tracing::info!(consumers = ?removed, "removed the consumers of destinations no longer configured");
-        }
         let lanes = if role.delivers() {
             destinations
                 .iter()
@@ -227,6 +243,10 @@ impl JetStreamSpool {
         });
         // Join before delivering anything, so ownership is decided from the start.
         members::beat(&inner).await;
+        inner
+            .remove_unread()
+            .await
+            .map_err(|e| setup::server("cleaning up consumers", e))?;
         let tasks = vec![
             tokio::spawn(members::run(inner.clone())),
             tokio::spawn(members::refresh(inner.clone())),
@@ -250,10 +270,18 @@ impl Drop for JetStreamSpool {
         }
         for lane in read(&self.inner.lanes).values() {
             for p in lane.owned() {
-                lane.release(p);
+                drop(lane.release(p));
             }
         }
     }
+}
+
+/// Give a message back to the server at once (a "nak" without delay), for the daemon that
+/// owns its partition now; unsent, it comes back after its ack wait anyway.
+async fn hand_back(acker: &async_nats::jetstream::message::Acker) {
+    let _ = acker
+        .ack_with(async_nats::jetstream::AckKind::Nak(None))
+        .await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -389,8 +417,10 @@ impl Spool for JetStreamSpool {
         at: SystemTime,
         attempt: &Attempt,
     ) -> Result<(), SpoolError> {
-        if let Some(lane) = self.lane(destination) {
-            lane.retry(seq, at, attempt.attempts, attempt.first_attempt);
+        if let Some(lane) = self.lane(destination)
+            && let Some(acker) = lane.retry(seq, at, attempt.attempts, attempt.first_attempt)
+        {
+            hand_back(&acker).await;
         }
         Ok(())
     }
@@ -418,10 +448,14 @@ impl Spool for JetStreamSpool {
         }
         .await;
         if let Err(e) = stored {
-            // Not a dead letter yet: back in the lane, tried again in a second.
+            // Not a dead letter yet: back in the lane, tried again in a second. Not an error
+            // for the worker: the rest of its batch settles as usual.
+            tracing::warn!(destination, seq, error = %e, "cannot store a dead letter yet; trying again in a second");
             let again = SystemTime::now() + Duration::from_secs(1);
-            lane.retry(seq, again, attempt.attempts, attempt.first_attempt);
-            return Err(unavailable("cannot store a dead letter", e));
+            if let Some(acker) = lane.retry(seq, again, attempt.attempts, attempt.first_attempt) {
+                hand_back(&acker).await;
+            }
+            return Ok(());
         }
         if let Some((_, acker)) = lane.ackers(&[seq]).pop() {
             let _ = acker.ack().await;
@@ -463,7 +497,8 @@ impl Spool for JetStreamSpool {
     }
 
     async fn refresh_depth(&self) {
-        members::count_now(&self.inner).await;
+        // A server that does not answer leaves the last counts shown, not a hung request.
+        let _ = tokio::time::timeout(Duration::from_secs(2), members::count_now(&self.inner)).await;
     }
 
     async fn configure(&self, destinations: &[String]) -> Result<Vec<String>, SpoolError> {
@@ -488,15 +523,22 @@ impl Spool for JetStreamSpool {
                     lanes.insert(d.clone(), Arc::new(Lane::new(d)));
                 }
             }
+            for (name, lane) in lanes.iter() {
+                if !destinations.contains(name) {
+                    // Its pullers stop (they hold the lane: only releasing ends them).
+                    for p in lane.owned() {
+                        drop(lane.release(p));
+                    }
+                }
+            }
             lanes.retain(|name, _| destinations.contains(name));
         }
         *i.destinations.write().unwrap_or_else(|p| p.into_inner()) = destinations.to_vec();
-        let removed = setup::remove_unread(&i.log, &i.names, destinations, i.partitions)
+        // Its own record says what it serves now before anything is deleted.
+        members::beat(&self.inner).await;
+        i.remove_unread()
             .await
             .map_err(|e| unavailable("cannot remove a destination's consumers", e))?;
-        if !removed.is_empty() {
-            tracing::info!(consumers = ?removed, "removed the consumers of destinations no longer configured");
-        }
         members::rebalance(i).await;
         Ok(added)
     }
@@ -528,8 +570,7 @@ impl Spool for JetStreamSpool {
             i.js.clone(),
             i.names.clone(),
             i.partitions,
-            i.dead.clone(),
-            i.refused.clone(),
+            [i.log.clone(), i.dead.clone(), i.refused.clone()],
         )))
     }
 
@@ -611,7 +652,16 @@ async fn item_of(
         let here = |t: &str| lanes.values().any(|lane| lane.token == t);
         to.split(' ').filter(|t| here(t)).count().max(1)
     };
-    let (body, parsed) = inner.body(seq, &message.payload, readers)?;
+    let (body, parsed) = match inner.body(seq, &message.payload, readers) {
+        Ok(read) => read,
+        Err(e) => {
+            // Not written by a daemon (they store JSON text): never deliverable, so not
+            // given again either.
+            tracing::error!(seq, error = %e, "a message in the log is not text; removed for this destination");
+            let _ = acker.ack_with(jetstream::AckKind::Term).await;
+            return Ok((delivery, None));
+        }
+    };
     Ok((
         delivery,
         Some(Item {

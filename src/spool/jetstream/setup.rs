@@ -221,6 +221,12 @@ pub(super) async fn streams(
     Ok((log, dead, refused))
 }
 
+/// The partition count the log stream was made with, if it says.
+pub(super) async fn partitions_of(log: &mut stream::Stream) -> Option<u32> {
+    let info = log.info().await.ok()?;
+    info.config.metadata.get(PARTITIONS_KEY)?.parse().ok()
+}
+
 pub(super) fn dedupe_window(c: &SpoolConfig) -> Duration {
     if c.place.keys.iter().any(|(k, _)| k == "dedupe_window") {
         c.dedupe_window
