@@ -502,6 +502,34 @@ async fn the_server_is_named_when_it_cannot_be_used() {
         "{err}"
     );
 
+    // Messages the server could never take (its max_payload is 1 MB by default).
+    let server = Nats::start();
+    let big = format!(
+        "{}{}",
+        config(&rx, ""),
+        nats::spool_table(&server.url(), "")
+    );
+    let path = dir.path().join("switchyard.toml");
+    let text = with_listen(&big).replace(
+        "shutdown_grace = \"2s\"",
+        "shutdown_grace = \"2s\"\nmax_message_bytes = 2000000\nmax_request_bytes = 4000000",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "server.max_message_bytes (2000000) does not fit the NATS server's max_payload (1048576"
+        ),
+        "{err}"
+    );
+    drop(server);
+
     const TOKEN: &str = "nats-token-s3cr3t-7f2a";
     let server = Nats::start_with(&["--auth", TOKEN]);
     let table = nats::spool_table(&server.url(), "token = \"${NATS_TOKEN}\"");

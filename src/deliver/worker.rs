@@ -71,6 +71,9 @@ impl Worker {
             let more = self.batch_max - batch.len();
             batch.extend(self.spool.lease_more(&self.name, more).await?);
         }
+        // Oldest first across the leases that filled it (a group's items are in order
+        // whatever the sort: their positions increase).
+        batch.sort_by_key(|l| l.seq);
         Ok(batch)
     }
 

@@ -236,7 +236,10 @@ async fn open_spool(config: &Config, role: Role) -> anyhow::Result<Arc<dyn Spool
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     let s = &config.spool;
     if s.backend == Backend::JetStream {
-        return Ok(Arc::new(JetStreamSpool::open(s, &names, role).await?));
+        let max_message = config.server.max_message_bytes;
+        return Ok(Arc::new(
+            JetStreamSpool::open(s, &names, role, max_message).await?,
+        ));
     }
     let (dir, bounds) = (s.path.clone(), Bounds::from(s));
     let spool = tokio::task::spawn_blocking(move || SqliteSpool::open(&dir, &names, bounds))

@@ -30,14 +30,15 @@ fn webhook(name: &str, url: &str, retry: &str) -> String {
     format!("[[destination]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\n{retry}\n")
 }
 
-#[tokio::test]
-async fn an_http_error_keeps_its_status_and_answer() {
+async fn an_http_error_keeps_its_status_and_answer(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     rx.set_default(
         "/hook",
         Answer::json(422, json!({"error": "no such field"})),
     );
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "",
         &format!(
             "{}{}",
@@ -56,13 +57,13 @@ async fn an_http_error_keeps_its_status_and_answer() {
     assert_eq!(letter["reason"], "permanent");
 }
 
-#[tokio::test]
-async fn a_salesforce_record_error_keeps_the_answers_status() {
+async fn a_salesforce_record_error_keeps_the_answers_status(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let refused = json!([{"success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [Name]"}]}]);
     rx.script(UPSERT_PATH, vec![Answer::json(200, refused)]);
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
     send(&d, vec![call("g-1", None, json!({"industry": "Retail"}))]).await;
     let letter = shown(&d, "Salesforce").await;
     assert_eq!(letter["status"], 200, "{letter}");
@@ -82,13 +83,14 @@ async fn a_salesforce_record_error_keeps_the_answers_status() {
     );
 }
 
-#[tokio::test]
-async fn a_mixpanel_status_zero_keeps_the_answers_status() {
+async fn a_mixpanel_status_zero_keeps_the_answers_status(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let zero = json!({"error": "Invalid group key company_id", "status": 0});
     rx.script("/groups", vec![Answer::json(200, zero)]);
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "",
         &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
     )
@@ -105,14 +107,14 @@ async fn a_mixpanel_status_zero_keeps_the_answers_status() {
     );
 }
 
-#[tokio::test]
-async fn a_transport_failure_has_no_status() {
+async fn a_transport_failure_has_no_status(backend: Backend) {
+    let under = Under::new(backend);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = format!("http://{}/down", listener.local_addr().unwrap());
     drop(listener);
     let retry_once = "retry = { max_attempts = 1 }";
     let config = format!("{}{}", source(), webhook("Down", &down, retry_once));
-    let d = Daemon::start("", &config).await;
+    let d = Daemon::start_on(&under, "", &config).await;
     send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
     let letter = shown(&d, "Down").await;
     assert_eq!(letter["status"], Value::Null, "{letter}");
@@ -127,11 +129,15 @@ async fn a_transport_failure_has_no_status() {
     );
 }
 
+/// (The embedded spool only: a message over a NATS server's max_payload is refused when a
+/// JetStream spool starts, see tests/cluster.rs.)
 #[tokio::test]
 async fn a_translation_failure_has_no_status() {
+    let under = Under::sqlite();
     let rx = Receiver::start().await;
     accept_all(&rx);
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "max_message_bytes = 2000000\nmax_request_bytes = 2000000",
         &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
     )
@@ -147,3 +153,10 @@ async fn a_translation_failure_has_no_status() {
     );
     assert!(rx.requests("/groups").is_empty());
 }
+
+on_both_spools!(
+    an_http_error_keeps_its_status_and_answer,
+    a_salesforce_record_error_keeps_the_answers_status,
+    a_mixpanel_status_zero_keeps_the_answers_status,
+    a_transport_failure_has_no_status,
+);

@@ -4,8 +4,8 @@ use serde_json::{Value, json};
 
 use super::*;
 
-#[tokio::test]
-async fn status_zero_is_dead_lettered() {
+async fn status_zero_is_dead_lettered(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script(
@@ -15,7 +15,7 @@ async fn status_zero_is_dead_lettered() {
             json!({"error": "Invalid group key company_id", "status": 0}),
         )],
     );
-    let d = Daemon::start("", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), mixpanel(&rx, ""))).await;
 
     send(
         &d,
@@ -51,15 +51,25 @@ async fn status_zero_is_dead_lettered() {
     );
 }
 
-#[tokio::test]
-async fn too_large_splits_the_batch() {
+async fn too_large_splits_the_batch(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let too_big = json!({"code": 413, "error": "request exceeds max limit of 2097152 bytes", "status": "Payload Too Large"});
     rx.script("/groups", vec![Answer::json(413, too_big)]);
-    let d = Daemon::start(
+    let d = Daemon::start_on(
+        &under,
         "",
-        &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
+        // Room for the four calls to meet in one batch, whichever spool's partitions bring
+        // them.
+        &format!(
+            "{}{}",
+            source(),
+            mixpanel(
+                &rx,
+                "associate_user = false\nbatch = { max_wait = \"500ms\" }"
+            )
+        ),
     )
     .await;
 
@@ -260,4 +270,6 @@ on_both_spools!(
     a_partly_failed_batch_keeps_the_last_write_winning,
     calls_waiting_out_a_pause_arrive_as_one_update_per_group,
     a_refused_merged_update_dead_letters_every_call_in_it,
+    status_zero_is_dead_lettered,
+    too_large_splits_the_batch,
 );

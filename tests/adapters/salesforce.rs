@@ -4,8 +4,8 @@ use serde_json::{Value, json};
 
 use super::*;
 
-#[tokio::test]
-async fn settles_each_record_on_its_own() {
+async fn settles_each_record_on_its_own(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let results = json!([
@@ -14,7 +14,7 @@ async fn settles_each_record_on_its_own() {
         {"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]},
     ]);
     rx.script(UPSERT_PATH, vec![Answer::json(200, results)]);
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
 
     let calls = vec![
         call(
@@ -74,15 +74,15 @@ fn assert_one_client_credentials_token(rx: &Receiver) {
     assert!(form.contains("client_secret=sf-client-secret"), "{form}");
 }
 
-#[tokio::test]
-async fn token_expiring_mid_run_is_refreshed_once() {
+async fn token_expiring_mid_run_is_refreshed_once(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     rx.script(
         TOKEN_PATH,
         vec![token_answer(&rx, "tok-1"), token_answer(&rx, "tok-2")],
     );
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
 
     send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
     rx.wait_for(UPSERT_PATH, 1).await;
@@ -104,14 +104,14 @@ async fn token_expiring_mid_run_is_refreshed_once() {
     assert!(dead_letter_lines(&d.logs()).is_empty());
 }
 
-#[tokio::test]
-async fn failing_token_endpoint_retries_and_never_dead_letters() {
+async fn failing_token_endpoint_retries_and_never_dead_letters(backend: Backend) {
+    let under = Under::new(backend);
     let rx = Receiver::start().await;
     accept_all(&rx);
     let refused =
         json!({"error": "invalid_client", "error_description": "invalid client credentials"});
     rx.set_default(TOKEN_PATH, Answer::json(400, refused));
-    let d = Daemon::start("", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
 
     send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
     let sick = wait_status(
@@ -139,3 +139,9 @@ async fn failing_token_endpoint_retries_and_never_dead_letters() {
     assert_eq!(healthy["unhealthy"], Value::Null);
     assert!(dead_letter_lines(&d.logs()).is_empty());
 }
+
+on_both_spools!(
+    settles_each_record_on_its_own,
+    token_expiring_mid_run_is_refreshed_once,
+    failing_token_endpoint_retries_and_never_dead_letters,
+);

@@ -190,9 +190,19 @@ impl JetStreamSpool {
         c: &SpoolConfig,
         destinations: &[String],
         role: Role,
+        max_message_bytes: usize,
     ) -> Result<Self, SetupError> {
         let me = members::Member::new(role);
         let client = setup::connect(c, &format!("switchyard {}", me.id)).await?;
+        // A message the server cannot take would be refused at every try: say so now.
+        let max_payload = client.server_info().max_payload;
+        if max_message_bytes + setup::HEADER_ROOM > max_payload {
+            return Err(SetupError::Payload {
+                url: setup::url_of(c),
+                max_message_bytes,
+                max_payload,
+            });
+        }
         let js = jetstream::new(client.clone());
         let names = Names::new(c.prefix());
         let (log, dead, refused) = setup::streams_when_ready(&js, &names, c).await?;

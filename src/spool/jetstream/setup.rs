@@ -28,6 +28,9 @@ pub(super) const MAX_ACK_PENDING: i64 = 2000;
 /// window in memory, so a day (the embedded spool's default) would cost too much.
 pub(super) const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(600);
 
+/// Bytes a stored message needs beyond its body: its headers (ids, destinations, group).
+pub(super) const HEADER_ROOM: usize = 4096;
+
 /// Metadata key on the log stream recording its partition count.
 const PARTITIONS_KEY: &str = "switchyard.partitions";
 
@@ -50,6 +53,14 @@ pub enum SetupError {
         stream: String,
         found: String,
         configured: u32,
+    },
+    #[error(
+        "server.max_message_bytes ({max_message_bytes}) does not fit the NATS server's max_payload ({max_payload} bytes, with room for headers) at {url}: lower it, or raise max_payload in the server's config"
+    )]
+    Payload {
+        url: String,
+        max_message_bytes: usize,
+        max_payload: usize,
     },
     #[error("JetStream {what}: {reason}")]
     Server { what: String, reason: String },
