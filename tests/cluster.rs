@@ -479,9 +479,10 @@ fn with_listen(rest: &str) -> String {
 #[tokio::test]
 async fn the_server_is_named_when_it_cannot_be_used() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |config: String, env: &[(&str, &str)]| {
+    // `switchyard run` on a whole config text; the process's output once it has stopped.
+    let run = |text: String, env: &[(&str, &str)]| {
         let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, with_listen(&config)).unwrap();
+        std::fs::write(&path, text).unwrap();
         let mut cmd = std::process::Command::new(common::binary());
         cmd.args(["run", "--config"]).arg(&path);
         for (k, v) in env {
@@ -509,17 +510,11 @@ async fn the_server_is_named_when_it_cannot_be_used() {
         config(&rx, ""),
         nats::spool_table(&server.url(), "")
     );
-    let path = dir.path().join("switchyard.toml");
     let text = with_listen(&big).replace(
         "shutdown_grace = \"2s\"",
         "shutdown_grace = \"2s\"\nmax_message_bytes = 2000000\nmax_request_bytes = 4000000",
     );
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(common::binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run(text, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -534,7 +529,7 @@ async fn the_server_is_named_when_it_cannot_be_used() {
     let server = Nats::start_with(&["--auth", TOKEN]);
     let table = nats::spool_table(&server.url(), "token = \"${NATS_TOKEN}\"");
     let out = run(
-        format!("{}{table}", config(&rx, "")),
+        with_listen(&format!("{}{table}", config(&rx, ""))),
         &[("NATS_TOKEN", "wrong-token-123456")],
     );
     let err = String::from_utf8_lossy(&out.stderr);

@@ -149,14 +149,7 @@ impl Dead {
         let partitions = super::setup::partitions_of(&mut log)
             .await
             .unwrap_or(c.partitions());
-        Ok(Self {
-            js,
-            names,
-            partitions,
-            dead,
-            refused,
-            log,
-        })
+        Ok(Self::new(js, names, partitions, [log, dead, refused]))
     }
 
     pub(super) fn new(
