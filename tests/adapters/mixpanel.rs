@@ -243,7 +243,15 @@ async fn a_refused_merged_update_dead_letters_every_call_in_it(backend: Backend)
     let d = Daemon::start_on(
         &under,
         "",
-        &format!("{}{}", source(), mixpanel(&rx, "associate_user = false")),
+        &format!(
+            "{}{}",
+            source(),
+            mixpanel(
+                &rx,
+                // Room for the ten calls to meet in one batch, as sent and as replayed.
+                "associate_user = false\nbatch = { max_wait = \"500ms\" }"
+            )
+        ),
     )
     .await;
     send(&d, (0..10).map(|n| numbered("acme", n)).collect()).await;

@@ -19,6 +19,9 @@ use crate::config::SpoolConfig;
 use crate::spool::sqlite::dlq::{DeadLetter, Replayed, Selector, Stopped};
 use crate::spool::{Attempt, Rejected, SpoolError};
 
+/// Dead letters a replay publishes at once before waiting for the server's answers.
+const REPLAY_CHUNK: usize = 256;
+
 /// A dead letter as stored.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Record {
@@ -262,8 +265,23 @@ impl Dead {
     ) -> Result<Replayed, Stopped> {
         let ids = self.selected(which).await?;
         let mut out = Replayed::default();
-        for id in ids {
-            let stopped = |error: SpoolError, done: usize| Stopped { done, error };
+        for chunk in ids.chunks(REPLAY_CHUNK) {
+            self.replay_chunk(chunk, configured, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// Publish a chunk's letters back all at once (so a group's calls arrive together, and
+    /// coalesce as they did), then delete each one the server stored.
+    async fn replay_chunk(
+        &self,
+        ids: &[i64],
+        configured: &[String],
+        out: &mut Replayed,
+    ) -> Result<(), Stopped> {
+        let stopped = |error: SpoolError, done: usize| Stopped { done, error };
+        let mut sent = Vec::new();
+        for &id in ids {
             let done = out.replayed.len();
             let Some(r) = self.get(id).await.map_err(|e| stopped(e, done))? else {
                 out.skipped.push((id, "no such dead letter".into()));
@@ -304,24 +322,31 @@ impl Dead {
                 headers.insert(names::MESSAGE_ID, hex::encode(m).as_str());
             }
             let subject = self.names.replay_subject(partition, &destination);
-            let stored = async {
-                self.js
-                    .publish_with_headers(subject, headers, r.body.into())
-                    .await?
-                    .await
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, r.body.into())
+                .await
+                .map_err(|e| stopped(failed("cannot replay", e), done))?;
+            sent.push((id, ack));
+        }
+        // Every one stored is deleted, even past a failure; the first failure stops the rest.
+        let mut first_error = None;
+        for (id, ack) in sent {
+            if let Err(e) = ack.await {
+                first_error.get_or_insert(failed("cannot replay", e));
+                continue;
             }
-            .await;
-            stored.map_err(|e| stopped(failed("cannot replay", e), done))?;
             let (stream, seq) = self.stream_of(id);
-            stream.delete_message(seq).await.map_err(|e| {
-                stopped(
-                    failed("replayed, but cannot delete the dead letter", e),
-                    done,
-                )
-            })?;
+            if let Err(e) = stream.delete_message(seq).await {
+                first_error.get_or_insert(failed("replayed, but cannot delete the dead letter", e));
+                continue;
+            }
             out.replayed.push(id);
         }
-        Ok(out)
+        match first_error {
+            Some(error) => Err(stopped(error, out.replayed.len())),
+            None => Ok(()),
+        }
     }
 
     pub async fn purge(&self, which: &Selector) -> Result<usize, Stopped> {
