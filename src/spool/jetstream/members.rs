@@ -58,13 +58,6 @@ pub struct Member {
     pub serves: Vec<String>,
 }
 
-impl<'de> Deserialize<'de> for Role {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        <Role as clap::ValueEnum>::from_str(&s, true).map_err(serde::de::Error::custom)
-    }
-}
-
 impl Member {
     pub(super) fn new(role: Role) -> Self {
         let host = std::fs::read_to_string("/etc/hostname")

@@ -47,7 +47,17 @@ use crate::config::SpoolConfig;
 use crate::message::Accepted;
 
 /// What this daemon does with the shared spool (`switchyard run --role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Accept calls and deliver.
@@ -544,12 +554,12 @@ impl Spool for JetStreamSpool {
             lanes.retain(|name, _| destinations.contains(name));
         }
         *i.destinations.write().unwrap_or_else(|p| p.into_inner()) = destinations.to_vec();
-        // Its own record says what it serves now before anything is deleted.
+        // Its own record says what it serves now before anything is deleted; the beat also
+        // gives the new lanes their partitions (or the next one does).
         members::beat(&self.inner).await;
         i.remove_unread()
             .await
             .map_err(|e| unavailable("cannot remove a destination's consumers", e))?;
-        members::rebalance(i).await;
         Ok(added)
     }
 
