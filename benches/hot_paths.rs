@@ -75,6 +75,7 @@ fn translate(c: &mut Criterion) {
         .map(|m| Item {
             message: m,
             options: &options,
+            raw: None,
         })
         .collect();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_557_600);

@@ -39,6 +39,7 @@ pub fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
         .map(|m| Item {
             message: m,
             options: &EMPTY,
+            raw: None,
         })
         .collect()
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -98,5 +99,113 @@ impl Parsed {
             .get_or_init(|| serde_json::from_str(body).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(String::as_str)
+    }
+}
+
+/// The top-level fields of a message the delivery engine reads itself, whatever an adapter
+/// reads: the call's type, its id, its group and the `integrations` map.
+pub const ENGINE_FIELDS: &[&str] = &["type", "messageId", "groupId", "integrations"];
+
+/// Parse a stored message keeping only the top-level fields in `fields` and
+/// [`ENGINE_FIELDS`], in the order the body has them; the rest is checked to be JSON and
+/// skipped without being built. Why not, if `body` is not a JSON object.
+pub fn project(body: &str, fields: &[&str]) -> Result<Map<String, Value>, String> {
+    let mut de = serde_json::Deserializer::from_str(body);
+    let map = Projection(fields)
+        .deserialize(&mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| e.to_string())?;
+    Ok(map)
+}
+
+/// A visitor building the map [`project`] answers.
+struct Projection<'f>(&'f [&'f str]);
+
+impl<'de> DeserializeSeed<'de> for Projection<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Projection<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
+            let wanted = |f: &&str| *f == key.as_ref();
+            if self.0.iter().any(wanted) || ENGINE_FIELDS.iter().any(wanted) {
+                // As a full parse does, a repeated key keeps its first place and last value.
+                map.insert(key.into_owned(), access.next_value()?);
+            } else {
+                access.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// An object's key, borrowed from the body unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"{"type":"group","context":{"ip":"1.2.3.4","library":{"name":"x"}},"groupId":"g","traits":{"name":"A\"cme","address":{"city":"B"}},"messageId":"m","userId":"u","type":"group"}"#;
+
+    #[test]
+    fn a_projection_keeps_the_fields_asked_and_the_engine_s_in_body_order() {
+        let m = project(BODY, &["traits"]).unwrap();
+        let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["type", "groupId", "traits", "messageId"]);
+        let full: Map<String, Value> = serde_json::from_str(BODY).unwrap();
+        assert_eq!(m["traits"], full["traits"]);
+        assert_eq!(m["groupId"], full["groupId"]);
+    }
+
+    #[test]
+    fn a_projection_refuses_what_a_full_parse_refuses() {
+        for bad in [
+            "[1]",
+            "\"x\"",
+            r#"{"a":}"#,
+            r#"{"traits":{"a":1}"#,
+            r#"{"a":1} x"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Map<String, Value>>(bad).is_err(),
+                "{bad}"
+            );
+            assert!(project(bad, &["traits"]).is_err(), "{bad}");
+        }
     }
 }

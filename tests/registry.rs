@@ -49,6 +49,7 @@ fn every_registered_adapter_translates_the_canonical_fixture() {
             &[Item {
                 message: &message,
                 options: &options,
+                raw: None,
             }],
             now,
         );

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, Settings};
 use crate::destination::{
-    Classification, Destination, Failure, Item, OutRequest, Response, Setup, Translation, Verdict,
-    classify_status, excerpt,
+    Classification, Destination, Failure, Item, OutRequest, Reads, Response, Setup, Translation,
+    Verdict, classify_status, excerpt,
 };
 use crate::message::MessageType;
 use crate::secret::Secret;
@@ -155,6 +155,10 @@ impl Destination for Mixpanel {
 
     fn coalesces(&self) -> bool {
         self.coalesce
+    }
+
+    fn reads(&self) -> Reads {
+        Reads::Only(&["traits", "userId"])
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::{ConfigError, Settings};
 use crate::destination::{
-    AuthError, Classification, Destination, Item, OutRequest, Response, Setup, Translation,
+    AuthError, Classification, Destination, Item, OutRequest, Reads, Response, Setup, Translation,
     Transport,
 };
 use crate::message::MessageType;
@@ -220,6 +220,10 @@ impl Destination for Salesforce {
 
     fn coalesces(&self) -> bool {
         self.coalesce
+    }
+
+    fn reads(&self) -> Reads {
+        Reads::Only(&["traits"])
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

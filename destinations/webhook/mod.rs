@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Settings};
-use crate::destination::{Destination, Item, Setup, Translation};
+use crate::destination::{Destination, Item, Reads, Setup, Translation};
 use crate::secret::Secret;
 
 /// A webhook's own keys in its `[[destination]]` table.
@@ -145,6 +145,12 @@ fn headers(s: &Settings, configured: &BTreeMap<String, String>) -> Result<Header
 impl Destination for Webhook {
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    /// The message goes out as it is stored: from the engine's text of it, no field parsed
+    /// but those the engine reads itself.
+    fn reads(&self) -> Reads {
+        Reads::Only(&[])
     }
 
     fn translate(&self, batch: &[Item<'_>], now: SystemTime) -> Translation {

@@ -43,6 +43,7 @@ fn one_request_per_message_signed_both_ways() {
         .map(|m| Item {
             message: m,
             options: &empty,
+            raw: None,
         })
         .collect();
     let t = w.translate(&items, at());
@@ -91,6 +92,7 @@ fn batching_sends_one_signed_array() {
         .map(|m| Item {
             message: m,
             options: &empty,
+            raw: None,
         })
         .collect();
     let t = w.translate(&items, at());
@@ -102,6 +104,56 @@ fn batching_sends_one_signed_array() {
     // The whole array is signed, not only its first event (Segment signs only the first).
     assert_eq!(header(r, "x-signature"), sign::segment(b"s3cret", &r.body));
     assert!(r.headers.get("webhook-signature").is_none());
+}
+
+#[test]
+fn the_stored_text_goes_out_byte_for_byte_as_serializing_the_message_would() {
+    let messages = fixture();
+    let texts: Vec<String> = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap())
+        .collect();
+    let projected: Vec<Map<String, Value>> = texts
+        .iter()
+        .map(|t| crate::message::project(t, &[]).unwrap())
+        .collect();
+    let empty = Map::new();
+    for extra in [
+        "signing_secret = \"s\"",
+        "signing_secret = \"s\"\nbatch = { max_events = 10 }",
+    ] {
+        let w = webhook(extra);
+        let whole: Vec<Item<'_>> = messages
+            .iter()
+            .map(|m| Item {
+                message: m,
+                options: &empty,
+                raw: None,
+            })
+            .collect();
+        // As the engine hands them from the spool: the fields it reads, and the text; one
+        // item parsed whole already, without its text.
+        let mut stored: Vec<Item<'_>> = projected
+            .iter()
+            .zip(&texts)
+            .map(|(m, t)| Item {
+                message: m,
+                options: &empty,
+                raw: Some(t),
+            })
+            .collect();
+        stored[1] = whole[1];
+        let (a, b) = (w.translate(&whole, at()), w.translate(&stored, at()));
+        assert_eq!(a.requests.len(), b.requests.len(), "{extra}");
+        for (x, y) in a.requests.iter().zip(&b.requests) {
+            assert_eq!(
+                String::from_utf8_lossy(&x.body),
+                String::from_utf8_lossy(&y.body)
+            );
+            assert_eq!(header(x, "x-signature"), header(y, "x-signature"));
+            assert_eq!(x.items, y.items);
+        }
+    }
 }
 
 #[test]

@@ -4,7 +4,6 @@
 use std::time::SystemTime;
 
 use http::HeaderValue;
-use serde_json::{Map, Value};
 
 use super::{Webhook, sign};
 use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
@@ -12,9 +11,8 @@ use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
 pub(super) fn translate(w: &Webhook, batch: &[Item<'_>], now: SystemTime) -> Translation {
     let mut t = Translation::default();
     if w.as_array {
-        let messages: Vec<&Map<String, Value>> = batch.iter().map(|i| i.message).collect();
         let items: Vec<usize> = (0..batch.len()).collect();
-        match serde_json::to_vec(&messages) {
+        match array(batch) {
             Ok(body) => {
                 let id = sign::webhook_id(batch.iter().map(|i| i.message_id()), true);
                 t.requests.push(request(w, body, items, &id, now));
@@ -26,7 +24,7 @@ pub(super) fn translate(w: &Webhook, batch: &[Item<'_>], now: SystemTime) -> Tra
         return t;
     }
     for (i, item) in batch.iter().enumerate() {
-        match serde_json::to_vec(item.message) {
+        match json(item) {
             Ok(body) => {
                 let id = sign::webhook_id(std::iter::once(item.message_id()), false);
                 t.requests.push(request(w, body, vec![i], &id, now));
@@ -35,6 +33,33 @@ pub(super) fn translate(w: &Webhook, batch: &[Item<'_>], now: SystemTime) -> Tra
         }
     }
     t
+}
+
+/// One message as JSON: its stored text when the engine handed it over (the same bytes
+/// serializing it gives), else serialized.
+fn json(item: &Item<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    match item.raw {
+        Some(raw) => Ok(raw.as_bytes().to_vec()),
+        None => serde_json::to_vec(item.message),
+    }
+}
+
+/// The messages as one JSON array, written as `serde_json` writes a list of them.
+fn array(batch: &[Item<'_>]) -> Result<Vec<u8>, serde_json::Error> {
+    let size: usize = batch.iter().map(|i| i.raw.map_or(512, str::len) + 1).sum();
+    let mut body = Vec::with_capacity(size + 2);
+    body.push(b'[');
+    for (n, item) in batch.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        match item.raw {
+            Some(raw) => body.extend_from_slice(raw.as_bytes()),
+            None => serde_json::to_writer(&mut body, item.message)?,
+        }
+    }
+    body.push(b']');
+    Ok(body)
 }
 
 /// A message JSON cannot write (it came from JSON, so this is not expected): dead-lettered

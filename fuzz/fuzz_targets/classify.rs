@@ -30,6 +30,7 @@ fn cases() -> &'static Vec<(Arc<dyn Destination>, OutRequest)> {
             .map(|m| Item {
                 message: m,
                 options: &empty,
+                raw: None,
             })
             .collect();
         adapters::adapters()

@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 Item {
                     message: &n.message,
                     options: route::options(integrations, key).unwrap_or(&empty),
+                    raw: None,
                 }
             })
             .take(adapter.max_batch())

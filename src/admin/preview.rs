@@ -53,6 +53,7 @@ pub(super) async fn try_message(
         let item = Item {
             message: &n.message,
             options,
+            raw: None,
         };
         let t = p.adapter.translate(&[item], SystemTime::now());
         for (_, verdict) in t.settled {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use super::plan::{halves, merge, rebase, screen};
+use super::plan::{halves, merge, projection, raw, rebase, screen};
 use super::{AUTH_RETRY, Worker, transport};
 use crate::destination::{
     Classification, Failure, Item, OutRequest, Translation, Verdict, redacted_headers, redacted_url,
@@ -29,15 +29,22 @@ impl Worker {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
         let mut merged = vec![false; batch.len()];
         let empty = Map::new();
+        let reads = self.adapter.reads();
+        let own: Vec<_> = batch.iter().map(|l| projection(l, reads)).collect();
         let mut items = Vec::with_capacity(batch.len());
         // `live[j]` is the batch index of the adapter's item `j`.
         let mut live = Vec::with_capacity(batch.len());
         for (i, leased) in batch.iter().enumerate() {
-            match screen(leased, self.adapter.accepts()) {
+            match screen(leased, own[i].as_ref(), self.adapter.accepts()) {
                 Ok(message) => {
                     let integrations = message.get("integrations").and_then(Value::as_object);
                     let options = route::options(integrations, &self.route).unwrap_or(&empty);
-                    items.push(Item { message, options });
+                    let raw = raw(leased);
+                    items.push(Item {
+                        message,
+                        options,
+                        raw,
+                    });
                     live.push(i);
                 }
                 Err(refused) => verdicts[i] = Some(refused),

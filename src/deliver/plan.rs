@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::destination::{Failure, FailureKind, Translation, Verdict};
+use crate::destination::{Failure, FailureKind, Reads, Translation, Verdict};
 use crate::message::MessageType;
 use crate::retry::{Decision, RetryPolicy};
 use crate::spool::{Attempt, DeadReason, Leased, Seq};
@@ -20,16 +20,37 @@ pub(super) fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
     });
 }
 
+/// The message an adapter that reads only some fields gets when nobody has parsed the whole
+/// of it: those fields, parsed from the stored text (`None`: the shared parse serves, because
+/// it is ready or the adapter reads everything; an altered body is never parsed).
+pub(super) fn projection(
+    leased: &Leased,
+    reads: Reads,
+) -> Option<Result<Map<String, Value>, String>> {
+    match reads {
+        Reads::Only(fields) if leased.corrupted.is_none() && !leased.parsed.is_ready() => {
+            Some(crate::message::project(&leased.body, fields))
+        }
+        _ => None,
+    }
+}
+
 /// The message to translate, or why it cannot go to this adapter at all: its stored body was
-/// altered on disk, is not a JSON object, or its type is not one the adapter accepts.
+/// altered on disk, is not a JSON object, or its type is not one the adapter accepts. `own`
+/// is the item's [`projection`], if it has one; otherwise the shared parse is used.
 pub(super) fn screen<'m>(
     leased: &'m Leased,
+    own: Option<&'m Result<Map<String, Value>, String>>,
     accepts: &[MessageType],
 ) -> Result<&'m Map<String, Value>, Verdict> {
     if let Some(why) = &leased.corrupted {
         return Err(Verdict::permanent(Failure::corrupted(why.clone())));
     }
-    let m = leased.parsed.get(&leased.body).map_err(|e| {
+    let m = match own {
+        Some(own) => own.as_ref().map_err(String::as_str),
+        None => leased.parsed.get(&leased.body),
+    };
+    let m = m.map_err(|e| {
         Verdict::permanent(Failure::engine(format!(
             "stored message is not valid JSON: {e}"
         )))
@@ -43,6 +64,12 @@ pub(super) fn screen<'m>(
         "this destination takes {} calls only, not `{ty}`",
         names.join(", ")
     ))))
+}
+
+/// The stored text of a leased message, when the spool handed it over (it may not, when
+/// the message came parsed already): see [`crate::destination::Item::raw`].
+pub(super) fn raw(leased: &Leased) -> Option<&str> {
+    (!leased.body.is_empty()).then_some(&*leased.body)
 }
 
 /// The items of a request the destination found too large, in two halves to send in turn

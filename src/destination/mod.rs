@@ -32,10 +32,16 @@ pub use verdict::{
 /// One message handed to an adapter.
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'a> {
-    /// The normalized message.
+    /// The normalized message: every field, or at least the ones the adapter
+    /// [`reads`](Destination::reads).
     pub message: &'a Map<String, Value>,
     /// This destination's options from the message's `integrations` map (empty when none).
     pub options: &'a Map<String, Value>,
+    /// The whole normalized message as stored, JSON text, when the engine has it: the same
+    /// bytes `serde_json` writes for the whole message, so an adapter that forwards the
+    /// message unchanged can copy it instead of serializing `message`. When `None`,
+    /// `message` holds every field.
+    pub raw: Option<&'a str>,
 }
 
 impl<'a> Item<'a> {
@@ -54,6 +60,17 @@ impl<'a> Item<'a> {
             .and_then(Value::as_str)
             .unwrap_or_default()
     }
+}
+
+/// Which top-level fields of a message an adapter's `translate` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// All of them (the default).
+    All,
+    /// Only these, besides those the engine reads itself ([`crate::message::ENGINE_FIELDS`]:
+    /// `type`, `messageId`, `groupId`, `integrations`): the engine may hand it a message
+    /// holding just those, parsed from the stored text without building the rest.
+    Only(&'static [&'static str]),
 }
 
 /// What an adapter may use for I/O while authorizing (e.g. fetching an OAuth token).
@@ -82,6 +99,12 @@ pub trait Destination: Send + Sync + 'static {
     /// be among them (the default is all of them), and the engine hands it nothing else.
     fn accepts(&self) -> &'static [MessageType] {
         MessageType::ALL
+    }
+
+    /// The top-level fields `translate` reads (and, with [`Item::raw`], whether it needs the
+    /// parsed message at all): the less, the less the engine parses per message.
+    fn reads(&self) -> Reads {
+        Reads::All
     }
 
     /// Whether `translate` merges the calls of one group in a batch into one update

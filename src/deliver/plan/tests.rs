@@ -77,23 +77,54 @@ fn the_worst_verdict_for_an_item_decides() {
 }
 
 #[test]
+fn an_adapter_reading_some_fields_gets_them_unless_the_whole_message_is_parsed_already() {
+    let body = r#"{"type":"group","groupId":"g","context":{"ip":"1.2.3.4"},"traits":{"n":1}}"#;
+    let item = stored(body);
+    let only = Reads::Only(&["traits"]);
+    let own = projection(&item, only).expect("a projection of its own");
+    let m = screen(&item, Some(&own), MessageType::ALL).unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["type", "groupId", "traits"]);
+    assert!(
+        projection(&item, Reads::All).is_none(),
+        "every field: the shared parse"
+    );
+    assert_eq!(raw(&item), Some(body));
+
+    let ready = Leased {
+        body: Arc::from(""),
+        parsed: crate::message::Parsed::new(serde_json::from_str(body).unwrap()),
+        ..leased(2, Some("g"))
+    };
+    assert!(
+        projection(&ready, only).is_none(),
+        "parsed whole already: used as it is"
+    );
+    assert_eq!(screen(&ready, None, MessageType::ALL).unwrap().len(), 4);
+    assert_eq!(raw(&ready), None, "no text: the message is whole");
+
+    let unreadable = stored(r#"{"type": "group", "traits": {"#);
+    let own = projection(&unreadable, only);
+    assert!(screen(&unreadable, own.as_ref(), MessageType::ALL).is_err());
+}
+
+#[test]
 fn unreadable_altered_messages_and_types_not_accepted_never_reach_the_adapter() {
     let group = stored(r#"{"type": "group", "groupId": "g"}"#);
     let track = stored(r#"{"type": "track", "event": "e"}"#);
     let groups_only = [MessageType::Group];
-    assert!(screen(&group, &groups_only).is_ok());
-    let refused = screen(&track, &groups_only).unwrap_err();
+    assert!(screen(&group, None, &groups_only).is_ok());
+    let refused = screen(&track, None, &groups_only).unwrap_err();
     assert!(
         matches!(&refused, Verdict::Permanent { failure } if failure.reason == "this destination takes group calls only, not `track`" && failure.status.is_none()),
         "{refused:?}"
     );
-    let unreadable = screen(&stored("{\"type\": "), MessageType::ALL).unwrap_err();
+    let unreadable = screen(&stored("{\"type\": "), None, MessageType::ALL).unwrap_err();
     assert!(matches!(unreadable, Verdict::Permanent { failure } if failure.reason.contains("EOF")));
     let altered = Leased {
         corrupted: Some("the stored message was altered on disk".into()),
         ..group
     };
-    let refused = screen(&altered, MessageType::ALL).unwrap_err();
+    let refused = screen(&altered, None, MessageType::ALL).unwrap_err();
     assert!(
         matches!(&refused, Verdict::Permanent { failure } if failure.kind == FailureKind::Corrupted),
         "{refused:?}"

@@ -880,8 +880,10 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
     );
     assert_eq!(a[1].parsed.get(&a[1].body).unwrap()["messageId"], "2");
     let b = s.lease("B", 10).unwrap();
-    assert!(b[1].parsed.is_ready(), "B shares the parse A's worker made");
-    assert!(b[1].body.is_empty(), "so B's lease did not copy the body");
+    // Each worker parses what its adapter reads of a backlog's message, often not all of
+    // it: a parse is not shared, and B gets the text.
+    assert!(!b[1].parsed.is_ready(), "B's own cell, not A's parse");
+    assert!(b[1].body.contains(r#""messageId":"2""#));
 }
 
 /// A body changed on disk after it was written (its checksum no longer matches) is leased

@@ -1,8 +1,8 @@
 //! Parsed messages kept by seq until every destination routed to has leased them, so a
-//! message is parsed once, not once per destination. Fresh messages come parsed from ingest;
-//! for an older one (a backlog), the first destination to lease it leaves a shared cell that
-//! whichever worker reads it first fills. A bounded convenience, never the record: a message
-//! that is not here is parsed from the log by the worker that leases it.
+//! fresh message, which comes parsed from ingest, is not parsed again by each destination. A
+//! bounded convenience, never the record: a message that is not here (a backlog) is read
+//! from the log by each worker that leases it, which parses only the fields its adapter
+//! reads.
 
 use std::collections::BTreeMap;
 
@@ -107,18 +107,6 @@ mod tests {
         assert!(c.take(1, 0b100).is_some());
         assert!(c.take(1, 0b010).is_none(), "both read it: gone");
         assert_eq!(c.bytes, 0);
-    }
-
-    #[test]
-    fn a_cell_left_by_the_first_reader_is_parsed_once_for_all() {
-        let mut c = ParsedCache::default();
-        let cell = Parsed::default();
-        c.insert(7, cell.clone(), 0b100, 20);
-        assert!(!c.ready(7), "nobody parsed it yet");
-        assert_eq!(cell.get(r#"{"messageId":"x"}"#).unwrap()["messageId"], "x");
-        assert!(c.ready(7));
-        let other = c.take(7, 0b100).unwrap();
-        assert_eq!(other.get("").unwrap()["messageId"], "x", "no second parse");
     }
 
     #[test]

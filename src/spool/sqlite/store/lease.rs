@@ -17,7 +17,7 @@ use rusqlite::{Connection, params};
 use super::cache::ParsedCache;
 use super::hold::{MAX_HELD, Waiting};
 use super::retry_set::park;
-use super::{Flight, Lane, Store, below, ms};
+use super::{Flight, Lane, Store, ms};
 use crate::message::Parsed;
 use crate::spool::sqlite::{StorageError, schema};
 use crate::spool::{Leased, Seq};
@@ -129,13 +129,6 @@ impl Store {
         max: usize,
         out: &mut Vec<Leased>,
     ) -> Result<bool, StorageError> {
-        // The other lanes' scan positions: those below a row have yet to read it.
-        let others: Vec<(i64, Seq)> = self
-            .lanes
-            .iter()
-            .filter(|(name, _)| name.as_str() != destination)
-            .map(|(_, l)| (l.bit, l.scan))
-            .collect();
         let high = self.high;
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(false);
@@ -144,7 +137,6 @@ impl Store {
             conn: &self.conn,
             cache: &mut self.cache,
             lane,
-            others,
             released: false,
         };
         // Items of busy groups are moved aside without counting towards `max`, and rows of
@@ -171,8 +163,6 @@ struct Scan<'a> {
     conn: &'a Connection,
     cache: &'a mut ParsedCache,
     lane: &'a mut Lane,
-    /// The other lanes' `(bit, scan)`: a lane below a row has yet to read it.
-    others: Vec<(i64, Seq)>,
     /// An item waiting in the retry set was released: the caller leases retries again.
     released: bool,
 }
@@ -201,10 +191,10 @@ impl Scan<'_> {
     /// group when an older item of it waits in the retry set (there too) or is in flight or
     /// held (in memory); leased into `out` otherwise.
     fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), StorageError> {
-        let (seq, group, body, crc, dests, in_retry) = row;
+        let (seq, group, body, crc, in_retry) = row;
         let seq = seq as Seq;
         self.lane.scan = seq;
-        let parsed = self.parsed(seq, body.as_ref().map_or(0, String::len), dests);
+        let parsed = self.parsed(seq);
         if in_retry {
             // Moved to the retry set before a crash: it is leased from there.
             return Ok(());
@@ -258,24 +248,20 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// The lane's copy of the parsed message. Read by this lane whatever happens to the item
-    /// next; parked and retried items are parsed from the log when their turn comes.
-    fn parsed(&mut self, seq: Seq, bytes: usize, dests: i64) -> Parsed {
-        if let Some(p) = self.cache.take(seq, self.lane.bit) {
-            return p;
-        }
-        // Not kept: this lane's worker will parse it; the lanes behind share the parse.
-        let cell = Parsed::default();
-        let behind = dests & below(&self.others, seq);
-        self.cache.insert(seq, cell.clone(), behind, bytes);
-        cell
+    /// The lane's copy of the parsed message, if the cache keeps one (ingest's parse of a
+    /// recent message); otherwise a cell of its own: the worker parses what its adapter
+    /// reads of the body (see `Destination::reads`), which is often not the whole message,
+    /// so a cell shared with the lanes behind would mostly stay empty while taking room
+    /// from ingest's parses.
+    fn parsed(&mut self, seq: Seq) -> Parsed {
+        self.cache.take(seq, self.lane.bit).unwrap_or_default()
     }
 }
 
 /// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
-/// message parsed), its checksum, routes, and whether the destination's retry set already
+/// message parsed), its checksum, and whether the destination's retry set already
 /// holds it (the scan passes those by: they are leased from the retry set).
-type Row = (i64, Option<String>, Option<String>, Option<i64>, i64, bool);
+type Row = (i64, Option<String>, Option<String>, Option<i64>, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
@@ -287,7 +273,7 @@ fn rows_between(
 ) -> Result<Vec<Row>, StorageError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, group_id, body, crc, dests, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+            "SELECT seq, group_id, body, crc, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
              FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
         )?;
     let rows = stmt.query_map(
@@ -305,7 +291,7 @@ fn rows_between(
             } else {
                 Some(r.get(2)?)
             };
-            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
         },
     )?;
     rows.collect::<Result<_, _>>().map_err(StorageError::from)
