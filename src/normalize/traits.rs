@@ -61,6 +61,13 @@ fn canonical(key: &str, table: &[(&str, &'static str)]) -> Option<&'static str> 
 /// Rename reserved keys to their canonical spelling, keeping order. The canonical spelling
 /// wins over any other; among other spellings, the first one wins. Custom keys are untouched.
 fn canonicalize(traits: Map<String, Value>, table: &[(&str, &'static str)]) -> Map<String, Value> {
+    // Most calls spell every reserved key canonically: nothing to rename, nothing rebuilt.
+    if traits
+        .keys()
+        .all(|k| canonical(k, table).is_none_or(|c| c == k))
+    {
+        return traits;
+    }
     let mut out = Map::with_capacity(traits.len());
     let mut canonical_seen: Vec<&'static str> = Vec::new();
     for (key, value) in traits {

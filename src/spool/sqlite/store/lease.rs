@@ -231,7 +231,7 @@ impl Scan<'_> {
         let (body, corrupted) = match body {
             Some(body) => {
                 let corrupted = schema::damaged(&body, crc);
-                (Arc::from(body), corrupted)
+                (body, corrupted)
             }
             None if parsed.is_ready() => (Arc::from(""), None),
             None => body_of(self.conn, seq)?,
@@ -261,7 +261,7 @@ impl Scan<'_> {
 /// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
 /// message parsed), its checksum, and whether the destination's retry set already
 /// holds it (the scan passes those by: they are leased from the retry set).
-type Row = (i64, Option<String>, Option<String>, Option<i64>, bool);
+type Row = (i64, Option<String>, Option<Arc<str>>, Option<i64>, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
@@ -271,11 +271,15 @@ fn rows_between(
     upto: Seq,
     limit: usize,
 ) -> Result<Vec<Row>, StorageError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, group_id, body, crc, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
-             FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4",
-        )?;
+    // Whether the retry set holds a row is asked only while it holds any of this lane's.
+    let sql = if lane.counts.retry_rows > 0 {
+        "SELECT seq, group_id, body, crc, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+         FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4"
+    } else {
+        "SELECT seq, group_id, body, crc, ?5 IS NULL
+         FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
         params![
             lane.scan as i64,
@@ -289,7 +293,15 @@ fn rows_between(
             let body = if cache.ready(seq as Seq) {
                 None
             } else {
-                Some(r.get(2)?)
+                // Straight from SQLite's buffer into the shared text: one copy.
+                let text = r.get_ref(2)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
+                Some(Arc::from(text))
             };
             Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
         },
