@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot pure paths: parse + validate + normalize one message, route
-//! one message, and translate a batch of 200 for each registered adapter.
+//! one message, parse a stored message (whole, or the fields an adapter reads), and translate a batch of 200 for each registered adapter.
 //!
 //! `cargo bench --bench hot_paths`
 
@@ -34,11 +34,23 @@ fn ingest_path(c: &mut Criterion) {
     let defaults = BatchDefaults::default();
     c.bench_function("parse+normalize one group call", |b| {
         b.iter(|| {
-            let raw: Value = serde_json::from_str(black_box(MESSAGE)).unwrap();
+            let raw = switchyard::message::parse(black_box(MESSAGE)).unwrap();
             let n = normalize::normalize(raw, None, &defaults, now, || "id".into()).unwrap();
             black_box(Value::Object(n.message).to_string())
         })
     });
+    let stored = Value::Object(normalized()).to_string();
+    c.bench_function("parse one stored message whole", |b| {
+        b.iter(|| black_box(switchyard::message::parse(black_box(&stored))))
+    });
+    for (what, fields) in [
+        ("traits, userId", &["traits", "userId"][..]),
+        ("nothing", &[][..]),
+    ] {
+        c.bench_function(&format!("parse what an adapter reads ({what})"), |b| {
+            b.iter(|| black_box(switchyard::message::project(black_box(&stored), fields)))
+        });
+    }
     let routes: Vec<RouteKey> = ["Mixpanel", "Salesforce", "Webhook"]
         .iter()
         .map(|n| RouteKey::new(n, &[], MessageType::ALL.to_vec()))

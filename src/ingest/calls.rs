@@ -39,7 +39,12 @@ pub(super) async fn single(
     let max = state.limits.max_message_bytes;
     let within = state.limits.body_read_timeout;
     let bytes = body::read(body, max, within, "the message", "max_message_bytes").await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::json(&e))?;
+    let value = match std::str::from_utf8(&bytes) {
+        Ok(text) => crate::message::parse(text),
+        // serde_json says where the text stops being UTF-8.
+        Err(_) => serde_json::from_slice::<Value>(&bytes),
+    }
+    .map_err(|e| ApiError::json(&e))?;
     let Value::Object(_) = &value else {
         return Err(ApiError::not_an_object());
     };
@@ -203,7 +208,7 @@ fn sort_messages(
                 "message is larger than max_message_bytes ({max} bytes)"
             ))
         } else {
-            serde_json::from_str::<Value>(raw.get())
+            crate::message::parse(raw.get())
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     normalize::normalize(v, None, &defaults, now, new_id).map_err(|e| e.0)

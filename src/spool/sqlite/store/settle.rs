@@ -13,9 +13,10 @@ use crate::spool::{Attempt, Seq};
 impl Store {
     pub fn ack(&mut self, destination: &str, seqs: &[Seq]) -> Result<(), StorageError> {
         for &seq in seqs {
-            self.settle(destination, seq, |_, _| Ok(()))?;
+            self.settle_item(destination, seq, |_, _| Ok(()))?;
         }
-        Ok(())
+        // The cursor moves once for the batch (one row update, not one per item).
+        self.advance(destination)
     }
 
     pub fn retry_at(
@@ -76,6 +77,17 @@ impl Store {
         seq: Seq,
         then: impl FnOnce(&Connection, Seq) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
+        self.settle_item(destination, seq, then)?;
+        self.advance(destination)
+    }
+
+    /// `settle` but for the cursor, which the caller moves.
+    fn settle_item(
+        &mut self,
+        destination: &str,
+        seq: Seq,
+        then: impl FnOnce(&Connection, Seq) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let Some(lane) = self.lanes.get_mut(destination) else {
             return Ok(());
         };
@@ -102,13 +114,13 @@ impl Store {
             self.freeable.push(seq);
         }
         if let Some(g) = &flight.group {
-            if lane.hold.settled(g) {
+            if lane.hold.settled(g) && !self.rewake.iter().any(|d| d == destination) {
                 // Its next item waits in memory, ready: the worker may be asleep.
                 self.rewake.push(destination.to_string());
             }
             release_next(&self.conn, lane, g)?;
         }
-        self.advance(destination)
+        Ok(())
     }
 
     /// Move the durable cursor up to the oldest item still leased from the log.
