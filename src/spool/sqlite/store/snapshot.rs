@@ -24,14 +24,17 @@ pub(in crate::spool::sqlite) struct Snapshot {
 struct SavedLane {
     cursor: Seq,
     scan: Seq,
-    in_flight: BTreeMap<Seq, Flight>,
-    hold: Hold,
+    /// Its leases and hold, when the transaction leases or settles for it (nothing else
+    /// changes them); otherwise they are left as they are.
+    leases: Option<(BTreeMap<Seq, Flight>, Hold)>,
     counts: Counts,
 }
 
 impl Store {
-    /// A copy of every lease: a few allocations per transaction, small next to its fsync.
-    pub fn snapshot(&self) -> Snapshot {
+    /// What the transaction may change: the leases and hold of the lanes it leases or
+    /// settles for (`leasing`), and every lane's positions and counts (an append counts for
+    /// all). Copying every lane's leases and held items each time cost more than the rest.
+    pub fn snapshot(&self, leasing: &[&str]) -> Snapshot {
         let lanes = self
             .lanes
             .iter()
@@ -39,8 +42,9 @@ impl Store {
                 let saved = SavedLane {
                     cursor: l.cursor,
                     scan: l.scan,
-                    in_flight: l.in_flight.clone(),
-                    hold: l.hold.clone(),
+                    leases: leasing
+                        .contains(&name.as_str())
+                        .then(|| (l.in_flight.clone(), l.hold.clone())),
                     counts: l.counts,
                 };
                 (name.clone(), saved)
@@ -63,8 +67,10 @@ impl Store {
             if let Some(lane) = self.lanes.get_mut(&name) {
                 lane.cursor = saved.cursor;
                 lane.scan = saved.scan;
-                lane.in_flight = saved.in_flight;
-                lane.hold = saved.hold;
+                if let Some((in_flight, hold)) = saved.leases {
+                    lane.in_flight = in_flight;
+                    lane.hold = hold;
+                }
                 lane.counts = saved.counts;
             }
         }

@@ -23,7 +23,8 @@ pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
             wake(shared, name);
         }
     }
-    let snapshot = store.snapshot();
+    // Garbage collection reads leases and holds but changes none.
+    let snapshot = store.snapshot(&[]);
     let collected = (|| -> Result<(), StorageError> {
         store.conn.execute_batch("BEGIN IMMEDIATE")?;
         store.collect_garbage()?;

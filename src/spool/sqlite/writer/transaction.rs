@@ -51,6 +51,17 @@ impl Done {
 }
 
 impl Command {
+    /// The destination whose leases this command changes, if any.
+    fn lane(&self) -> Option<&str> {
+        match self {
+            Command::Lease(d, _, _)
+            | Command::Settle(Settlement::Ack(d, _), _)
+            | Command::Settle(Settlement::Retry(d, ..), _)
+            | Command::Settle(Settlement::Dead(d, ..), _) => Some(d),
+            Command::Append(..) | Command::Reject(..) | Command::Configure(..) => None,
+        }
+    }
+
     /// After a failed transaction: fail an append or a lease back to its caller, who can try
     /// again; keep a settlement, to apply again later. Its caller (a worker) could do nothing
     /// useful with an error: the items stay leased, so nobody would ever lease them again.
@@ -93,7 +104,8 @@ pub(super) fn execute(
         .iter()
         .any(|c| matches!(c, Command::Append(..) | Command::Reject(..)));
     // Taken before BEGIN: if the transaction fails, memory goes back to match the file.
-    let snapshot = store.snapshot();
+    let leasing: Vec<&str> = batch.iter().filter_map(Command::lane).collect();
+    let snapshot = store.snapshot(&leasing);
     let begun = store.set_durable(durable).and_then(|()| {
         (store.conn)
             .execute_batch("BEGIN IMMEDIATE")
