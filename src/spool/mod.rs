@@ -27,7 +27,8 @@ pub type Seq = u64;
 #[derive(Debug, Clone)]
 pub struct Leased {
     pub seq: Seq,
-    /// The normalized message, JSON; empty when `parsed` was ready when leased.
+    /// The normalized message, JSON; may be empty when `parsed` was ready when leased (a
+    /// spool need not read the text back then).
     pub body: Arc<str>,
     /// The same message parsed, shared with the other destinations that lease it while the
     /// spool keeps it: `parsed.get(&body)`.

@@ -887,7 +887,8 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
 }
 
 /// A body changed on disk after it was written (its checksum no longer matches) is leased
-/// marked corrupted, whichever way it is read; `spool check` names it.
+/// marked corrupted, whichever way it is read from the file; `spool check` names it. (The
+/// process that wrote it leases its newest rows from memory, as they were accepted.)
 #[test]
 fn a_body_altered_on_disk_is_leased_as_corrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -902,6 +903,8 @@ fn a_body_altered_on_disk_is_leased_as_corrupted() {
             [],
         )
         .unwrap();
+    drop(s);
+    let mut s = store(dir.path());
     let leased = s.lease("A", 10).unwrap();
     let why = leased[0].corrupted.as_deref().expect("v1 is flagged");
     assert!(why.contains("altered on disk"), "{why}");

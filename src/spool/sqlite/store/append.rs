@@ -7,10 +7,12 @@
 //! remembered for dedupe but not logged; each logged row's `dests` has one bit per
 //! destination it goes to, and that lane's `unscanned` count grows with it.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use rusqlite::params;
 
+use super::tail::TailRow;
 use super::{Store, ms};
 use crate::message::Accepted;
 use crate::spool::sqlite::StorageError;
@@ -90,7 +92,8 @@ impl Store {
         dests
     }
 
-    /// Write `m` to the log for the destinations in `dests`; its parsed form is kept for them.
+    /// Write `m` to the log for the destinations in `dests`; it is kept in the tail, and its
+    /// parsed form for them.
     fn log(&mut self, m: &Accepted, dests: i64, now: i64) -> Result<(), StorageError> {
         let row = LogRow {
             source: &m.source,
@@ -101,6 +104,12 @@ impl Store {
             dests,
         };
         self.high = insert_log(&self.conn, &row)?;
+        self.tail.push(TailRow {
+            seq: self.high,
+            group: m.group_id.as_deref().map(Arc::from),
+            body: Arc::from(m.body.as_str()),
+            dests,
+        });
         if let Some(parsed) = &m.parsed {
             self.cache
                 .insert(self.high, parsed.clone(), dests, m.body.len());

@@ -17,6 +17,7 @@ use rusqlite::{Connection, params};
 use super::cache::ParsedCache;
 use super::hold::{MAX_HELD, Waiting};
 use super::retry_set::park;
+use super::tail::Tail;
 use super::{Flight, Lane, Store, ms};
 use crate::message::Parsed;
 use crate::spool::sqlite::{StorageError, schema};
@@ -136,6 +137,7 @@ impl Store {
         let mut scan = Scan {
             conn: &self.conn,
             cache: &mut self.cache,
+            tail: &self.tail,
             lane,
             released: false,
         };
@@ -162,6 +164,7 @@ impl Store {
 struct Scan<'a> {
     conn: &'a Connection,
     cache: &'a mut ParsedCache,
+    tail: &'a Tail,
     lane: &'a mut Lane,
     /// An item waiting in the retry set was released: the caller leases retries again.
     released: bool,
@@ -175,7 +178,24 @@ impl Scan<'_> {
         want: usize,
         out: &mut Vec<Leased>,
     ) -> Result<(), StorageError> {
-        let rows = rows_between(self.conn, self.cache, self.lane, upto, want)?;
+        let rows = match self.tail.between(self.lane.scan, upto, self.lane.bit, want) {
+            // Served from memory: nothing of this lane waits in the retry set to be asked about.
+            Some(kept) if self.lane.counts.retry_rows == 0 => kept
+                .into_iter()
+                // The text comes along even when the message is parsed already: it costs
+                // no copy here, and an adapter may send it as it is (`Item::raw`).
+                .map(|r| {
+                    (
+                        r.seq as i64,
+                        r.group.clone(),
+                        Some(r.body.clone()),
+                        None,
+                        false,
+                    )
+                })
+                .collect(),
+            _ => rows_between(self.conn, self.cache, self.lane, upto, want)?,
+        };
         // Fewer rows than asked: nothing else of ours up to `upto`.
         let exhausted = rows.len() < want;
         for row in rows {
@@ -200,7 +220,6 @@ impl Scan<'_> {
             return Ok(());
         }
         self.lane.counts.unscanned = self.lane.counts.unscanned.saturating_sub(1);
-        let group: Option<Arc<str>> = group.map(Arc::from);
         if let Some(g) = &group {
             if self.lane.hold.in_retry(g) {
                 // Behind its group's backoff: in memory while there is room and nothing of
@@ -261,7 +280,7 @@ impl Scan<'_> {
 /// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
 /// message parsed), its checksum, and whether the destination's retry set already
 /// holds it (the scan passes those by: they are leased from the retry set).
-type Row = (i64, Option<String>, Option<Arc<str>>, Option<i64>, bool);
+type Row = (i64, Option<Arc<str>>, Option<Arc<str>>, Option<i64>, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
@@ -303,7 +322,8 @@ fn rows_between(
                 })?;
                 Some(Arc::from(text))
             };
-            Ok((seq, r.get(1)?, body, r.get(3)?, r.get(4)?))
+            let group: Option<String> = r.get(1)?;
+            Ok((seq, group.map(Arc::from), body, r.get(3)?, r.get(4)?))
         },
     )?;
     rows.collect::<Result<_, _>>().map_err(StorageError::from)

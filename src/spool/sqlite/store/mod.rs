@@ -13,7 +13,8 @@
 //! outcomes; `hold.rs` keeps items behind their group's item in flight, in memory;
 //! `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows between
 //! batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed messages
-//! for the destinations that have yet to lease them.
+//! for the destinations that have yet to lease them; `tail.rs` keeps the newest rows, so a
+//! lane that keeps up leases them from memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ mod open;
 mod retry_set;
 mod settle;
 mod snapshot;
+mod tail;
 pub(super) use snapshot::Snapshot;
 
 /// An item leased to a worker.
@@ -109,6 +111,8 @@ pub(super) struct Store {
     others: Vec<(i64, Seq)>,
     /// Parsed copies of recent messages, handed out with leases.
     cache: cache::ParsedCache,
+    /// The newest log rows, leased from memory while a lane keeps up.
+    tail: tail::Tail,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
     /// `PRAGMA synchronous` is FULL (each commit fsyncs the WAL: `Some(true)`), NORMAL

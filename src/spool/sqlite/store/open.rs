@@ -33,6 +33,7 @@ impl Store {
             gc_from: 0,
             others: Vec::new(),
             cache: Default::default(),
+            tail: Default::default(),
             rewake: Vec::new(),
             synced: Some(true),
         };

@@ -78,6 +78,7 @@ impl Store {
         self.refused_bytes = snapshot.refused_bytes;
         self.high = snapshot.high;
         self.cache.forget_above(snapshot.high);
+        self.tail.forget_above(snapshot.high);
         self.freeable = snapshot.freeable;
         self.gc_from = snapshot.gc_from;
         self.rewake = snapshot.rewake;
