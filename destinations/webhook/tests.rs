@@ -24,6 +24,18 @@ fn fixture() -> Vec<Map<String, Value>> {
     serde_json::from_str(text).unwrap()
 }
 
+/// The messages as items holding every field, without their text.
+fn whole<'a>(messages: &'a [Map<String, Value>], empty: &'a Map<String, Value>) -> Vec<Item<'a>> {
+    messages
+        .iter()
+        .map(|m| Item {
+            message: m,
+            options: empty,
+            raw: None,
+        })
+        .collect()
+}
+
 fn header(r: &OutRequest, name: &str) -> String {
     r.headers
         .get(name)
@@ -38,14 +50,7 @@ fn one_request_per_message_signed_both_ways() {
     );
     let messages = fixture();
     let empty = Map::new();
-    let items: Vec<Item<'_>> = messages
-        .iter()
-        .map(|m| Item {
-            message: m,
-            options: &empty,
-            raw: None,
-        })
-        .collect();
+    let items = whole(&messages, &empty);
     let t = w.translate(&items, at());
     assert!(t.settled.is_empty());
     assert_eq!(t.requests.len(), messages.len());
@@ -87,14 +92,7 @@ fn batching_sends_one_signed_array() {
     let w = webhook("signing_secret = \"s3cret\"\nbatch = { max_events = 10 }");
     let messages = fixture();
     let empty = Map::new();
-    let items: Vec<Item<'_>> = messages
-        .iter()
-        .map(|m| Item {
-            message: m,
-            options: &empty,
-            raw: None,
-        })
-        .collect();
+    let items = whole(&messages, &empty);
     let t = w.translate(&items, at());
     assert_eq!(t.requests.len(), 1);
     let r = &t.requests[0];
@@ -123,14 +121,7 @@ fn the_stored_text_goes_out_byte_for_byte_as_serializing_the_message_would() {
         "signing_secret = \"s\"\nbatch = { max_events = 10 }",
     ] {
         let w = webhook(extra);
-        let whole: Vec<Item<'_>> = messages
-            .iter()
-            .map(|m| Item {
-                message: m,
-                options: &empty,
-                raw: None,
-            })
-            .collect();
+        let parsed = whole(&messages, &empty);
         // As the engine hands them from the spool: the fields it reads, and the text; one
         // item parsed whole already, without its text.
         let mut stored: Vec<Item<'_>> = projected
@@ -142,8 +133,8 @@ fn the_stored_text_goes_out_byte_for_byte_as_serializing_the_message_would() {
                 raw: Some(t),
             })
             .collect();
-        stored[1] = whole[1];
-        let (a, b) = (w.translate(&whole, at()), w.translate(&stored, at()));
+        stored[1] = parsed[1];
+        let (a, b) = (w.translate(&parsed, at()), w.translate(&stored, at()));
         assert_eq!(a.requests.len(), b.requests.len(), "{extra}");
         for (x, y) in a.requests.iter().zip(&b.requests) {
             assert_eq!(
