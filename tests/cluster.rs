@@ -30,6 +30,12 @@ fn group(id: &str, group: &str, n: usize) -> Value {
     json!({"type": "group", "userId": "u1", "groupId": group, "messageId": id, "traits": {"n": n}})
 }
 
+/// Send one call to `d` and check it was taken.
+async fn send(d: &Daemon, call: &Value) {
+    let (status, answer) = d.post("/v1/group", Some(KEY), call).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// Each message a request carried, in order: (messageId, groupId, n).
 fn items(c: &Captured) -> Vec<(String, String, u64)> {
     let one = |m: &Value| {
@@ -269,20 +275,10 @@ async fn the_same_message_id_through_two_daemons_is_delivered_once() {
     let a = Daemon::start_on(&under, "", &config(&rx, "")).await;
     let b = Daemon::start_on(&under, "", &config(&rx, "")).await;
     for d in [&a, &b] {
-        assert_eq!(
-            d.post("/v1/group", Some(KEY), &group("dup", "g", 0))
-                .await
-                .0,
-            200
-        );
+        send(d, &group("dup", "g", 0)).await;
     }
     // A marker in the same group, through the other daemon: a second `dup` would come first.
-    assert_eq!(
-        a.post("/v1/group", Some(KEY), &group("after", "g", 1))
-            .await
-            .0,
-        200
-    );
+    send(&a, &group("after", "g", 1)).await;
     let got = rx
         .wait_until(
             "/a",
@@ -306,12 +302,7 @@ async fn a_429_seen_by_one_daemon_pauses_every_daemon() {
     let a = Daemon::start_on(&under, "", &c).await;
     let b = Daemon::start_on(&under, "", &c).await;
     settled(&[&a, &b], 2).await;
-    assert_eq!(
-        a.post("/v1/group", Some(KEY), &group("first", "g0", 0))
-            .await
-            .0,
-        200
-    );
+    send(&a, &group("first", "g0", 0)).await;
     let first = rx.wait_for("/a", 1).await[0].at;
     // Both daemons show the pause, whichever read the 429.
     for d in [&a, &b] {
@@ -325,7 +316,7 @@ async fn a_429_seen_by_one_daemon_pauses_every_daemon() {
     for i in 1..=20 {
         let d = if i % 2 == 0 { &a } else { &b };
         let call = group(&format!("c{i}"), &format!("g{i}"), 0);
-        assert_eq!(d.post("/v1/group", Some(KEY), &call).await.0, 200);
+        send(d, &call).await;
     }
     let got = rx.wait_for("/a", 22).await;
     for c in &got[1..] {
@@ -380,13 +371,7 @@ async fn roles_split_ingest_from_delivery() {
     // The delivering daemon has no ingest endpoints; the ingesting one delivers nothing.
     let (status, _) = back.post("/v1/group", Some(KEY), &group("x", "g", 0)).await;
     assert_eq!(status, 404);
-    assert_eq!(
-        front
-            .post("/v1/group", Some(KEY), &group("via-front", "g", 0))
-            .await
-            .0,
-        200
-    );
+    send(&front, &group("via-front", "g", 0)).await;
     rx.wait_for("/a", 1).await;
     // Both are members; only the delivering one owns partitions.
     let members = within(
@@ -547,12 +532,7 @@ async fn the_server_is_named_when_it_cannot_be_used() {
         &[("NATS_TOKEN", TOKEN)],
     )
     .await;
-    assert_eq!(
-        d.post("/v1/group", Some(KEY), &group("tok", "g", 0))
-            .await
-            .0,
-        200
-    );
+    send(&d, &group("tok", "g", 0)).await;
     rx.wait_for("/a", 1).await;
     let (_, config_view) = d.get("/admin/v1/config").await;
     assert!(!d.logs().contains(TOKEN) && !config_view.to_string().contains(TOKEN));
@@ -598,12 +578,7 @@ async fn a_removed_destination_leaves_no_consumers() {
     let after = consumers().await;
     assert!(after.iter().all(|n| !n.contains("_B_")), "{after:?}");
     assert_eq!(after.len(), 4, "A's consumers stay: {after:?}");
-    assert_eq!(
-        d.post("/v1/group", Some(KEY), &group("still", "g", 0))
-            .await
-            .0,
-        200
-    );
+    send(&d, &group("still", "g", 0)).await;
     rx.wait_for("/a", 1).await;
 }
 

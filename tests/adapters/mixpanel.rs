@@ -4,6 +4,16 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// A Mixpanel destination without memberships whose batches wait long enough (500 ms) for
+/// calls sent together to meet in one.
+fn merging(rx: &Receiver) -> String {
+    let mixpanel = mixpanel(
+        rx,
+        "associate_user = false\nbatch = { max_wait = \"500ms\" }",
+    );
+    format!("{}{mixpanel}", source())
+}
+
 async fn status_zero_is_dead_lettered(backend: Backend) {
     let under = Under::new(backend);
     let rx = Receiver::start().await;
@@ -62,14 +72,7 @@ async fn too_large_splits_the_batch(backend: Backend) {
         "",
         // Room for the four calls to meet in one batch, whichever spool's partitions bring
         // them.
-        &format!(
-            "{}{}",
-            source(),
-            mixpanel(
-                &rx,
-                "associate_user = false\nbatch = { max_wait = \"500ms\" }"
-            )
-        ),
+        &merging(&rx),
     )
     .await;
 
@@ -243,15 +246,8 @@ async fn a_refused_merged_update_dead_letters_every_call_in_it(backend: Backend)
     let d = Daemon::start_on(
         &under,
         "",
-        &format!(
-            "{}{}",
-            source(),
-            mixpanel(
-                &rx,
-                // Room for the ten calls to meet in one batch, as sent and as replayed.
-                "associate_user = false\nbatch = { max_wait = \"500ms\" }"
-            )
-        ),
+        // Room for the ten calls to meet in one batch, as sent and as replayed.
+        &merging(&rx),
     )
     .await;
     send(&d, (0..10).map(|n| numbered("acme", n)).collect()).await;
