@@ -100,6 +100,11 @@ pub fn ingest_latency(endpoint: &str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
+/// An ingest request waited this long for delivery to catch up before storing (pacing).
+pub fn paced(waited: Duration) {
+    histogram!("switchyard_ingest_paced_seconds").record(waited.as_secs_f64());
+}
+
 /// Time for one HTTP request to a destination.
 pub fn delivery_latency(destination: &str, took: Duration) {
     histogram!("switchyard_delivery_latency_seconds", "destination" => destination.to_string())

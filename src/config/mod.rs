@@ -120,6 +120,13 @@ pub struct ServerConfig {
     /// A request's body must arrive within this once its headers have.
     #[serde(default = "default_body_read_timeout", with = "duration")]
     pub body_read_timeout: Duration,
+    /// Ingest waits while a destination delivering at its own pace has more than this many
+    /// messages it has not read (see `deliver::pace`).
+    #[serde(default = "default_pace_backlog")]
+    pub pace_backlog: u64,
+    /// The longest one request waits so; zero turns pacing off.
+    #[serde(default = "default_pace_max_wait", with = "duration")]
+    pub pace_max_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +141,8 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),
+            pace_backlog: default_pace_backlog(),
+            pace_max_wait: default_pace_max_wait(),
         }
     }
 }
@@ -410,6 +419,14 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_body_read_timeout() -> Duration {
     Duration::from_secs(30)
+}
+/// About what the embedded spool keeps in memory for destinations that keep up: its newest
+/// rows (8 MiB) and their parsed forms (4 MB of text), for messages of under 1 KB.
+fn default_pace_backlog() -> u64 {
+    4000
+}
+fn default_pace_max_wait() -> Duration {
+    Duration::from_millis(250)
 }
 fn default_spool_path() -> PathBuf {
     PathBuf::from("data")

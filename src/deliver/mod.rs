@@ -11,12 +11,14 @@
 //! - `settle.rs`: outcomes into the spool, with the log lines and counters.
 //! - `transport.rs`: the HTTP exchange, with typed errors.
 //! - `status.rs`: what operators see of a destination.
+//! - `pace.rs`: when ingest waits for delivery to catch up.
 //!
 //! The adapter never touches the spool, the limiter or the clock of retries; the spool never
 //! sees a verdict, only what `settle` tells it.
 
 mod attempt;
 mod order;
+pub mod pace;
 mod plan;
 mod settle;
 mod status;

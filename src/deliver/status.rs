@@ -5,10 +5,57 @@
 //! cannot leave it half-written, so a poisoned lock is read as it stands.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 #[derive(Debug, Default)]
-pub struct Status(Mutex<State>);
+pub struct Status {
+    state: Mutex<State>,
+    /// Batches being attempted (translated, waiting for the rate limit or the destination's
+    /// answer), now and on average (see `pace.rs`).
+    sending: Mutex<Sending>,
+}
+
+/// How long the average of batches being attempted looks back, about.
+const SENDING_WINDOW: f64 = 1.0;
+
+#[derive(Debug, Default)]
+struct Sending {
+    now: usize,
+    /// Time-weighted average of `now`, decaying over [`SENDING_WINDOW`] seconds.
+    average: f64,
+    since: Option<Instant>,
+}
+
+impl Sending {
+    /// The average brought up to `at`, `now` having held since the last change.
+    fn average_at(&self, at: Instant) -> f64 {
+        let Some(since) = self.since else {
+            return 0.0;
+        };
+        let kept = (-(at - since).as_secs_f64() / SENDING_WINDOW).exp();
+        self.average * kept + self.now as f64 * (1.0 - kept)
+    }
+
+    fn change(&mut self, up: bool) {
+        let at = Instant::now();
+        self.average = self.average_at(at);
+        self.since = Some(at);
+        if up {
+            self.now += 1;
+        } else {
+            self.now = self.now.saturating_sub(1);
+        }
+    }
+}
+
+/// A batch being attempted; counted in [`Status::sending`] until dropped.
+pub(super) struct Attempting<'a>(&'a Status);
+
+impl Drop for Attempting<'_> {
+    fn drop(&mut self) {
+        self.0.sending().change(false);
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct State {
@@ -90,7 +137,7 @@ pub struct Rates {
 
 impl Status {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -165,6 +212,21 @@ impl Status {
         self.state().series.read(SystemTime::now())
     }
 
+    fn sending(&self) -> MutexGuard<'_, Sending> {
+        self.sending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A batch is being attempted until the guard drops.
+    pub(super) fn attempting(&self) -> Attempting<'_> {
+        self.sending().change(true);
+        Attempting(self)
+    }
+
+    /// Batches being attempted, averaged over about the last second.
+    pub fn attempting_on_average(&self) -> f64 {
+        self.sending().average_at(Instant::now())
+    }
+
     pub(super) fn set_unhealthy(&self, problem: Option<String>) {
         self.state().unhealthy = problem;
     }
@@ -191,6 +253,26 @@ mod tests {
         // A full window later the same ring slots read as zero, not as old counts.
         let later = now + Duration::from_secs(SERIES_STEP * SERIES_LEN as u64);
         assert!(s.read(later).delivered.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn batches_attempted_are_averaged_over_about_a_second() {
+        let t0 = Instant::now();
+        let mut s = Sending::default();
+        assert_eq!(s.average_at(t0), 0.0, "nothing attempted yet");
+        s.since = Some(t0);
+        s.now = 2;
+        let second = s.average_at(t0 + Duration::from_secs(1));
+        assert!(
+            (second - 2.0 * (1.0 - (-1.0f64).exp())).abs() < 1e-9,
+            "{second}"
+        );
+        assert!(s.average_at(t0 + Duration::from_secs(10)) > 1.99);
+        // Both slots free again: the average decays towards zero from where it stood.
+        s.average = 2.0;
+        s.now = 0;
+        let later = s.average_at(t0 + Duration::from_secs(3));
+        assert!(later < 0.1 && later > 0.0, "{later}");
     }
 
     #[test]

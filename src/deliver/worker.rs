@@ -79,7 +79,9 @@ impl Worker {
 
     /// Attempt the batch at once, settle it when the batches leased before it have settled.
     async fn deliver(&self, batch: Vec<Leased>, ticket: Ticket<'_>) -> Result<(), SpoolError> {
+        let sending = self.status.attempting();
         let attempted = self.attempt(&batch).await;
+        drop(sending);
         ticket.turn().await;
         self.settle(&batch, attempted).await
         // The ticket drops here, after settling: the next batch's turn.

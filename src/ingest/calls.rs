@@ -60,6 +60,7 @@ pub(super) async fn single(
     let accepted =
         accept(&routing, &source, normalized).map_err(|e| ApiError::bad("invalid_message", e))?;
     let remembered = accepted.body.clone();
+    state.pace.wait(&*state.spool).await;
     let appended = state.spool.append(vec![accepted]).await?;
     state.remember(&remembered);
     count_appended(&source, &appended);
@@ -90,6 +91,7 @@ pub(super) async fn batch(
     let appended = if accepted.is_empty() {
         Vec::new()
     } else {
+        state.pace.wait(&*state.spool).await;
         state.spool.append(accepted).await?
     };
     if let Some(body) = last {

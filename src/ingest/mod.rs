@@ -28,6 +28,7 @@ use axum::routing::post;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::config::ServerConfig;
+use crate::deliver::pace::Pace;
 use crate::route::RouteKey;
 use crate::secret::Secret;
 use crate::spool::Spool;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub limits: ServerConfig,
     routing: RwLock<Arc<Routing>>,
     pub spool: Arc<dyn Spool>,
+    /// When to give delivery a moment before storing (see `deliver::pace`).
+    pub pace: Arc<Pace>,
     /// Refused messages, told in the log at most once per interval.
     pub refused: refused::RefusedLog,
     /// The last message accepted by each of the last requests, newest last: what the
@@ -61,11 +64,17 @@ pub struct Routing {
 }
 
 impl AppState {
-    pub fn new(limits: ServerConfig, routing: Routing, spool: Arc<dyn Spool>) -> Self {
+    pub fn new(
+        limits: ServerConfig,
+        routing: Routing,
+        spool: Arc<dyn Spool>,
+        pace: Arc<Pace>,
+    ) -> Self {
         Self {
             limits,
             routing: RwLock::new(Arc::new(routing)),
             spool,
+            pace,
             refused: Default::default(),
             recent: Default::default(),
         }

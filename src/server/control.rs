@@ -18,6 +18,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::Plan;
 use super::fleet::{Fleet, Next};
 use crate::config::Config;
+use crate::deliver::pace::{Lane, Pace};
 use crate::destination::{Destination, Registry};
 use crate::ingest::{AppState, Routing};
 use crate::ops::{DestinationView, OpsState};
@@ -91,7 +92,9 @@ impl Control {
             server, sources, ..
         } = config;
         let routing = routing(sources, server.allow_unauthenticated, &current);
-        let ingest = Arc::new(AppState::new(server, routing, spool.clone()));
+        let pace = Arc::new(Pace::new(server.pace_backlog, server.pace_max_wait));
+        pace.set_lanes(lanes_of(&fleet));
+        let ingest = Arc::new(AppState::new(server, routing, spool.clone(), pace));
         let ops = Arc::new(OpsState::new(views, spool.clone()));
         Ok(Arc::new(Self {
             registry,
@@ -265,6 +268,7 @@ impl Control {
         };
         fleet.run(next, statuses);
         self.ops.set_destinations(views_of(fleet));
+        self.ingest.pace.set_lanes(lanes_of(fleet));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         if changes.is_empty() {
             changes.push("nothing changed".into());
@@ -281,6 +285,8 @@ impl Control {
             return;
         };
         fleet.stopped = true;
+        // Requests still being answered no longer wait for workers that are stopping.
+        self.ingest.pace.set_lanes(Vec::new());
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         fleet.stop_all(left.max(Duration::from_millis(100))).await;
     }
@@ -376,6 +382,17 @@ fn routing(
 }
 
 /// What operators see of each running destination, in config order.
+/// The destinations ingest's pacing watches.
+fn lanes_of(fleet: &Fleet) -> Vec<Lane> {
+    (fleet.running.iter())
+        .map(|r| Lane {
+            name: r.name.clone(),
+            status: r.status.clone(),
+            slots: r.slots,
+        })
+        .collect()
+}
+
 fn views_of(fleet: &Fleet) -> Vec<DestinationView> {
     (fleet.running.iter())
         .map(|r| DestinationView {

@@ -147,6 +147,10 @@ pub struct Depth {
     pub in_flight: u64,
     /// Of `pending`, how many are waiting for a retry.
     pub retrying: u64,
+    /// Of `pending`, how many the destination's worker has not looked at yet: newer than
+    /// everything it leased (what ingest's pacing weighs).
+    #[serde(skip)]
+    pub unread: u64,
     pub dead_letters: u64,
     /// When the oldest message still waiting (leased or not) was enqueued.
     #[serde(skip)]

@@ -511,6 +511,10 @@ impl Spool for JetStreamSpool {
             pending: c.unsettled.saturating_sub(in_flight),
             in_flight,
             retrying: retrying + c.others_retrying,
+            // Ingest's pacing is for the embedded spool, whose reads stay cheap while
+            // delivery keeps within what it holds in memory; here the server holds the
+            // backlog, and ingest usually runs on other daemons than delivery.
+            unread: 0,
             dead_letters: c.dead_letters,
             oldest_pending: None,
         }

@@ -156,6 +156,7 @@ impl Store {
             pending: (c.unscanned + c.retry_rows + lane.hold.len()).saturating_sub(from_retry),
             in_flight: lane.in_flight.len() as u64,
             retrying: c.attempted.saturating_sub(retrying_leased),
+            unread: c.unscanned,
             dead_letters: c.dead,
             oldest_pending: lane.oldest,
         }
