@@ -100,9 +100,11 @@ pub fn ingest_latency(endpoint: &str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-/// An ingest request waited this long for delivery to catch up before storing (pacing).
-pub fn paced(waited: Duration) {
-    histogram!("switchyard_ingest_paced_seconds").record(waited.as_secs_f64());
+/// An ingest request waited this long for `destination` to catch up before storing
+/// (pacing; the last destination it waited for).
+pub fn paced(destination: &str, waited: Duration) {
+    histogram!("switchyard_ingest_paced_seconds", "destination" => destination.to_string())
+        .record(waited.as_secs_f64());
 }
 
 /// Time for one HTTP request to a destination.

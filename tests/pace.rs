@@ -33,13 +33,21 @@ async fn send(d: &Daemon, tag: &str, batches: usize, size: usize) {
     }
 }
 
-/// Requests that waited for delivery, from `/metrics` (none recorded: 0).
+/// Requests that waited for the destination `Hook`, from `/metrics` (none recorded: 0).
 async fn paced(d: &Daemon) -> u64 {
     let metrics = d.get_text("/metrics").await;
-    metrics
+    let waits: Vec<&str> = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("switchyard_ingest_paced_seconds_count "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+        .filter(|l| l.starts_with("switchyard_ingest_paced_seconds_count"))
+        .collect();
+    assert!(
+        waits.iter().all(|l| l.contains("destination=\"Hook\"")),
+        "{waits:?}"
+    );
+    waits
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 /// Wait until the destination's listed state is `state`.

@@ -78,23 +78,29 @@ impl Pace {
             return Duration::ZERO;
         }
         let started = Instant::now();
-        let mut slept = false;
-        while self.behind(spool) && started.elapsed() < self.max_wait {
-            slept = true;
+        let mut waited_for = None;
+        while started.elapsed() < self.max_wait {
+            let Some(lane) = self.behind(spool) else {
+                break;
+            };
+            waited_for = Some(lane);
             tokio::time::sleep(STEP).await;
         }
-        if !slept {
+        let Some(lane) = waited_for else {
             return Duration::ZERO;
-        }
+        };
         let waited = started.elapsed();
-        telemetry::paced(waited);
+        telemetry::paced(&lane, waited);
         waited
     }
 
-    fn behind(&self, spool: &dyn Spool) -> bool {
+    /// The first destination delivering at its own pace that is more than the backlog
+    /// behind, if any.
+    fn behind(&self, spool: &dyn Spool) -> Option<String> {
         let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
         lanes
             .iter()
-            .any(|l| l.own_pace() && spool.depth(&l.name).unread > self.backlog)
+            .find(|l| l.own_pace() && spool.depth(&l.name).unread > self.backlog)
+            .map(|l| l.name.clone())
     }
 }
