@@ -85,30 +85,6 @@ async fn send(d: &Daemon, calls: Vec<Value>) {
     assert_eq!((status, body), (200, json!({"success": true})));
 }
 
-/// Poll `GET /v1/destinations` until `name`'s entry satisfies `done`.
-async fn wait_status(d: &Daemon, name: &str, done: impl Fn(&Value) -> bool, what: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let (_, list) = d.get("/v1/destinations").await;
-        let entry = list["destinations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .cloned()
-            .unwrap();
-        if done(&entry) {
-            return entry;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {name}: {what}; last status {entry}\nlogs:\n{}",
-            d.logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 /// Nothing left to deliver; `dead` dead letters.
 fn settled(dead: u64) -> impl Fn(&Value) -> bool {
     move |e: &Value| e["pending"] == 0 && e["in_flight"] == 0 && e["dead_letters"] == dead
@@ -156,13 +132,9 @@ async fn request_limit_pauses_salesforce_only(backend: Backend) {
 
     send(&d, vec![call("g-1", Some("u-1"), json!({"name": "One"}))]).await;
     rx.wait_for(UPSERT_PATH, 1).await;
-    let paused = wait_status(
-        &d,
-        "Salesforce",
-        |e| e["paused_until"].is_string(),
-        "paused",
-    )
-    .await;
+    let paused = d
+        .wait_status("Salesforce", |e| e["paused_until"].is_string(), "paused")
+        .await;
     assert_eq!(paused["dead_letters"], 0);
     // Mixpanel keeps delivering while Salesforce rests.
     send(&d, vec![call("g-2", Some("u-2"), json!({"name": "Two"}))]).await;
@@ -175,7 +147,9 @@ async fn request_limit_pauses_salesforce_only(backend: Backend) {
         "g-2 at Mixpanel",
     )
     .await;
-    let mp = wait_status(&d, "Mixpanel", settled(0), "Mixpanel delivered both").await;
+    let mp = d
+        .wait_status("Mixpanel", settled(0), "Mixpanel delivered both")
+        .await;
     assert_eq!(mp["paused_until"], Value::Null);
     assert_eq!(
         rx.requests(UPSERT_PATH).len(),
@@ -183,8 +157,7 @@ async fn request_limit_pauses_salesforce_only(backend: Backend) {
         "Salesforce was called during its pause"
     );
     // After the pause both calls reach Salesforce.
-    wait_status(
-        &d,
+    d.wait_status(
         "Salesforce",
         settled(0),
         "Salesforce delivered both after the pause",
@@ -219,8 +192,10 @@ async fn dry_run_logs_requests_and_sends_nothing() {
         vec![call("g-dry", Some("u-1"), json!({"name": "Dry Run Inc"}))],
     )
     .await;
-    wait_status(&d, "Salesforce", settled(0), "dry run counted as delivered").await;
-    wait_status(&d, "Mixpanel", settled(0), "dry run counted as delivered").await;
+    d.wait_status("Salesforce", settled(0), "dry run counted as delivered")
+        .await;
+    d.wait_status("Mixpanel", settled(0), "dry run counted as delivered")
+        .await;
     let logs = d.wait_for_log("/engage?verbose=1").await;
     let shown: Vec<&str> = logs
         .lines()

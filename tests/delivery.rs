@@ -28,6 +28,11 @@ async fn send_group(d: &Daemon, group: &str) {
     assert_eq!(status, 200);
 }
 
+/// Nothing pending, nothing in flight.
+fn emptied(hook: &serde_json::Value) -> bool {
+    hook["pending"] == 0 && hook["in_flight"] == 0
+}
+
 async fn server_errors_are_retried_until_delivered(backend: Backend) {
     let under = Under::new(backend);
     let rx = Receiver::start().await;
@@ -37,19 +42,7 @@ async fn server_errors_are_retried_until_delivered(backend: Backend) {
     let got = rx.wait_for("/hook", 3).await;
     assert!(got.iter().all(|c| c.json()["messageId"] == "g1"));
     // Delivered on the third attempt: the destination's queue empties and nothing else comes.
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    loop {
-        let (_, status) = d.get("/v1/destinations").await;
-        let hook = &status["destinations"][0];
-        if hook["pending"] == 0 && hook["in_flight"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queue never emptied: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.wait_status("Hook", emptied, "the queue emptied").await;
     assert_eq!(rx.requests("/hook").len(), 3);
     d.wait_for_log("will retry").await;
 }
@@ -98,20 +91,8 @@ async fn client_errors_are_not_retried(backend: Backend) {
         .count();
     assert_eq!(attempts, 1);
     // Dead-lettered, not waiting for a retry: nothing pending, one dead letter, one attempt.
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    loop {
-        let (_, status) = d.get("/v1/destinations").await;
-        let hook = &status["destinations"][0];
-        if hook["pending"] == 0 && hook["in_flight"] == 0 {
-            assert_eq!(hook["dead_letters"], 1, "{status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queue never emptied: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let hook = d.wait_status("Hook", emptied, "the queue emptied").await;
+    assert_eq!(hook["dead_letters"], 1, "{hook}");
     let bad = rx
         .requests("/hook")
         .iter()

@@ -50,22 +50,6 @@ async fn paced(d: &Daemon) -> u64 {
         .sum()
 }
 
-/// Wait until the destination's listed state is `state`.
-async fn wait_for_state(d: &Daemon, state: &str) {
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    loop {
-        let (_, listed) = d.get("/v1/destinations").await;
-        if listed["destinations"][0]["state"] == state {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {state}: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn ingest_waits_while_a_destination_that_keeps_its_own_pace_is_behind() {
     let rx = Receiver::start().await;
@@ -97,7 +81,8 @@ async fn a_paused_destination_never_slows_ingest() {
     let (server, rest) = config(&rx, 5, "30s");
     let d = Daemon::start(&server, &rest).await;
     send(&d, "first", 1, 1).await;
-    wait_for_state(&d, "paused").await;
+    d.wait_status("Hook", |h| h["state"] == "paused", "paused")
+        .await;
     send(&d, "p", 10, 50).await;
     let (_, listed) = d.get("/v1/destinations").await;
     assert!(
@@ -137,7 +122,8 @@ async fn a_failing_destination_never_slows_ingest() {
     let (server, rest) = config(&rx, 5, "30s");
     let d = Daemon::start(&server, &rest).await;
     send(&d, "first", 1, 1).await;
-    wait_for_state(&d, "failing").await;
+    d.wait_status("Hook", |h| h["state"] == "failing", "failing")
+        .await;
     send(&d, "f", 10, 50).await;
     assert_eq!(
         paced(&d).await,
@@ -146,19 +132,13 @@ async fn a_failing_destination_never_slows_ingest() {
     );
     // Once it answers again, everything is delivered: nothing waits, nothing was given up.
     rx.set_default("/hook", Answer::status(200));
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    loop {
-        let (_, listed) = d.get("/v1/destinations").await;
-        let hook = &listed["destinations"][0];
-        if hook["pending"] == 0 && hook["in_flight"] == 0 {
-            assert_eq!(hook["dead_letters"], 0, "{listed}");
-            assert_eq!(hook["delivered_total"], 501, "{listed}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never delivered: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let hook = d
+        .wait_status(
+            "Hook",
+            |h| h["pending"] == 0 && h["in_flight"] == 0,
+            "everything delivered",
+        )
+        .await;
+    assert_eq!(hook["dead_letters"], 0, "{hook}");
+    assert_eq!(hook["delivered_total"], 501, "{hook}");
 }

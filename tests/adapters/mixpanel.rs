@@ -36,7 +36,9 @@ async fn status_zero_is_dead_lettered(backend: Backend) {
         )],
     )
     .await;
-    let status = wait_status(&d, "Mixpanel", settled(1), "one dead letter").await;
+    let status = d
+        .wait_status("Mixpanel", settled(1), "one dead letter")
+        .await;
     assert_eq!(status["unhealthy"], Value::Null);
     let groups = rx.requests("/groups");
     assert_eq!(groups.len(), 1, "a status:0 answer must not be retried");
@@ -91,7 +93,8 @@ async fn too_large_splits_the_batch(backend: Backend) {
     let mut arrived: Vec<String> = halves.concat();
     arrived.sort();
     assert_eq!(arrived, ids);
-    wait_status(&d, "Mixpanel", settled(0), "all four delivered").await;
+    d.wait_status("Mixpanel", settled(0), "all four delivered")
+        .await;
     assert_eq!(rx.requests("/groups").len(), 3);
     assert!(rx.requests("/engage").is_empty());
 }
@@ -115,7 +118,8 @@ async fn a_partly_failed_batch_keeps_the_last_write_winning(backend: Backend) {
     let mut newer = call("acme", None, json!({"plan": "pro"}));
     newer["messageId"] = json!("m-newer");
     send(&d, vec![older, newer]).await;
-    wait_status(&d, "Mixpanel", settled(0), "both delivered").await;
+    d.wait_status("Mixpanel", settled(0), "both delivered")
+        .await;
     let plans: Vec<String> = rx
         .requests("/groups")
         .iter()
@@ -183,7 +187,9 @@ async fn calls_waiting_out_a_pause_arrive_as_one_update_per_group(backend: Backe
         .chain((0..5).map(|n| numbered("globex", n)))
         .collect();
     send(&d, later).await;
-    let status = wait_status(&d, "Mixpanel", settled(0), "all 35 delivered").await;
+    let status = d
+        .wait_status("Mixpanel", settled(0), "all 35 delivered")
+        .await;
 
     let after_pause = updates(&rx.requests("/groups")[1..]);
     for request in &after_pause {
@@ -251,7 +257,8 @@ async fn a_refused_merged_update_dead_letters_every_call_in_it(backend: Backend)
     )
     .await;
     send(&d, (0..10).map(|n| numbered("acme", n)).collect()).await;
-    wait_status(&d, "Mixpanel", settled(10), "ten dead letters").await;
+    d.wait_status("Mixpanel", settled(10), "ten dead letters")
+        .await;
     assert_eq!(
         updates(&rx.requests("/groups")),
         [[("acme".to_string(), "p9".to_string())]]
@@ -264,7 +271,8 @@ async fn a_refused_merged_update_dead_letters_every_call_in_it(backend: Backend)
         );
     }
     d.dlq(&["replay", "--all"]);
-    wait_status(&d, "Mixpanel", settled(0), "replayed and delivered").await;
+    d.wait_status("Mixpanel", settled(0), "replayed and delivered")
+        .await;
     let sent = updates(&rx.requests("/groups"));
     assert_eq!(sent.len(), 2, "the replay merged again: {sent:?}");
     assert_eq!(sent[1], [("acme".to_string(), "p9".to_string())]);

@@ -42,13 +42,8 @@ async fn settles_each_record_on_its_own(backend: Backend) {
     assert_eq!(got[0].json()["records"][2]["BillingPostalCode"], "8001");
     // Only the lock-failed record is sent again.
     assert_eq!(group_ids(&got[1]), ["g-lock"]);
-    wait_status(
-        &d,
-        "Salesforce",
-        settled(1),
-        "two delivered, one dead letter",
-    )
-    .await;
+    d.wait_status("Salesforce", settled(1), "two delivered, one dead letter")
+        .await;
     let logs = d.logs();
     let dead = dead_letter_lines(&logs);
     assert_eq!(dead.len(), 1, "{logs}");
@@ -98,7 +93,9 @@ async fn token_expiring_mid_run_is_refreshed_once(backend: Backend) {
         .collect();
     assert_eq!(bearer, ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]);
     assert_eq!(group_ids(&got[1]), group_ids(&got[2]));
-    let status = wait_status(&d, "Salesforce", settled(0), "both delivered").await;
+    let status = d
+        .wait_status("Salesforce", settled(0), "both delivered")
+        .await;
     assert_eq!(status["unhealthy"], Value::Null);
     assert_eq!(rx.requests(TOKEN_PATH).len(), 2);
     assert!(dead_letter_lines(&d.logs()).is_empty());
@@ -114,13 +111,9 @@ async fn failing_token_endpoint_retries_and_never_dead_letters(backend: Backend)
     let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
 
     send(&d, vec![call("g-1", None, json!({"name": "One"}))]).await;
-    let sick = wait_status(
-        &d,
-        "Salesforce",
-        |e| e["unhealthy"].is_string(),
-        "unhealthy",
-    )
-    .await;
+    let sick = d
+        .wait_status("Salesforce", |e| e["unhealthy"].is_string(), "unhealthy")
+        .await;
     assert!(
         sick["unhealthy"]
             .as_str()
@@ -135,7 +128,7 @@ async fn failing_token_endpoint_retries_and_never_dead_letters(backend: Backend)
     rx.set_default(TOKEN_PATH, token_answer(&rx, "tok-1"));
     let got = rx.wait_for(UPSERT_PATH, 1).await;
     assert_eq!(group_ids(&got[0]), ["g-1"]);
-    let healthy = wait_status(&d, "Salesforce", settled(0), "delivered").await;
+    let healthy = d.wait_status("Salesforce", settled(0), "delivered").await;
     assert_eq!(healthy["unhealthy"], Value::Null);
     assert!(dead_letter_lines(&d.logs()).is_empty());
 }

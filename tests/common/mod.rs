@@ -539,6 +539,35 @@ impl Daemon {
         }
     }
 
+    /// Poll `GET /v1/destinations` until `name`'s entry satisfies `done`; returns the entry.
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        done: impl Fn(&Value) -> bool,
+        what: &str,
+    ) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (_, list) = self.get("/v1/destinations").await;
+            let entry = list["destinations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap();
+            if done(&entry) {
+                return entry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name}: {what}; last status {entry}\nlogs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// POST JSON with the write key as Basic user (`key:`); returns status and JSON answer.
     pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
         let mut req = self.client.post(self.url(path)).json(body);
