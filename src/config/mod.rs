@@ -514,6 +514,21 @@ mod tests {
     }
 
     #[test]
+    fn pacing_is_bounded() {
+        let text =
+            "[server]\nallow_unauthenticated = true\npace_backlog = 0\npace_max_wait = \"30s\"\n";
+        let errors = load_with_env(text, &|_| None).unwrap_err().to_string();
+        assert_eq!(
+            errors,
+            "server.pace_backlog must be at least 1 (pace_max_wait = \"0s\" turns pacing off)\n\
+             server.pace_max_wait is 30s; it must be at most 5s (SDKs give up on a request after about 10 s)"
+        );
+        let off = "[server]\nallow_unauthenticated = true\npace_max_wait = \"0s\"\n";
+        let config = load_with_env(off, &|_| None).unwrap();
+        assert!(config.server.pace_max_wait.is_zero());
+    }
+
+    #[test]
     fn admin_errors_have_line_and_column() {
         let text = "[[source]]\nname = \"web\"\nwrite_key = \"the-write-key-0123\"\n\n[admin]\ntoken = [\"short\", \"the-write-key-0123\"]\nlisten = \"nowhere\"\n";
         let errors = load_with_env(text, &|_| None).unwrap_err().to_string();

@@ -210,6 +210,24 @@ impl Config {
                 });
             }
         }
+        if s.pace_backlog == 0 {
+            errors.push(ConfigError {
+                at: None,
+                message: "server.pace_backlog must be at least 1 (pace_max_wait = \"0s\" turns pacing off)".into(),
+            });
+        }
+        // Well under the time SDKs wait for an answer.
+        const MAX_PACE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+        if s.pace_max_wait > MAX_PACE_WAIT {
+            errors.push(ConfigError {
+                at: None,
+                message: format!(
+                    "server.pace_max_wait is {}; it must be at most {} (SDKs give up on a request after about 10 s)",
+                    humantime::format_duration(s.pace_max_wait),
+                    humantime::format_duration(MAX_PACE_WAIT)
+                ),
+            });
+        }
         if self.sources.is_empty() && !self.server.allow_unauthenticated {
             errors.push(ConfigError {
                 at: None,

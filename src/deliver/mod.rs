@@ -91,6 +91,8 @@ pub struct Worker {
     policy: RetryPolicy,
     /// Items per lease: the configured size, or the adapter's default, never above its limit.
     batch_max: usize,
+    /// Batches in flight at once (`concurrency`).
+    slots: usize,
     max_wait: Duration,
     dry_run: bool,
     pub status: Arc<Status>,
@@ -125,6 +127,7 @@ impl Worker {
             limiter: delivery.quota.map(SharedLimiter::new),
             policy: delivery.retry.clone(),
             batch_max,
+            slots: delivery.concurrency,
             max_wait: delivery.max_wait,
             dry_run: delivery.dry_run,
             status: Arc::new(Status::default()),

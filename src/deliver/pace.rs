@@ -10,10 +10,10 @@
 //!
 //! So before storing a request's messages, ingest waits (in short steps, at most
 //! `server.pace_max_wait`) while some destination is more than `server.pace_backlog`
-//! messages behind *and* is held up by nothing but this daemon: it is not paused, its last
-//! batch did not fail, and its `concurrency` slots have not spent the last second or so
-//! nearly all waiting for the destination's answers or its rate limit. A destination that
-//! is slow, rate-limited, paused or down never slows ingest: the spool holds its backlog.
+//! messages behind *and* is held up by nothing but this daemon: it is not paused nor just
+//! back from a pause, not failing, the spool serves it, and its `concurrency` slots spent
+//! less than 80% of the last second or so sending to it (see `Lane::own_pace`). A destination that is slow, rate-limited, paused or
+//! down does not slow ingest: the spool holds its backlog.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -34,17 +34,25 @@ pub struct Lane {
     pub slots: usize,
 }
 
-/// A destination whose slots spent more than this share of the last second or so waiting
-/// for its answers or its rate limit is held up by the destination, not by this daemon.
-const SENDING_SHARE: f64 = 0.9;
+/// A destination whose slots spent more than this share of the last second or so sending to
+/// it (translating, its rate limit, its answers) is held up by the destination, not by this
+/// daemon.
+const SENDING_SHARE: f64 = 0.8;
+
+/// After a pause, or trouble with the spool, how long a destination is left out: the
+/// average of its slots' time needs about that long to speak for it again.
+const SETTLE: Duration = Duration::from_secs(3);
 
 impl Lane {
-    /// Nothing outside this daemon holds it up: not paused, not failing, its slots not all
-    /// waiting on the destination.
+    /// Nothing outside this daemon holds it up: not paused (nor just back from a pause),
+    /// not failing, the spool serving it, and its slots not mostly waiting on the
+    /// destination (taken to be, until its first batches show otherwise).
     fn own_pace(&self) -> bool {
-        self.status.paused_until().is_none()
-            && !self.status.failing()
-            && self.status.attempting_on_average() < SENDING_SHARE * self.slots as f64
+        let s = &self.status;
+        !s.paused_within(SETTLE)
+            && !s.failing()
+            && !s.spool_trouble_within(SETTLE)
+            && s.attempting_on_average() < SENDING_SHARE * self.slots as f64
     }
 }
 
@@ -100,7 +108,7 @@ impl Pace {
         let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
         lanes
             .iter()
-            .find(|l| l.own_pace() && spool.depth(&l.name).unread > self.backlog)
+            .find(|l| spool.depth(&l.name).unread > self.backlog && l.own_pace())
             .map(|l| l.name.clone())
     }
 }

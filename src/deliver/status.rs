@@ -5,7 +5,7 @@
 //! cannot leave it half-written, so a poisoned lock is read as it stands.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Default)]
 pub struct Status {
@@ -24,6 +24,9 @@ struct Sending {
     /// Time-weighted average of `now`, decaying over [`SENDING_WINDOW`] seconds.
     average: f64,
     since: Option<Instant>,
+    /// Whether anything was attempted yet: the average starts at every slot busy, so a
+    /// destination is taken to hold delivery up until its slots show otherwise.
+    started: bool,
 }
 
 impl Sending {
@@ -36,9 +39,14 @@ impl Sending {
         self.average * kept + self.now as f64 * (1.0 - kept)
     }
 
-    fn change(&mut self, up: bool) {
+    fn change(&mut self, up: bool, slots: usize) {
         let at = Instant::now();
-        self.average = self.average_at(at);
+        self.average = if self.started {
+            self.average_at(at)
+        } else {
+            slots as f64
+        };
+        self.started = true;
         self.since = Some(at);
         if up {
             self.now += 1;
@@ -53,7 +61,7 @@ pub(super) struct Attempting<'a>(&'a Status);
 
 impl Drop for Attempting<'_> {
     fn drop(&mut self) {
-        self.0.sending().change(false);
+        self.0.sending().change(false, 0);
     }
 }
 
@@ -67,6 +75,8 @@ struct State {
     failing: bool,
     /// Set by an adapter when a person must act (bad credentials, unknown object).
     unhealthy: Option<String>,
+    /// When the spool last failed a lease or a settlement of this destination.
+    spool_trouble: Option<SystemTime>,
     /// Calls delivered inside another call's update since start (coalescing).
     coalesced: u64,
     delivered: u64,
@@ -216,15 +226,40 @@ impl Status {
         self.sending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A batch is being attempted until the guard drops.
-    pub(super) fn attempting(&self) -> Attempting<'_> {
-        self.sending().change(true);
+    /// A batch is being attempted until the guard drops; the destination has `slots` of
+    /// them.
+    pub(super) fn attempting(&self, slots: usize) -> Attempting<'_> {
+        self.sending().change(true, slots);
         Attempting(self)
     }
 
-    /// Batches being attempted, averaged over about the last second.
+    /// Batches being attempted, averaged over about the last second; unbounded before the
+    /// first batch (nothing is known yet).
     pub fn attempting_on_average(&self) -> f64 {
-        self.sending().average_at(Instant::now())
+        let sending = self.sending();
+        if !sending.started {
+            return f64::INFINITY;
+        }
+        sending.average_at(Instant::now())
+    }
+
+    /// Paused now, or a pause ended less than `within` ago.
+    pub fn paused_within(&self, within: Duration) -> bool {
+        self.state()
+            .paused_until
+            .is_some_and(|until| until + within > SystemTime::now())
+    }
+
+    /// The spool failed a lease or a settlement of this destination.
+    pub(super) fn spool_trouble(&self) {
+        self.state().spool_trouble = Some(SystemTime::now());
+    }
+
+    /// The spool failed this destination less than `within` ago.
+    pub fn spool_trouble_within(&self, within: Duration) -> bool {
+        self.state()
+            .spool_trouble
+            .is_some_and(|at| at + within > SystemTime::now())
     }
 
     pub(super) fn set_unhealthy(&self, problem: Option<String>) {
@@ -260,6 +295,12 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Sending::default();
         assert_eq!(s.average_at(t0), 0.0, "nothing attempted yet");
+        s.change(true, 2);
+        assert_eq!(
+            s.average, 2.0,
+            "taken as every slot busy until shown otherwise"
+        );
+        s.average = 0.0;
         s.since = Some(t0);
         s.now = 2;
         let second = s.average_at(t0 + Duration::from_secs(1));

@@ -30,6 +30,7 @@ impl Worker {
             let (batch, ticket) = match self.order.lease(self.next_batch()).await {
                 Ok(leased) => leased,
                 Err(e) => {
+                    self.status.spool_trouble();
                     if let Some(failed) = self.spool_trouble.due(telemetry::once) {
                         tracing::error!(destination = %self.name, error = %e, failed_since_last_line = failed,
                             "cannot lease from the spool; trying again every second");
@@ -46,6 +47,7 @@ impl Worker {
                 continue;
             };
             if let Err(e) = self.deliver(batch, ticket).await {
+                self.status.spool_trouble();
                 if let Some(failed) = self.spool_trouble.due(telemetry::once) {
                     tracing::error!(destination = %self.name, error = %e, failed_since_last_line = failed,
                         "cannot record delivery outcome in the spool");
@@ -79,7 +81,7 @@ impl Worker {
 
     /// Attempt the batch at once, settle it when the batches leased before it have settled.
     async fn deliver(&self, batch: Vec<Leased>, ticket: Ticket<'_>) -> Result<(), SpoolError> {
-        let sending = self.status.attempting();
+        let sending = self.status.attempting(self.slots);
         let attempted = self.attempt(&batch).await;
         drop(sending);
         ticket.turn().await;

@@ -93,7 +93,7 @@ impl Control {
         } = config;
         let routing = routing(sources, server.allow_unauthenticated, &current);
         let pace = Arc::new(Pace::new(server.pace_backlog, server.pace_max_wait));
-        pace.set_lanes(lanes_of(&fleet));
+        pace.set_lanes(lanes_of(&fleet, &[]));
         let ingest = Arc::new(AppState::new(server, routing, spool.clone(), pace));
         let ops = Arc::new(OpsState::new(views, spool.clone()));
         Ok(Arc::new(Self {
@@ -248,6 +248,8 @@ impl Control {
         }
         let mut stopping = diff.removed.clone();
         stopping.extend(diff.changed.iter().cloned());
+        // Their workers stop now: ingest must not wait for them to catch up meanwhile.
+        self.ingest.pace.set_lanes(lanes_of(fleet, &stopping));
         let statuses = fleet.stop(&stopping, self.grace).await;
         // A request that routed with the old config stores its messages before a removed
         // destination's lane goes, so each of them still reaches it.
@@ -268,7 +270,7 @@ impl Control {
         };
         fleet.run(next, statuses);
         self.ops.set_destinations(views_of(fleet));
-        self.ingest.pace.set_lanes(lanes_of(fleet));
+        self.ingest.pace.set_lanes(lanes_of(fleet, &[]));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         if changes.is_empty() {
             changes.push("nothing changed".into());
@@ -381,10 +383,10 @@ fn routing(
     }
 }
 
-/// What operators see of each running destination, in config order.
-/// The destinations ingest's pacing watches.
-fn lanes_of(fleet: &Fleet) -> Vec<Lane> {
+/// The destinations ingest's pacing watches, but `leaving` (their workers are stopping).
+fn lanes_of(fleet: &Fleet, leaving: &[String]) -> Vec<Lane> {
     (fleet.running.iter())
+        .filter(|r| !r.dry_run && !leaving.contains(&r.name))
         .map(|r| Lane {
             name: r.name.clone(),
             status: r.status.clone(),
@@ -393,6 +395,7 @@ fn lanes_of(fleet: &Fleet) -> Vec<Lane> {
         .collect()
 }
 
+/// What operators see of each running destination, in config order.
 fn views_of(fleet: &Fleet) -> Vec<DestinationView> {
     (fleet.running.iter())
         .map(|r| DestinationView {
