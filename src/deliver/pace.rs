@@ -12,8 +12,9 @@
 //! `server.pace_max_wait`) while some destination is more than `server.pace_backlog`
 //! messages behind *and* is held up by nothing but this daemon: it is not paused nor just
 //! back from a pause, not failing, the spool serves it, and its `concurrency` slots spent
-//! less than 80% of the last second or so sending to it (see `Lane::own_pace`). A destination that is slow, rate-limited, paused or
-//! down does not slow ingest: the spool holds its backlog.
+//! less than 80% of the last second or so sending to it (see `Lane::own_pace`). A
+//! destination that is slow, rate-limited, paused or down does not slow ingest: the spool
+//! holds its backlog.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -30,8 +31,6 @@ const STEP: Duration = Duration::from_millis(5);
 pub struct Lane {
     pub name: String,
     pub status: Arc<Status>,
-    /// Its `concurrency`: batches it may have in flight at once.
-    pub slots: usize,
 }
 
 /// A destination whose slots spent more than this share of the last second or so sending to
@@ -52,7 +51,7 @@ impl Lane {
         !s.paused_within(SETTLE)
             && !s.failing()
             && !s.spool_trouble_within(SETTLE)
-            && s.attempting_on_average() < SENDING_SHARE * self.slots as f64
+            && s.attempting_share() < SENDING_SHARE
     }
 }
 
@@ -80,10 +79,10 @@ impl Pace {
     }
 
     /// Return once no destination delivering at its own pace is more than the backlog
-    /// behind, or after the longest wait; how long it waited.
-    pub async fn wait(&self, spool: &dyn Spool) -> Duration {
+    /// behind, or after the longest wait.
+    pub async fn wait(&self, spool: &dyn Spool) {
         if self.max_wait.is_zero() {
-            return Duration::ZERO;
+            return;
         }
         let started = Instant::now();
         let mut waited_for = None;
@@ -94,12 +93,9 @@ impl Pace {
             waited_for = Some(lane);
             tokio::time::sleep(STEP).await;
         }
-        let Some(lane) = waited_for else {
-            return Duration::ZERO;
-        };
-        let waited = started.elapsed();
-        telemetry::paced(&lane, waited);
-        waited
+        if let Some(lane) = waited_for {
+            telemetry::paced(&lane, started.elapsed());
+        }
     }
 
     /// The first destination delivering at its own pace that is more than the backlog

@@ -24,29 +24,24 @@ struct Sending {
     /// Time-weighted average of `now`, decaying over [`SENDING_WINDOW`] seconds.
     average: f64,
     since: Option<Instant>,
-    /// Whether anything was attempted yet: the average starts at every slot busy, so a
-    /// destination is taken to hold delivery up until its slots show otherwise.
-    started: bool,
+    /// Its `concurrency`; zero until the first batch. The average starts at every slot
+    /// busy, so a destination is taken to hold delivery up until its slots show otherwise.
+    slots: usize,
 }
 
 impl Sending {
     /// The average brought up to `at`, `now` having held since the last change.
     fn average_at(&self, at: Instant) -> f64 {
         let Some(since) = self.since else {
-            return 0.0;
+            return self.average;
         };
         let kept = (-(at - since).as_secs_f64() / SENDING_WINDOW).exp();
         self.average * kept + self.now as f64 * (1.0 - kept)
     }
 
-    fn change(&mut self, up: bool, slots: usize) {
+    fn change(&mut self, up: bool) {
         let at = Instant::now();
-        self.average = if self.started {
-            self.average_at(at)
-        } else {
-            slots as f64
-        };
-        self.started = true;
+        self.average = self.average_at(at);
         self.since = Some(at);
         if up {
             self.now += 1;
@@ -61,7 +56,7 @@ pub(super) struct Attempting<'a>(&'a Status);
 
 impl Drop for Attempting<'_> {
     fn drop(&mut self) {
-        self.0.sending().change(false, 0);
+        self.0.sending().change(false);
     }
 }
 
@@ -229,18 +224,23 @@ impl Status {
     /// A batch is being attempted until the guard drops; the destination has `slots` of
     /// them.
     pub(super) fn attempting(&self, slots: usize) -> Attempting<'_> {
-        self.sending().change(true, slots);
+        let mut sending = self.sending();
+        if sending.slots == 0 {
+            sending.average = slots as f64;
+        }
+        sending.slots = slots.max(1);
+        sending.change(true);
         Attempting(self)
     }
 
-    /// Batches being attempted, averaged over about the last second; unbounded before the
-    /// first batch (nothing is known yet).
-    pub fn attempting_on_average(&self) -> f64 {
+    /// The share of its slots' time spent attempting batches over about the last second;
+    /// every slot's, until the first batch (nothing is known yet).
+    pub fn attempting_share(&self) -> f64 {
         let sending = self.sending();
-        if !sending.started {
-            return f64::INFINITY;
+        if sending.slots == 0 {
+            return 1.0;
         }
-        sending.average_at(Instant::now())
+        sending.average_at(Instant::now()) / sending.slots as f64
     }
 
     /// Paused now, or a pause ended less than `within` ago.
@@ -293,14 +293,15 @@ mod tests {
     #[test]
     fn batches_attempted_are_averaged_over_about_a_second() {
         let t0 = Instant::now();
-        let mut s = Sending::default();
-        assert_eq!(s.average_at(t0), 0.0, "nothing attempted yet");
-        s.change(true, 2);
-        assert_eq!(
-            s.average, 2.0,
+        let status = Status::default();
+        assert_eq!(status.attempting_share(), 1.0, "nothing known yet");
+        drop(status.attempting(2));
+        assert!(
+            status.attempting_share() > 0.99,
             "taken as every slot busy until shown otherwise"
         );
-        s.average = 0.0;
+        let mut s = Sending::default();
+        assert_eq!(s.average_at(t0), 0.0, "nothing attempted yet");
         s.since = Some(t0);
         s.now = 2;
         let second = s.average_at(t0 + Duration::from_secs(1));

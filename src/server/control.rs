@@ -390,7 +390,6 @@ fn lanes_of(fleet: &Fleet, leaving: &[String]) -> Vec<Lane> {
         .map(|r| Lane {
             name: r.name.clone(),
             status: r.status.clone(),
-            slots: r.slots,
         })
         .collect()
 }

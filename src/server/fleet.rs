@@ -24,8 +24,6 @@ pub(super) struct Running {
     pub dry_run: bool,
     fingerprint: Fingerprint,
     pub status: Arc<Status>,
-    /// Its `concurrency`.
-    pub slots: usize,
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<()>>,
 }
@@ -104,7 +102,6 @@ impl Fleet {
             dry_run: d.dry_run,
             fingerprint: d.fingerprint.clone(),
             status: worker.status.clone(),
-            slots: d.delivery.concurrency,
             stop,
             handles,
         }
