@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +23,7 @@ mod tick;
 mod transaction;
 
 use self::gather::gather;
-use self::tick::{data_version, tick};
+use self::tick::{data_version, sweep, tick};
 use self::transaction::execute;
 use super::store::Store;
 use crate::message::Accepted;
@@ -80,9 +80,21 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     let mut last_tick = Instant::now();
     let mut data_version = data_version(&store);
     let mut deferred = Deferred::new();
+    // Housekeeping found more than one slice to do; after a failed slice, not before a tick.
+    let mut more_garbage = false;
+    let mut sweep_after = Instant::now();
     publish(&store, &shared, store.lanes.keys().cloned().collect());
     loop {
-        match rx.recv_timeout(TICK) {
+        let sweeping = (more_garbage || store.garbage_waiting()) && Instant::now() >= sweep_after;
+        let received = if sweeping {
+            rx.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            rx.recv_timeout(TICK)
+        };
+        match received {
             Ok(first) => {
                 let (configures, batch): (Vec<_>, Vec<_>) = gather(first, &rx, &shared.appending)
                     .into_iter()
@@ -96,6 +108,14 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
                     }
                 }
             }
+            // Nothing waiting: a slice of housekeeping, so none piles up for the tick.
+            Err(RecvTimeoutError::Timeout) if sweeping => match sweep(&mut store) {
+                Some(more) => more_garbage = more,
+                None => {
+                    more_garbage = false;
+                    sweep_after = Instant::now() + TICK;
+                }
+            },
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

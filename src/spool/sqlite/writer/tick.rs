@@ -3,15 +3,16 @@
 //!
 //! Invariants kept here: an outside change (the file's `data_version` moved) is recounted
 //! without touching leases, and every lane's worker is woken for it; garbage collection runs
-//! in a transaction of its own, rolled back in the file and in memory if it fails, so it
-//! never takes callers' commands down with it.
+//! in short slices (`sweep`), each a transaction of its own, rolled back in the file and in
+//! memory if it fails, so it never takes callers' commands down with it. Between ticks the
+//! writer sweeps whenever no command is waiting.
 
 use super::transaction::roll_back;
 use super::{Shared, publish, wake};
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::Store;
 
-/// Housekeeping: notice other writers, collect garbage, refresh the oldest-pending times.
+/// Housekeeping: notice other writers, one slice of garbage, refresh the oldest-pending times.
 pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
     let version = data_version(store);
     if version != *seen_version {
@@ -23,21 +24,8 @@ pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
             wake(shared, name);
         }
     }
-    // Garbage collection reads leases and holds but changes none.
-    let snapshot = store.snapshot(&[]);
-    let collected = (|| -> Result<(), StorageError> {
-        store.conn.execute_batch("BEGIN IMMEDIATE")?;
-        store.collect_garbage()?;
-        store
-            .conn
-            .execute_batch("COMMIT")
-            .map_err(StorageError::from)
-    })();
-    if let Err(e) = collected {
-        tracing::warn!(error = %e, "spool housekeeping failed; will try again");
-        // Keeps the settled rows to free and the byte count in step with the file.
-        roll_back(store, snapshot);
-    }
+    // One slice even when the writer is never idle, so housekeeping always moves on.
+    sweep(store);
     if let Err(e) = store.refresh_oldest() {
         tracing::warn!(error = %e, "cannot refresh the oldest pending times");
     }
@@ -50,4 +38,28 @@ pub(super) fn data_version(store: &Store) -> i64 {
         .conn
         .pragma_query_value(None, "data_version", |r| r.get(0))
         .unwrap_or(0)
+}
+
+/// One slice of garbage collection in a transaction of its own; whether more may be left
+/// (`None`: it failed, and was rolled back in the file and in memory). Its commit does not
+/// fsync: lost to a power cut, a slice only frees the same rows again later.
+pub(super) fn sweep(store: &mut Store) -> Option<bool> {
+    // Garbage collection reads leases and holds but changes none.
+    let snapshot = store.snapshot(&[]);
+    let swept = (|| -> Result<bool, StorageError> {
+        store.set_durable(false)?;
+        store.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let more = store.sweep()?;
+        store.conn.execute_batch("COMMIT")?;
+        Ok(more)
+    })();
+    match swept {
+        Ok(more) => Some(more),
+        Err(e) => {
+            tracing::warn!(error = %e, "spool housekeeping failed; will try again");
+            // Keeps the settled rows to free and the byte count in step with the file.
+            roll_back(store, snapshot);
+            None
+        }
+    }
 }
