@@ -673,6 +673,40 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
 }
 
 #[test]
+fn dedupe_keys_past_the_window_expire_a_bounded_slice_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
+    append(
+        &mut s,
+        (0..1300)
+            .map(|i| msg(&i.to_string(), None, &["A"]))
+            .collect(),
+    );
+    let keys = |s: &Store| -> i64 {
+        s.conn
+            .query_row("SELECT COUNT(*) FROM seen", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(keys(&s), 1300);
+    // Keys expire once their millisecond has passed: sweep until none is left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut slices = 0;
+    while keys(&s) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} keys left",
+            keys(&s)
+        );
+        let before = keys(&s);
+        s.sweep().unwrap();
+        let expired = before - keys(&s);
+        assert!(expired <= 512, "one slice expired {expired} keys");
+        slices += usize::from(expired > 0);
+    }
+    assert!(slices >= 3, "1,300 keys expired in {slices} slices");
+}
+
+#[test]
 fn a_long_backlog_of_one_busy_group_does_not_make_one_lease_unbounded() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store(dir.path());

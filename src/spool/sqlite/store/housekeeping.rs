@@ -76,7 +76,7 @@ impl Store {
         self.pass_idle_lanes()?;
         let cursors = self.cursors();
         let take = self.freeable.len().min(SLICE);
-        let mut more = self.freeable.len() > take;
+        let more = self.freeable.len() > take;
         for seq in self.freeable.drain(..take).collect::<Vec<_>>() {
             self.free_rows(seq - 1, seq, below(&cursors, seq))?;
         }
@@ -95,7 +95,7 @@ impl Store {
             };
         }
         let upto = low.min(self.gc_from + SLICE as Seq);
-        more |= low > upto;
+        let more = more || low > upto;
         if upto > self.gc_from {
             // Split the slice where an unconfigured destination's cursor falls: below it that
             // destination has passed the rows, above it they are kept for it.
@@ -114,15 +114,35 @@ impl Store {
             }
             self.gc_from = upto;
         }
-        let horizon = ms(SystemTime::now()) - self.bounds.dedupe_window.as_millis() as i64;
+        Ok(self.expire()? || more)
+    }
+
+    /// Delete up to `SLICE` dedupe keys older than the window; whether more may be left.
+    /// Keys are written in time order, so once the oldest is known nothing is looked up again
+    /// until it expires (with a large window, once in a while rather than every slice).
+    fn expire(&mut self) -> Result<bool, StorageError> {
+        let now = ms(SystemTime::now());
+        if now < self.expire_from {
+            return Ok(false);
+        }
+        let window = self.bounds.dedupe_window.as_millis() as i64;
         let expired = self
             .conn
             .prepare_cached(
                 "DELETE FROM seen WHERE (source, message_id) IN
                     (SELECT source, message_id FROM seen WHERE at < ?1 LIMIT ?2)",
             )?
-            .execute(params![horizon, SLICE as i64])?;
-        Ok(more || expired == SLICE)
+            .execute(params![now - window, SLICE as i64])?;
+        if expired == SLICE {
+            return Ok(true);
+        }
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(at) FROM seen")?
+            .query_row([], |r| r.get(0))?;
+        // None: a key written from now on expires a window from now at the earliest.
+        self.expire_from = oldest.unwrap_or(now).saturating_add(window).max(now + 1);
+        Ok(false)
     }
 
     /// Every slice of housekeeping there is to do now.

@@ -107,6 +107,9 @@ pub(super) struct Store {
     /// Every row at or below it was looked at by housekeeping once every configured cursor
     /// had passed it; the sweep resumes above it.
     gc_from: Seq,
+    /// No dedupe key expires before this time (ms since the epoch): the oldest key's time
+    /// plus the window, as of the last slice that expired fewer than it could. 0: look.
+    expire_from: i64,
     /// Destinations in the file that are not configured: `(bit, cursor)`. Their rows are kept.
     others: Vec<(i64, Seq)>,
     /// Parsed copies of recent messages, handed out with leases.

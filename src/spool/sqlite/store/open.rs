@@ -31,6 +31,7 @@ impl Store {
             high: 0,
             freeable: Vec::new(),
             gc_from: 0,
+            expire_from: 0,
             others: Vec::new(),
             cache: Default::default(),
             tail: Default::default(),

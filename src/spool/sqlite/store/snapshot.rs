@@ -81,6 +81,8 @@ impl Store {
         self.tail.forget_above(snapshot.high);
         self.freeable = snapshot.freeable;
         self.gc_from = snapshot.gc_from;
+        // The expiry it may have seen is rolled back: look again.
+        self.expire_from = 0;
         self.rewake = snapshot.rewake;
     }
 }
