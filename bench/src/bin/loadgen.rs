@@ -47,10 +47,21 @@ struct Args {
     /// Group ids: `distinct` (one per message), `uniform:N` or `zipf:N[:S]`.
     #[arg(long, default_value = "distinct")]
     groups: Groups,
+    /// Message ids: `sequential` (`m-<seq>-<micros>`, ascending) or `random` (UUID v4, as
+    /// analytics.js and the other Segment SDKs send them: the dedupe index then takes each
+    /// new id at a random place, not at its end).
+    #[arg(long, value_enum, default_value_t = Ids::Sequential)]
+    message_ids: Ids,
     /// Write each group's last accepted message (`acct-<g>\t<seq>` lines) here: the state a
     /// destination that keeps the newest values per group must end in.
     #[arg(long)]
     last_seqs: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ids {
+    Sequential,
+    Random,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,14 +81,33 @@ struct Totals {
     last: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
-fn message(groups: &Groups, seq: u64) -> String {
+/// A version 4 UUID in its usual text form (RFC 9562 section 5.4).
+fn uuid_v4() -> String {
+    let b: u128 = rand::random();
+    let b = (b & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let h = format!("{b:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn message(groups: &Groups, ids: Ids, seq: u64) -> String {
     let now = now_micros();
+    let message_id = match ids {
+        Ids::Sequential => format!("m-{seq}-{now}"),
+        Ids::Random => uuid_v4(),
+    };
     let id = bench_id(seq, now);
     let g = groups.index(seq);
     let user = (g * 5 + seq % 5) % 1_000_000;
     let employees = 10 + g % 5000;
     format!(
-        r#"{{"type":"group","messageId":"m-{seq}-{now}","userId":"user-{user}","groupId":"acct-{g}","traits":{{"name":"Company {g}","createdAt":"2021-03-04T05:06:07Z","employees":"{employees}","industry":"Software","plan":"enterprise","website":"https://company{g}.example.com","email":"billing@company{g}.example.com","phone":"+1 415 555 0100","description":"A customer account created by the bench","address":{{"street":"{g} Market St","city":"San Francisco","state":"CA","postal_code":"94107","country":"US"}},"mrr":1234.5,"seats":42,"bench_id":"{id}"}},"context":{{"library":{{"name":"analytics-node","version":"3.1.0"}},"ip":"203.0.113.7","userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench"}},"integrations":{{"All":true,"Salesforce":true}}}}"#
+        r#"{{"type":"group","messageId":"{message_id}","userId":"user-{user}","groupId":"acct-{g}","traits":{{"name":"Company {g}","createdAt":"2021-03-04T05:06:07Z","employees":"{employees}","industry":"Software","plan":"enterprise","website":"https://company{g}.example.com","email":"billing@company{g}.example.com","phone":"+1 415 555 0100","description":"A customer account created by the bench","address":{{"street":"{g} Market St","city":"San Francisco","state":"CA","postal_code":"94107","country":"US"}},"mrr":1234.5,"seats":42,"bench_id":"{id}"}},"context":{{"library":{{"name":"analytics-node","version":"3.1.0"}},"ip":"203.0.113.7","userAgent":"Mozilla/5.0 (X11; Linux x86_64) bench"}},"integrations":{{"All":true,"Salesforce":true}}}}"#
     )
 }
 
@@ -100,9 +130,14 @@ async fn send(
     let n = seqs.end - seqs.start;
     let accepted = seqs.clone();
     let (path, body) = match args.mode {
-        Mode::Single => ("/v1/group", message(&args.groups, seqs.start)),
+        Mode::Single => (
+            "/v1/group",
+            message(&args.groups, args.message_ids, seqs.start),
+        ),
         Mode::Batch => {
-            let items: Vec<String> = seqs.map(|seq| message(&args.groups, seq)).collect();
+            let items: Vec<String> = seqs
+                .map(|seq| message(&args.groups, args.message_ids, seq))
+                .collect();
             ("/v1/batch", format!(r#"{{"batch":[{}]}}"#, items.join(",")))
         }
     };
@@ -245,4 +280,18 @@ async fn main() {
         std::fs::write(path, lines).expect("write --last-seqs");
     }
     println!("{report}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_are_version_4_uuids() {
+        let a = super::uuid_v4();
+        assert_eq!(a.len(), 36, "{a}");
+        let dashes: Vec<usize> = a.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23], "{a}");
+        assert_eq!(&a[14..15], "4", "version nibble of {a}");
+        assert!("89ab".contains(&a[19..20]), "variant of {a}");
+        assert_ne!(a, super::uuid_v4());
+    }
 }
