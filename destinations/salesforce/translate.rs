@@ -91,21 +91,18 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
 }
 
 /// Lay the mapped traits of one call over a record's fields. A trait sent as `null` nulls its
-/// field; an absent trait leaves it alone.
+/// field; an absent trait leaves it alone. Fields are set in mapping order.
 fn apply<'a>(
     sf: &'a Salesforce,
     traits: &'a Map<String, Value>,
     fields: &mut Vec<(&'a str, &'a Value)>,
     message_id: &str,
 ) {
-    for (path, field) in &sf.mapping {
+    for (path, field, value) in mapped(&sf.mapping, traits) {
         // The external id always comes from `groupId`, never from a trait.
         if *field == sf.external_id_field {
             continue;
         }
-        let Some(value) = lookup(traits, path) else {
-            continue;
-        };
         match fit(field, value) {
             Ok(v) => match fields.iter_mut().find(|(f, _)| *f == field.as_str()) {
                 Some(slot) => slot.1 = v,
@@ -119,10 +116,29 @@ fn apply<'a>(
     }
 }
 
-fn lookup<'a>(traits: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(traits.get(first)?, |v, key| v.as_object()?.get(key))
+/// The mapping's entries whose trait path this call has, in mapping order, with the value at
+/// that path. One pass over the call's traits, comparing each name with the mapping's first
+/// path components, instead of a hashed lookup per mapping entry: most mapped traits are
+/// absent from a call, and the traits map is seldom in cache (a profile put the lookups at 5%
+/// of the daemon's CPU).
+fn mapped<'m, 'a>(
+    mapping: &'m [(Vec<String>, String)],
+    traits: &'a Map<String, Value>,
+) -> impl Iterator<Item = (&'m [String], &'m String, &'a Value)> {
+    let mut found: Vec<Option<&'a Value>> = vec![None; mapping.len()];
+    for (name, value) in traits {
+        for (k, (path, _)) in mapping.iter().enumerate() {
+            if path.first() == Some(name) {
+                found[k] = path[1..]
+                    .iter()
+                    .try_fold(value, |v, key| v.as_object()?.get(key));
+            }
+        }
+    }
+    mapping
+        .iter()
+        .zip(found)
+        .filter_map(|((path, field), value)| Some((path.as_slice(), field, value?)))
 }
 
 /// A value Salesforce can take for `field`, or why not. `NumberOfEmployees` is an integer
