@@ -7,10 +7,16 @@
 //! memory if it fails, so it never takes callers' commands down with it. Between ticks the
 //! writer sweeps whenever no command is waiting.
 
+use std::time::Duration;
+
 use super::transaction::roll_back;
 use super::{Shared, publish, wake};
 use crate::spool::sqlite::StorageError;
 use crate::spool::sqlite::store::Store;
+use crate::telemetry::{self, Throttle};
+
+/// Failed slices are logged at most once a minute while they go on (a full disk fails each).
+static TOLD: Throttle = Throttle::new(Duration::from_secs(60), 0);
 
 /// Housekeeping: notice other writers, one slice of garbage, refresh the oldest-pending times.
 pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
@@ -56,7 +62,10 @@ pub(super) fn sweep(store: &mut Store) -> Option<bool> {
     match swept {
         Ok(more) => Some(more),
         Err(e) => {
-            tracing::warn!(error = %e, "spool housekeeping failed; will try again");
+            if let Some(failed) = TOLD.due(telemetry::once) {
+                tracing::warn!(error = %e, failed_since_last_line = failed,
+                    "spool housekeeping failed; will try again");
+            }
             // Keeps the settled rows to free and the byte count in step with the file.
             roll_back(store, snapshot);
             None
