@@ -530,6 +530,20 @@ fn duplicates_within_the_window_are_not_stored_again() {
 }
 
 #[test]
+fn a_zero_window_dedupes_nothing_and_keeps_no_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
+    let answers = append(&mut s, vec![msg("m", None, &["A"]), msg("m", None, &["A"])]);
+    assert_eq!(answers, [Appended::Stored, Appended::Stored]);
+    assert_eq!(lease(&mut s, "A", 10).len(), 2);
+    let keys: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM seen", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 0);
+}
+
+#[test]
 fn a_full_spool_refuses_until_delivered_rows_are_collected() {
     let dir = tempfile::tempdir().unwrap();
     let body_len = msg("1", None, &["A"]).body.len() as u64;
@@ -675,7 +689,7 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
 #[test]
 fn dedupe_keys_past_the_window_expire_a_bounded_slice_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
+    let mut s = open(dir.path(), 1 << 30, Duration::from_millis(1));
     append(
         &mut s,
         (0..1300)
@@ -688,7 +702,7 @@ fn dedupe_keys_past_the_window_expire_a_bounded_slice_at_a_time() {
             .unwrap()
     };
     assert_eq!(keys(&s), 1300);
-    // Keys expire once their millisecond has passed: sweep until none is left.
+    // Keys expire two milliseconds on: sweep until none is left.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut slices = 0;
     while keys(&s) > 0 {
