@@ -81,26 +81,11 @@ struct Totals {
     last: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
-/// A version 4 UUID in its usual text form (RFC 9562 section 5.4).
-fn uuid_v4() -> String {
-    let b: u128 = rand::random();
-    let b = (b & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let h = format!("{b:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 fn message(groups: &Groups, ids: Ids, seq: u64) -> String {
     let now = now_micros();
     let message_id = match ids {
         Ids::Sequential => format!("m-{seq}-{now}"),
-        Ids::Random => uuid_v4(),
+        Ids::Random => uuid::Uuid::new_v4().to_string(),
     };
     let id = bench_id(seq, now);
     let g = groups.index(seq);
@@ -284,14 +269,20 @@ async fn main() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn id_of(m: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(m).unwrap();
+        v["messageId"].as_str().unwrap().to_string()
+    }
+
     #[test]
-    fn random_ids_are_version_4_uuids() {
-        let a = super::uuid_v4();
-        assert_eq!(a.len(), 36, "{a}");
-        let dashes: Vec<usize> = a.match_indices('-').map(|(i, _)| i).collect();
-        assert_eq!(dashes, [8, 13, 18, 23], "{a}");
-        assert_eq!(&a[14..15], "4", "version nibble of {a}");
-        assert!("89ab".contains(&a[19..20]), "variant of {a}");
-        assert_ne!(a, super::uuid_v4());
+    fn random_ids_are_version_4_uuids_and_differ() {
+        let groups: Groups = "uniform:10".parse().unwrap();
+        let a = id_of(&message(&groups, Ids::Random, 1));
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version_num(), 4, "{a}");
+        assert_ne!(a, id_of(&message(&groups, Ids::Random, 1)));
+        assert!(id_of(&message(&groups, Ids::Sequential, 7)).starts_with("m-7-"));
     }
 }
