@@ -82,7 +82,7 @@ impl Store {
         }
         // Rows above the lowest configured cursor wait for it: sweeping them now would have to
         // look at them again later.
-        let low = self.lanes.values().map(|l| l.floor()).min().unwrap_or(0);
+        let low = self.lowest_floor();
         if low > self.gc_from {
             // Skip seqs with no row left (after a restart the sweep starts from 0).
             let next: Option<i64> = self
@@ -140,8 +140,14 @@ impl Store {
             .conn
             .prepare_cached("SELECT MIN(at) FROM seen")?
             .query_row([], |r| r.get(0))?;
-        // None: a key written from now on expires a window from now at the earliest.
-        self.expire_from = oldest.unwrap_or(now).saturating_add(window).max(now + 1);
+        let next = match oldest {
+            Some(at) => at.saturating_add(window),
+            // A zero window writes no key (see `first_seen`): nothing will ever expire.
+            None if self.bounds.dedupe_window.is_zero() => i64::MAX,
+            // A key written from now on expires a window from now at the earliest.
+            None => now.saturating_add(window),
+        };
+        self.expire_from = next.max(now + 1);
         Ok(false)
     }
 
@@ -155,8 +161,12 @@ impl Store {
     /// Whether a slice of housekeeping would free log rows now (expired dedupe keys are
     /// looked for with every tick, and as long as the last slice found a full one).
     pub fn garbage_waiting(&self) -> bool {
-        let low = self.lanes.values().map(|l| l.floor()).min().unwrap_or(0);
-        !self.freeable.is_empty() || low > self.gc_from
+        !self.freeable.is_empty() || self.lowest_floor() > self.gc_from
+    }
+
+    /// Every configured destination has passed the log up to here (0 with none).
+    fn lowest_floor(&self) -> Seq {
+        self.lanes.values().map(|l| l.floor()).min().unwrap_or(0)
     }
 
     /// Refresh each lane's oldest unsettled enqueue time (two index probes per lane).
