@@ -11,9 +11,10 @@ use crate::spool::sqlite::StorageError;
 
 /// Most seqs one slice of housekeeping sweeps, most retried rows it looks at again, and most
 /// expired dedupe keys it deletes. A slice is one short transaction on the writer thread
-/// (about a millisecond at this size), run when no command is waiting: callers arriving
-/// during it wait at most that long, where one pass over everything freed in half a second
-/// held them up for 15–30 ms at ten thousand messages a second.
+/// (about a millisecond at this size), run when a whole one waits and no command does (the
+/// rest at the next tick): callers arriving during it wait at most that long, where one pass
+/// over everything freed in half a second held them up for 15–30 ms at ten thousand
+/// messages a second.
 const SLICE: usize = 512;
 
 impl Store {
@@ -71,12 +72,12 @@ impl Store {
     /// One slice of housekeeping: delete log rows no destination owes any more and expired
     /// dedupe keys, at most `SLICE` of each. Rows that waited in the retry set and were
     /// settled since, then a run of the log below every configured cursor (a range delete by
-    /// seq, so delivering costs no write per message). Returns whether more may be left.
+    /// seq, so delivering costs no write per message). Returns whether a whole slice more is
+    /// waiting (see `garbage_waiting`).
     pub fn sweep(&mut self) -> Result<bool, StorageError> {
         self.pass_idle_lanes()?;
         let cursors = self.cursors();
         let take = self.freeable.len().min(SLICE);
-        let more = self.freeable.len() > take;
         for seq in self.freeable.drain(..take).collect::<Vec<_>>() {
             self.free_rows(seq - 1, seq, below(&cursors, seq))?;
         }
@@ -95,7 +96,6 @@ impl Store {
             };
         }
         let upto = low.min(self.gc_from + SLICE as Seq);
-        let more = more || low > upto;
         if upto > self.gc_from {
             // Split the slice where an unconfigured destination's cursor falls: below it that
             // destination has passed the rows, above it they are kept for it.
@@ -114,7 +114,7 @@ impl Store {
             }
             self.gc_from = upto;
         }
-        Ok(self.expire()? || more)
+        Ok(self.expire()? || self.garbage_waiting())
     }
 
     /// Delete up to `SLICE` dedupe keys older than the window; whether more may be left.
@@ -154,14 +154,18 @@ impl Store {
     /// Every slice of housekeeping there is to do now.
     #[cfg(test)]
     pub fn collect_garbage(&mut self) -> Result<(), StorageError> {
-        while self.sweep()? {}
+        while self.sweep()? || !self.freeable.is_empty() || self.lowest_floor() > self.gc_from {}
         Ok(())
     }
 
-    /// Whether a slice of housekeeping would free log rows now (expired dedupe keys are
-    /// looked for with every tick, and as long as the last slice found a full one).
+    /// Whether a whole slice of log rows waits to be freed: worth a transaction of its own
+    /// between commands. Less waits for the tick: a trickle of deliveries swept as it comes
+    /// would cost a transaction each, and each writes the same pages again (the file header,
+    /// the freelist, the b-tree's inner pages) — enough WAL, on a nearly full disk, to fill
+    /// it before a checkpoint could run. Expired dedupe keys are looked for with every tick,
+    /// and for as long as the last slice found a whole one.
     pub fn garbage_waiting(&self) -> bool {
-        !self.freeable.is_empty() || self.lowest_floor() > self.gc_from
+        self.freeable.len() >= SLICE || self.lowest_floor() >= self.gc_from + SLICE as Seq
     }
 
     /// Every configured destination has passed the log up to here (0 with none).

@@ -80,7 +80,7 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     let mut last_tick = Instant::now();
     let mut data_version = data_version(&store);
     let mut deferred = Deferred::new();
-    // Housekeeping found more than one slice to do; after a failed slice, not before a tick.
+    // The last slice left a whole slice more to do; after a failed slice, none before a tick.
     let mut more_garbage = false;
     let mut sweep_after = Instant::now();
     publish(&store, &shared, store.lanes.keys().cloned().collect());
@@ -108,7 +108,8 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
                     }
                 }
             }
-            // Nothing waiting: a slice of housekeeping, so none piles up for the tick.
+            // No command waiting, a whole slice of garbage waiting: sweep it now, so that
+            // none piles up into one long pass.
             Err(RecvTimeoutError::Timeout) if sweeping => match sweep(&mut store) {
                 Some(more) => more_garbage = more,
                 None => {

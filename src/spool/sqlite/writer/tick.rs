@@ -5,7 +5,7 @@
 //! without touching leases, and every lane's worker is woken for it; garbage collection runs
 //! in short slices (`sweep`), each a transaction of its own, rolled back in the file and in
 //! memory if it fails, so it never takes callers' commands down with it. Between ticks the
-//! writer sweeps whenever no command is waiting.
+//! writer sweeps whenever no command is waiting and a whole slice of garbage is.
 
 use std::time::Duration;
 
