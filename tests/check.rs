@@ -217,10 +217,16 @@ fn a_secret_in_the_wrong_key_is_not_shown_in_the_error() {
 fn the_jetstream_spool_is_checked_key_by_key() {
     let base = "[server]\nallow_unauthenticated = true\n";
     let (ok, _, err) = check_text(
-        &format!("{base}[spool]\npath = \"data\"\nurl = \"nats://127.0.0.1:4222\"\nreplicas = 3\n"),
+        &format!(
+            "{base}[spool]\npath = \"data\"\nurl = \"nats://127.0.0.1:4222\"\nreplicas = 3\ndedupe_max_keys = 0\n"
+        ),
         &[],
     );
     assert!(!ok);
+    assert!(
+        err.contains("spool.dedupe_max_keys is 0; it must be at least 1"),
+        "{err}"
+    );
     assert!(
         err.contains("spool.url is for backend = \"jetstream\""),
         "{err}"
@@ -233,7 +239,7 @@ fn the_jetstream_spool_is_checked_key_by_key() {
 
     let (ok, _, err) = check_text(
         &format!(
-            "{base}[spool]\nbackend = \"jetstream\"\npath = \"data\"\nreplicas = 2\npartitions = 0\nprefix = \"a.b\"\n"
+            "{base}[spool]\nbackend = \"jetstream\"\npath = \"data\"\nreplicas = 2\npartitions = 0\nprefix = \"a.b\"\ndedupe_max_keys = 10\n"
         ),
         &[],
     );
@@ -241,6 +247,7 @@ fn the_jetstream_spool_is_checked_key_by_key() {
     for expected in [
         "needs spool.url",
         "spool.path is for backend = \"sqlite\"",
+        "spool.dedupe_max_keys is for backend = \"sqlite\"",
         "spool.replicas is 2; it must be 1 or 3",
         "spool.partitions is 0",
         "spool.prefix `a.b`",

@@ -175,6 +175,10 @@ pub struct SpoolConfig {
     /// A `messageId` seen again from the same source within this window is not delivered again.
     #[serde(default = "default_dedupe_window", with = "duration")]
     pub dedupe_window: Duration,
+    /// `sqlite`: most ids the dedupe index holds (in memory); past it the oldest are forgotten
+    /// before their window ends.
+    #[serde(default = "default_dedupe_max_keys")]
+    pub dedupe_max_keys: usize,
     /// What is kept of messages refused at ingest (dead letters with reason `invalid`) stays
     /// under this many bytes; beyond it they are counted, not kept.
     #[serde(default = "default_max_refused_bytes")]
@@ -255,6 +259,7 @@ impl Default for SpoolConfig {
             path: default_spool_path(),
             max_bytes: default_max_bytes(),
             dedupe_window: default_dedupe_window(),
+            dedupe_max_keys: default_dedupe_max_keys(),
             max_refused_bytes: default_max_refused_bytes(),
             url: None,
             user: None,
@@ -439,6 +444,9 @@ fn default_max_refused_bytes() -> u64 {
 }
 fn default_dedupe_window() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_dedupe_max_keys() -> usize {
+    2_000_000
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)

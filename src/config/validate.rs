@@ -115,13 +115,21 @@ impl Config {
                     format!("spool.{key} is for backend = \"jetstream\"; this spool is sqlite");
                 errors.push(at(key, message));
             }
+            if s.dedupe_max_keys == 0 {
+                let message = "spool.dedupe_max_keys is 0; it must be at least 1 \
+                               (dedupe_window = \"0s\" turns dedupe off)"
+                    .into();
+                errors.push(at("dedupe_max_keys", message));
+            }
             return;
         }
-        if s.place.keys.iter().any(|(k, _)| k == "path") {
-            let message =
-                "spool.path is for backend = \"sqlite\"; a jetstream spool lives on its server"
-                    .into();
-            errors.push(at("path", message));
+        for key in ["path", "dedupe_max_keys"] {
+            if s.place.keys.iter().any(|(k, _)| k == key) {
+                let message = format!(
+                    "spool.{key} is for backend = \"sqlite\"; a jetstream spool lives on its server"
+                );
+                errors.push(at(key, message));
+            }
         }
         match &s.url {
             None => errors.push(at(

@@ -19,7 +19,7 @@ use crate::spool::SpoolError;
 const MOST: usize = 20;
 
 /// Tables the daemon checks at start (everything but `log`).
-const AT_START: &[&str] = &["destination", "retry", "dead_letter", "seen", "stats"];
+const AT_START: &[&str] = &["destination", "retry", "dead_letter", "seen_batch", "stats"];
 
 /// What `switchyard spool check` found.
 #[derive(Debug, Default, Serialize)]
@@ -48,9 +48,17 @@ fn quick_check(conn: &Connection, table: Option<&str>) -> Result<Vec<String>, St
         Some(t) => format!("PRAGMA quick_check({t})"),
         None => format!("PRAGMA quick_check({MOST})"),
     };
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    let found: Vec<String> = rows.collect::<Result<_, _>>()?;
+    let found = conn
+        .prepare(&sql)
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get::<_, String>(0))?.collect());
+    let found: Vec<String> = match found {
+        Ok(found) => found,
+        // A page too damaged for the check to walk is a problem it found, not a failure.
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            vec![format!("{}: {e}", table.unwrap_or("the file"))]
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(match found.as_slice() {
         [ok] if ok == "ok" => Vec::new(),
         _ => found.into_iter().take(MOST).collect(),

@@ -58,6 +58,8 @@ pub struct Bounds {
     pub max_refused_bytes: u64,
     /// A `(source, messageId)` seen within it is a duplicate.
     pub dedupe_window: Duration,
+    /// Most ids the dedupe index holds; past it the oldest are forgotten early.
+    pub dedupe_max_keys: usize,
 }
 
 impl From<&crate::config::SpoolConfig> for Bounds {
@@ -66,6 +68,7 @@ impl From<&crate::config::SpoolConfig> for Bounds {
             max_bytes: s.max_bytes,
             max_refused_bytes: s.max_refused_bytes,
             dedupe_window: s.dedupe_window,
+            dedupe_max_keys: s.dedupe_max_keys,
         }
     }
 }

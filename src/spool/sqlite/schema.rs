@@ -19,7 +19,8 @@ pub const FILE: &str = "spool.sqlite3";
 /// the dedupe index. Version 2: routes become a bitmask on the log row (bit `1 << id` of each
 /// destination it goes to), so a delivered message costs a cursor move, not a row delete per
 /// destination. Version 3: the seqs each destination holds in memory. Version 4: a checksum
-/// per body. Later versions append a step; existing steps never change.
+/// per body. Version 5: the dedupe index becomes a journal of digests (see
+/// `carry_seen_over`). Later versions append a step; existing steps never change.
 pub(super) const STEPS: &[&str] = &[
     r#"
 CREATE TABLE destination (
@@ -106,7 +107,21 @@ ALTER TABLE destination ADD COLUMN held BLOB;
 -- is dead-lettered as `corrupted`, never delivered. NULL for rows written before version 4.
 ALTER TABLE log ADD COLUMN crc INTEGER;
 "#,
+    r#"
+-- The dedupe index as a journal: the digests of the ids each transaction accepted, one row
+-- per transaction, in time order (see `store/seen.rs`). `migrate` carries the keys of `seen`
+-- over, then drops it.
+CREATE TABLE seen_batch (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    keys BLOB NOT NULL
+);
+"#,
 ];
+
+/// The version whose step makes the dedupe index a journal; the keys of the b-tree it
+/// replaces are carried over in Rust (their digests are SHA-256, which SQL lacks).
+const SEEN_JOURNAL: usize = 5;
 
 /// Destination ids are bit positions in `log.dests` (an SQLite integer, 64-bit signed): ids
 /// run from 1 to this, leaving the sign bit alone.
@@ -189,14 +204,41 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         });
     }
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(step)
-            .map_err(|source| StorageError::Migrate {
-                version: i + 1,
-                source,
-            })?;
+        let version = i + 1;
+        let mut applied = tx.execute_batch(step);
+        if version == SEEN_JOURNAL {
+            applied = applied.and_then(|()| carry_seen_over(&tx));
+        }
+        applied.map_err(|source| StorageError::Migrate { version, source })?;
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     Ok(tx.commit()?)
+}
+
+/// Move the keys of the b-tree dedupe index (`seen`, versions 1 to 4) into the journal, in
+/// time order, a row per thousand keys each stamped with its newest key's time (a key may
+/// stay a few milliseconds longer than its window, never less), and drop the b-tree.
+fn carry_seen_over(tx: &Connection) -> rusqlite::Result<()> {
+    const PER_ROW: usize = 1000;
+    let mut insert = tx.prepare("INSERT INTO seen_batch (at, keys) VALUES (?1, ?2)")?;
+    let mut select = tx.prepare("SELECT source, message_id, at FROM seen ORDER BY at")?;
+    let mut rows = select.query([])?;
+    let (mut blob, mut at, mut n) = (Vec::with_capacity(PER_ROW * 12), 0i64, 0);
+    while let Some(row) = rows.next()? {
+        let (source, id): (String, String) = (row.get(0)?, row.get(1)?);
+        blob.extend_from_slice(&super::store::digest(&source, &id));
+        at = row.get(2)?;
+        n += 1;
+        if n == PER_ROW {
+            insert.execute(params![at, blob])?;
+            (blob, n) = (Vec::with_capacity(PER_ROW * 12), 0);
+        }
+    }
+    if n > 0 {
+        insert.execute(params![at, blob])?;
+    }
+    drop(rows);
+    tx.execute_batch("DROP TABLE seen")
 }
 
 /// A message as the log holds it.

@@ -12,6 +12,8 @@ use super::*;
 use crate::message::Parsed;
 use crate::spool::DeadReason;
 
+mod dedupe;
+
 const DESTS: &[&str] = &["A", "B"];
 
 fn open(dir: &Path, max_bytes: u64, window: Duration) -> Store {
@@ -46,8 +48,11 @@ fn msg(id: &str, group: Option<&str>, dests: &[&str]) -> Accepted {
     }
 }
 
+/// Append as one transaction does: what it keeps in memory is written before it ends.
 fn append(s: &mut Store, messages: Vec<Accepted>) -> Vec<Appended> {
-    s.append(&messages, &mut Vec::new()).unwrap().unwrap()
+    let answers = s.append(&messages, &mut Vec::new()).unwrap().unwrap();
+    s.save().unwrap();
+    answers
 }
 
 /// The message ids a lease returned, with their seqs.
@@ -332,14 +337,14 @@ fn an_item_held_in_memory_below_the_cursor_survives_a_crash() {
         s.ack("A", &[first[0].1, first[1].1]).unwrap();
         // Housekeeping keeps its row: the hold, not the cursor, says it is still owed.
         s.collect_garbage().unwrap();
-        s.save_holds().unwrap();
+        s.save().unwrap();
     }
     {
         let mut s = store(dir.path());
         assert_eq!(s.depth("A").pending, 1);
         // Leased again, and the process dies before it settles.
         assert_eq!(ids(&lease(&mut s, "A", 10)), ["a2"]);
-        s.save_holds().unwrap();
+        s.save().unwrap();
     }
     let mut s = store(dir.path());
     assert_eq!(
@@ -502,48 +507,6 @@ fn rejected_messages_are_dead_letters_without_a_destination() {
 }
 
 #[test]
-fn duplicates_within_the_window_are_not_stored_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = store(dir.path());
-    let mut other_source = msg("m", None, &["A"]);
-    other_source.source = "ios".into();
-    let answers = append(
-        &mut s,
-        vec![msg("m", None, &["A"]), msg("m", None, &["A"]), other_source],
-    );
-    assert_eq!(
-        answers,
-        [Appended::Stored, Appended::Duplicate, Appended::Stored]
-    );
-    assert_eq!(
-        append(&mut s, vec![msg("m", None, &["A"])]),
-        [Appended::Duplicate]
-    );
-    assert_eq!(lease(&mut s, "A", 10).len(), 2);
-    drop(s);
-    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
-    assert_eq!(
-        append(&mut s, vec![msg("m", None, &["A"])]),
-        [Appended::Stored],
-        "outside the window"
-    );
-}
-
-#[test]
-fn a_zero_window_dedupes_nothing_and_keeps_no_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = open(dir.path(), 1 << 30, Duration::ZERO);
-    let answers = append(&mut s, vec![msg("m", None, &["A"]), msg("m", None, &["A"])]);
-    assert_eq!(answers, [Appended::Stored, Appended::Stored]);
-    assert_eq!(lease(&mut s, "A", 10).len(), 2);
-    let keys: i64 = s
-        .conn
-        .query_row("SELECT COUNT(*) FROM seen", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(keys, 0);
-}
-
-#[test]
 fn a_full_spool_refuses_until_delivered_rows_are_collected() {
     let dir = tempfile::tempdir().unwrap();
     let body_len = msg("1", None, &["A"]).body.len() as u64;
@@ -684,40 +647,6 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
     assert!(s.garbage_waiting());
     s.sweep().unwrap();
     assert_eq!(log_rows(&s), 0, "one slice reaches the row at seq 1,301");
-}
-
-#[test]
-fn dedupe_keys_past_the_window_expire_a_bounded_slice_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = open(dir.path(), 1 << 30, Duration::from_millis(1));
-    append(
-        &mut s,
-        (0..1300)
-            .map(|i| msg(&i.to_string(), None, &["A"]))
-            .collect(),
-    );
-    let keys = |s: &Store| -> i64 {
-        s.conn
-            .query_row("SELECT COUNT(*) FROM seen", [], |r| r.get(0))
-            .unwrap()
-    };
-    assert_eq!(keys(&s), 1300);
-    // Keys expire two milliseconds on: sweep until none is left.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut slices = 0;
-    while keys(&s) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} keys left",
-            keys(&s)
-        );
-        let before = keys(&s);
-        s.sweep().unwrap();
-        let expired = before - keys(&s);
-        assert!(expired <= 512, "one slice expired {expired} keys");
-        slices += usize::from(expired > 0);
-    }
-    assert!(slices >= 3, "1,300 keys expired in {slices} slices");
 }
 
 #[test]
@@ -1026,8 +955,8 @@ fn a_body_altered_on_disk_is_leased_as_corrupted() {
     );
 }
 
-/// A damaged page of the dedupe index (which the daemon never reads through at start) is
-/// found when the daemon opens the file, with what to do; `spool check` reports it too.
+/// A damaged page of the dedupe journal is found when the daemon opens the file, before
+/// anything reads it, with what to do; `spool check` reports it too.
 #[test]
 fn a_damaged_index_page_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -1046,7 +975,7 @@ fn a_damaged_index_page_is_refused_at_start() {
             .unwrap();
         let root = conn
             .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = 'seen_at'",
+                "SELECT rootpage FROM sqlite_master WHERE name = 'seen_batch'",
                 [],
                 |r| r.get(0),
             )
@@ -1154,7 +1083,7 @@ fn items_behind_a_backoff_wait_in_memory_and_keep_their_place_across_a_crash() {
         assert_eq!(retry_rows(&s), 1, "only v1 is in the retry set");
         assert_eq!(s.depth("A").pending, 3);
         s.ack("A", &[other[0].1]).unwrap();
-        s.save_holds().unwrap();
+        s.save().unwrap();
         // The process dies here.
     }
     let mut s = store(dir.path());

@@ -35,12 +35,11 @@ impl Store {
             }));
         }
         let now = ms(SystemTime::now());
-        let horizon = now - self.bounds.dedupe_window.as_millis() as i64;
         let mut answers = Vec::with_capacity(messages.len());
         let mut added = 0;
         let mut routed = 0i64;
         for m in messages {
-            if !self.first_seen(m, now, horizon)? {
+            if !(self.seen).first_seen(&self.conn, &m.source, &m.message_id, now)? {
                 answers.push(Appended::Duplicate);
                 continue;
             }
@@ -61,25 +60,6 @@ impl Store {
         );
         self.add_bytes(added)?;
         Ok(Ok(answers))
-    }
-
-    /// Whether `m`'s key is new (or its last sighting expired, before `horizon`), recording
-    /// it as seen `now`. One statement for the dedupe check and the key: a key seen within the
-    /// window changes nothing (a duplicate); a new or expired one is (re)written.
-    fn first_seen(&self, m: &Accepted, now: i64, horizon: i64) -> Result<bool, StorageError> {
-        // A zero window dedupes nothing (every key's last sighting is at or before `now`):
-        // no key is written, so the index costs nothing.
-        if self.bounds.dedupe_window.is_zero() {
-            return Ok(true);
-        }
-        let changed = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO seen (source, message_id, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (source, message_id) DO UPDATE SET at = excluded.at WHERE seen.at <= ?4",
-            )
-            .and_then(|mut s| s.execute(params![m.source, m.message_id, now, horizon]))?;
-        Ok(changed > 0)
     }
 
     /// The bits of the configured destinations `m` goes to (each once); each of those lanes

@@ -9,8 +9,8 @@ use super::{Store, below, from_ms, ms};
 use crate::spool::Seq;
 use crate::spool::sqlite::StorageError;
 
-/// Most seqs one slice of housekeeping sweeps, most retried rows it looks at again, and most
-/// expired dedupe keys it deletes. A slice is one short transaction on the writer thread
+/// Most seqs one slice of housekeeping sweeps, most retried rows it looks at again, and
+/// about how many expired dedupe ids it lets go (whole journal rows). A slice is one short transaction on the writer thread
 /// (about a millisecond at this size), run when a whole one waits and no command does (the
 /// rest at the next tick): callers arriving during it wait at most that long, where one pass
 /// over everything freed in half a second held them up for 15–30 ms at ten thousand
@@ -70,7 +70,7 @@ impl Store {
     }
 
     /// One slice of housekeeping: delete log rows no destination owes any more and expired
-    /// dedupe keys, at most `SLICE` of each. Rows that waited in the retry set and were
+    /// dedupe ids, about `SLICE` of each. Rows that waited in the retry set and were
     /// settled since, then a run of the log below every configured cursor (a range delete by
     /// seq, so delivering costs no write per message). Returns whether a whole slice more is
     /// waiting (see `garbage_waiting`).
@@ -114,41 +114,8 @@ impl Store {
             }
             self.gc_from = upto;
         }
-        Ok(self.expire()? || self.garbage_waiting())
-    }
-
-    /// Delete up to `SLICE` dedupe keys older than the window; whether more may be left.
-    /// Keys are written in time order, so once the oldest is known nothing is looked up again
-    /// until it expires (with a large window, once in a while rather than every slice).
-    fn expire(&mut self) -> Result<bool, StorageError> {
-        let now = ms(SystemTime::now());
-        if now < self.expire_from {
-            return Ok(false);
-        }
-        let window = self.bounds.dedupe_window.as_millis() as i64;
-        let expired = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM seen WHERE (source, message_id) IN
-                    (SELECT source, message_id FROM seen WHERE at < ?1 LIMIT ?2)",
-            )?
-            .execute(params![now - window, SLICE as i64])?;
-        if expired == SLICE {
-            return Ok(true);
-        }
-        let oldest: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT MIN(at) FROM seen")?
-            .query_row([], |r| r.get(0))?;
-        let next = match oldest {
-            Some(at) => at.saturating_add(window),
-            // A zero window writes no key (see `first_seen`): nothing will ever expire.
-            None if self.bounds.dedupe_window.is_zero() => i64::MAX,
-            // A key written from now on expires a window from now at the earliest.
-            None => now.saturating_add(window),
-        };
-        self.expire_from = next.max(now + 1);
-        Ok(false)
+        let expiring = (self.seen).expire(&self.conn, ms(SystemTime::now()), SLICE)?;
+        Ok(expiring || self.garbage_waiting())
     }
 
     /// Every slice of housekeeping there is to do now.
@@ -162,8 +129,8 @@ impl Store {
     /// between commands. Less waits for the tick: a trickle of deliveries swept as it comes
     /// would cost a transaction each, and each writes the same pages again (the file header,
     /// the freelist, the b-tree's inner pages) — enough WAL, on a nearly full disk, to fill
-    /// it before a checkpoint could run. Expired dedupe keys are looked for with every tick,
-    /// and for as long as the last slice found a whole one.
+    /// it before a checkpoint could run. Expired dedupe ids leave with every tick (and as
+    /// appends find them), and for as long as the last slice found more than a whole one.
     pub fn garbage_waiting(&self) -> bool {
         self.freeable.len() >= SLICE || self.lowest_floor() >= self.gc_from + SLICE as Seq
     }

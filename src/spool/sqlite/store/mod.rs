@@ -11,8 +11,8 @@
 //! it from the file; `append.rs` takes messages in; `lease.rs` hands them out; `retry_set.rs`
 //! keeps items out of log order (backoff, or behind their group); `settle.rs` records
 //! outcomes; `hold.rs` keeps items behind their group's item in flight, in memory;
-//! `count.rs` keeps the counts and byte total; `housekeeping.rs` frees rows between
-//! batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed messages
+//! `count.rs` keeps the counts and byte total; `seen.rs` is the dedupe index;
+//! `housekeeping.rs` frees rows and expires dedupe ids between batches; `snapshot.rs` puts memory back after a rollback; `cache.rs` keeps parsed messages
 //! for the destinations that have yet to lease them; `tail.rs` keeps the newest rows, so a
 //! lane that keeps up leases them from memory.
 
@@ -33,9 +33,11 @@ mod housekeeping;
 mod lease;
 mod open;
 mod retry_set;
+mod seen;
 mod settle;
 mod snapshot;
 mod tail;
+pub(super) use seen::digest;
 pub(super) use snapshot::Snapshot;
 
 /// An item leased to a worker.
@@ -95,7 +97,7 @@ pub(super) struct Store {
     /// and `dlq replay`) changes it by what its transaction added or removed, never by
     /// overwriting it, so no writer erases another's change.
     bytes: u64,
-    /// `spool.max_bytes`, `max_refused_bytes` and `dedupe_window`.
+    /// `spool.max_bytes`, `max_refused_bytes`, `dedupe_window` and `dedupe_max_keys`.
     bounds: Bounds,
     /// Bytes kept of messages refused at ingest (their dead letters' bodies and errors).
     refused_bytes: u64,
@@ -107,9 +109,8 @@ pub(super) struct Store {
     /// Every row at or below it was looked at by housekeeping once every configured cursor
     /// had passed it; the sweep resumes above it.
     gc_from: Seq,
-    /// No dedupe key expires before this time (ms since the epoch): the oldest key's time
-    /// plus the window, as of the last slice that expired fewer than it could. 0: look.
-    expire_from: i64,
+    /// The dedupe index: ids accepted within the window.
+    seen: seen::Seen,
     /// Destinations in the file that are not configured: `(bit, cursor)`. Their rows are kept.
     others: Vec<(i64, Seq)>,
     /// Parsed copies of recent messages, handed out with leases.
@@ -161,9 +162,20 @@ impl Store {
         Ok(())
     }
 
-    /// Write the held seqs of every lane whose hold changed: once per transaction, before
-    /// its commit, so the file and memory agree after a crash.
-    pub fn save_holds(&mut self) -> Result<(), StorageError> {
+    /// The dedupe index: ids held, ids forgotten before their window ended since start and
+    /// since the last call, and when the oldest id held was accepted.
+    pub fn dedupe(&mut self) -> (usize, u64, u64, Option<SystemTime>) {
+        let seen = &mut self.seen;
+        let new = seen.forgotten.saturating_sub(seen.reported);
+        seen.reported = seen.forgotten;
+        (seen.len(), seen.forgotten, new, seen.oldest().map(from_ms))
+    }
+
+    /// Write what the transaction keeps in memory until its end: the held seqs of every lane
+    /// whose hold changed, and the dedupe ids it added (one journal row). Once per
+    /// transaction, before its commit, so the file and memory agree after a crash.
+    pub fn save(&mut self) -> Result<(), StorageError> {
+        self.seen.save(&self.conn)?;
         for lane in self.lanes.values_mut().filter(|l| l.hold.dirty) {
             let held = lane.hold.encode();
             self.conn

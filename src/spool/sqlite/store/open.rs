@@ -31,7 +31,7 @@ impl Store {
             high: 0,
             freeable: Vec::new(),
             gc_from: 0,
-            expire_from: 0,
+            seen: super::seen::Seen::new(bounds.dedupe_window, bounds.dedupe_max_keys),
             others: Vec::new(),
             cache: Default::default(),
             tail: Default::default(),
@@ -45,6 +45,9 @@ impl Store {
         }
         store.load()?;
         store.warn_unconfigured()?;
+        store
+            .seen
+            .load(&store.conn, super::ms(std::time::SystemTime::now()))?;
         Ok(store)
     }
 

@@ -34,7 +34,9 @@ impl Store {
     /// What the transaction may change: the leases and hold of the lanes it leases or
     /// settles for (`leasing`), and every lane's positions and counts (an append counts for
     /// all). Copying every lane's leases and held items each time cost more than the rest.
-    pub fn snapshot(&self, leasing: &[&str]) -> Snapshot {
+    /// The dedupe index keeps its own undo log from here (`Seen::begin`).
+    pub fn snapshot(&mut self, leasing: &[&str]) -> Snapshot {
+        self.seen.begin();
         let lanes = self
             .lanes
             .iter()
@@ -81,8 +83,7 @@ impl Store {
         self.tail.forget_above(snapshot.high);
         self.freeable = snapshot.freeable;
         self.gc_from = snapshot.gc_from;
-        // The expiry it may have seen is rolled back: look again.
-        self.expire_from = 0;
+        self.seen.restore();
         self.rewake = snapshot.rewake;
     }
 }

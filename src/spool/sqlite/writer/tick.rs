@@ -35,7 +35,28 @@ pub(super) fn tick(store: &mut Store, shared: &Shared, seen_version: &mut i64) {
     if let Err(e) = store.refresh_oldest() {
         tracing::warn!(error = %e, "cannot refresh the oldest pending times");
     }
+    report_dedupe(store);
     publish(store, shared, store.lanes.keys().cloned().collect());
+}
+
+/// The dedupe index's size as metrics; a warning (every ten minutes at most) while
+/// `spool.dedupe_max_keys` makes it forget ids before their window ends.
+fn report_dedupe(store: &mut Store) {
+    static CAPPED: Throttle = Throttle::new(Duration::from_secs(600), 0);
+    let (ids, forgotten, new, oldest) = store.dedupe();
+    metrics::gauge!("switchyard_dedupe_ids").set(ids as f64);
+    metrics::counter!("switchyard_dedupe_forgotten_total").absolute(forgotten);
+    if new > 0
+        && let Some(told) = CAPPED.due(|n| *n += new)
+    {
+        let kept = oldest
+            .and_then(|at| at.elapsed().ok())
+            .map(|age| humantime::format_duration(Duration::from_secs(age.as_secs())).to_string())
+            .unwrap_or_default();
+        tracing::warn!(ids, forgotten = told, oldest_kept = %kept,
+            "the dedupe index holds spool.dedupe_max_keys ids: older ids were forgotten before \
+             dedupe_window ended, and a retry of one would be delivered again");
+    }
 }
 
 /// Changes when another connection commits to the file.

@@ -133,7 +133,7 @@ pub(super) fn execute(
             break;
         }
     }
-    let result = result.and_then(|()| store.save_holds()).and_then(|()| {
+    let result = result.and_then(|()| store.save()).and_then(|()| {
         store
             .conn
             .execute_batch("COMMIT")
