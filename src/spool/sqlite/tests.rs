@@ -623,7 +623,7 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
     {
         let mut s = store(dir.path());
         deliver_all(&mut s, 0, 1300);
-        assert!(s.garbage_waiting());
+        assert!(s.garbage_waiting(false));
         assert!(s.sweep().unwrap(), "1,300 rows are more than one slice");
         let left = log_rows(&s);
         assert!(
@@ -633,7 +633,7 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
         );
         s.collect_garbage().unwrap();
         assert_eq!(log_rows(&s), 0);
-        assert!(!s.garbage_waiting() && !s.sweep().unwrap());
+        assert!(!s.garbage_waiting(false) && !s.sweep().unwrap());
         // Rows the cursors have not passed stay.
         append(&mut s, vec![msg("kept", None, &["A"])]);
         s.collect_garbage().unwrap();
@@ -644,7 +644,7 @@ fn housekeeping_frees_delivered_rows_a_bounded_slice_at_a_time() {
     // After a restart the sweep starts below every seq ever used: it skips the freed ones
     // rather than walking them a slice at a time.
     let mut s = store(dir.path());
-    assert!(s.garbage_waiting());
+    assert!(s.garbage_waiting(false));
     s.sweep().unwrap();
     assert_eq!(log_rows(&s), 0, "one slice reaches the row at seq 1,301");
 }

@@ -115,24 +115,27 @@ impl Store {
             self.gc_from = upto;
         }
         let expiring = (self.seen).expire(&self.conn, ms(SystemTime::now()), SLICE)?;
-        Ok(expiring || self.garbage_waiting())
+        Ok(expiring || self.garbage_waiting(false))
     }
 
     /// Every slice of housekeeping there is to do now.
     #[cfg(test)]
     pub fn collect_garbage(&mut self) -> Result<(), StorageError> {
-        while self.sweep()? || !self.freeable.is_empty() || self.lowest_floor() > self.gc_from {}
+        while self.sweep()? || self.garbage_waiting(true) {}
         Ok(())
     }
 
-    /// Whether a whole slice of log rows waits to be freed: worth a transaction of its own
-    /// between commands. Less waits for the tick: a trickle of deliveries swept as it comes
-    /// would cost a transaction each, and each writes the same pages again (the file header,
-    /// the freelist, the b-tree's inner pages) — enough WAL, on a nearly full disk, to fill
-    /// it before a checkpoint could run. Expired dedupe ids leave with every tick (and as
-    /// appends find them), and for as long as the last slice found more than a whole one.
-    pub fn garbage_waiting(&self) -> bool {
-        self.freeable.len() >= SLICE || self.lowest_floor() >= self.gc_from + SLICE as Seq
+    /// Whether log rows wait to be freed that are worth a transaction of their own between
+    /// commands: a whole slice of them, or, on a nearly full disk (`tight`), any. Less waits
+    /// for the tick on a disk with room: a trickle of deliveries swept as it comes would cost
+    /// a transaction each, each writing the same pages again (the file header, the freelist,
+    /// the b-tree's inner pages). On a nearly full disk the rows' space is needed at once, and
+    /// the writer keeps the WAL small there itself (`writer/room.rs`). Expired dedupe ids
+    /// leave with every tick (and as appends find them), and for as long as the last slice
+    /// found more than a whole one.
+    pub fn garbage_waiting(&self, tight: bool) -> bool {
+        let slice = if tight { 1 } else { SLICE };
+        self.freeable.len() >= slice || self.lowest_floor() >= self.gc_from + slice as Seq
     }
 
     /// Every configured destination has passed the log up to here (0 with none).

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, oneshot};
 
 mod gather;
+mod room;
 mod tick;
 mod transaction;
 
 use self::gather::gather;
+use self::room::Room;
 use self::tick::{data_version, sweep, tick};
 use self::transaction::execute;
 use super::store::Store;
@@ -83,9 +85,11 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     // The last slice left a whole slice more to do; after a failed slice, none before a tick.
     let mut more_garbage = false;
     let mut sweep_after = Instant::now();
+    let mut room = Room::new(&store);
     publish(&store, &shared, store.lanes.keys().cloned().collect());
     loop {
-        let sweeping = (more_garbage || store.garbage_waiting()) && Instant::now() >= sweep_after;
+        let sweeping =
+            (more_garbage || store.garbage_waiting(room.tight())) && Instant::now() >= sweep_after;
         let received = if sweeping {
             rx.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => RecvTimeoutError::Timeout,
@@ -124,7 +128,9 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
             last_tick = Instant::now();
             tick(&mut store, &shared, &mut data_version);
             retry_deferred(&mut store, &shared, &mut deferred);
+            room.measure();
         }
+        room.check(&store);
     }
     retry_deferred(&mut store, &shared, &mut deferred);
     if !deferred.is_empty() {
