@@ -313,11 +313,21 @@ impl Shard {
         if self.added.len() + self.removed.len() <= (self.sorted.len() / 8).max(64) {
             return;
         }
-        let live = self.sorted.len() - self.removed.len() + self.added.len();
+        let mut added: Vec<Digest> = self.added.drain().collect();
+        added.sort_unstable();
+        let live = self.sorted.len() - self.removed.len() + added.len();
+        // One pass merging two sorted runs (no digest is in both: see `added`).
         let mut sorted = Vec::with_capacity(live);
-        sorted.extend(self.sorted.iter().filter(|d| !self.removed.contains(*d)));
-        sorted.extend(self.added.drain());
-        sorted.sort_unstable();
+        let mut new = added.into_iter().peekable();
+        let removed = &self.removed;
+        let live_now = |d: &&Digest| removed.is_empty() || !removed.contains(*d);
+        for d in self.sorted.iter().filter(live_now) {
+            while let Some(a) = new.next_if(|a| a < d) {
+                sorted.push(a);
+            }
+            sorted.push(*d);
+        }
+        sorted.extend(new);
         self.sorted = sorted;
         self.removed.clear();
     }
