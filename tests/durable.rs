@@ -359,6 +359,38 @@ async fn the_same_message_id_twice_is_delivered_once(backend: Backend) {
         metrics.contains("switchyard_messages_in_total{source=\"web\",result=\"duplicate\"} 1"),
         "{metrics}"
     );
+    // After a restart the window still holds it (the embedded spool reads its dedupe journal
+    // back; JetStream's duplicate window is the server's).
+    let mut d = d;
+    assert!(d.terminate().await.success());
+    let d = d.restart().await;
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("dup", "g")).await,
+        (200, json!({"success": true}))
+    );
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group("after-restart", "g"))
+            .await
+            .0,
+        200
+    );
+    let got = rx
+        .wait_until(
+            "/a",
+            |got| {
+                got.iter()
+                    .flat_map(message_ids)
+                    .any(|id| id == "after-restart")
+            },
+            "the marker after the restart",
+        )
+        .await;
+    let dup = got
+        .iter()
+        .flat_map(message_ids)
+        .filter(|id| id == "dup")
+        .count();
+    assert_eq!(dup, 1, "delivered again after the restart");
 }
 
 async fn a_refused_message_is_a_dead_letter_until_replayed(backend: Backend) {
