@@ -321,6 +321,23 @@ async fn a_newer_update_never_overtakes_an_older_one_in_retry(backend: Backend) 
     );
 }
 
+/// Send `marker` in group `g` and wait for it: per-group order delivers everything sent
+/// before it first. How many times `id` was delivered by then.
+async fn delivered_before(d: &Daemon, rx: &Receiver, marker: &str, id: &str) -> usize {
+    assert_eq!(
+        d.post("/v1/group", Some(KEY), &group(marker, "g")).await.0,
+        200
+    );
+    let got = rx
+        .wait_until(
+            "/a",
+            |got| got.iter().flat_map(message_ids).any(|m| m == marker),
+            "the marker",
+        )
+        .await;
+    got.iter().flat_map(message_ids).filter(|m| m == id).count()
+}
+
 async fn the_same_message_id_twice_is_delivered_once(backend: Backend) {
     let under = Under::new(backend);
     let rx = Receiver::start().await;
@@ -337,23 +354,7 @@ async fn the_same_message_id_twice_is_delivered_once(backend: Backend) {
         );
     }
     // A marker in the same group: per-group order puts any second `dup` before it.
-    assert_eq!(
-        d.post("/v1/group", Some(KEY), &group("after", "g")).await.0,
-        200
-    );
-    let got = rx
-        .wait_until(
-            "/a",
-            |got| got.iter().flat_map(message_ids).any(|id| id == "after"),
-            "the marker",
-        )
-        .await;
-    let dup = got
-        .iter()
-        .flat_map(message_ids)
-        .filter(|id| id == "dup")
-        .count();
-    assert_eq!(dup, 1);
+    assert_eq!(delivered_before(&d, &rx, "after", "dup").await, 1);
     let metrics = d.get_text("/metrics").await;
     assert!(
         metrics.contains("switchyard_messages_in_total{source=\"web\",result=\"duplicate\"} 1"),
@@ -369,28 +370,10 @@ async fn the_same_message_id_twice_is_delivered_once(backend: Backend) {
         (200, json!({"success": true}))
     );
     assert_eq!(
-        d.post("/v1/group", Some(KEY), &group("after-restart", "g"))
-            .await
-            .0,
-        200
+        delivered_before(&d, &rx, "after-restart", "dup").await,
+        1,
+        "delivered again after the restart"
     );
-    let got = rx
-        .wait_until(
-            "/a",
-            |got| {
-                got.iter()
-                    .flat_map(message_ids)
-                    .any(|id| id == "after-restart")
-            },
-            "the marker after the restart",
-        )
-        .await;
-    let dup = got
-        .iter()
-        .flat_map(message_ids)
-        .filter(|id| id == "dup")
-        .count();
-    assert_eq!(dup, 1, "delivered again after the restart");
 }
 
 async fn a_refused_message_is_a_dead_letter_until_replayed(backend: Backend) {

@@ -176,9 +176,7 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection, StorageError> {
 /// Before SQLite recovers the file after a crash: log what it will drop from the end of the
 /// write-ahead log, and why (see `wal.rs`). Nothing to say after a clean stop.
 fn tell_torn_tail(path: &Path) {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
+    let wal = super::wal::file_of(path);
     match super::wal::tail(&wal) {
         Ok(Some(dropped)) => tracing::warn!(
             wal = %wal.display(), bytes = dropped.bytes, why = %dropped.why,

@@ -32,6 +32,13 @@ pub struct Dropped {
     pub why: String,
 }
 
+/// The WAL file SQLite keeps beside the database file `db`.
+pub fn file_of(db: &Path) -> std::path::PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
 /// Read the WAL at `path` (none: nothing to say) and say what SQLite will drop, if anything.
 pub fn tail(path: &Path) -> std::io::Result<Option<Dropped>> {
     let log = match std::fs::read(path) {

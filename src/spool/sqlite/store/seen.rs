@@ -131,13 +131,16 @@ impl Seen {
         if let Some(newest_gone) = first.checked_sub(1).map(|i| rows[i].id) {
             conn.execute("DELETE FROM seen_batch WHERE id <= ?1", [newest_gone])?;
         }
-        let mut read = conn.prepare("SELECT keys FROM seen_batch WHERE id = ?1")?;
         self.keys = Digests::filling(kept);
-        for row in &rows[first..] {
-            let blob: Vec<u8> = read.query_row([row.id], |r| r.get(0))?;
-            split(&blob).for_each(|d| self.keys.fill(d));
-            self.rows.push_back(*row);
+        if let Some(oldest_kept) = rows.get(first) {
+            let mut read = conn.prepare("SELECT keys FROM seen_batch WHERE id >= ?1")?;
+            let mut blobs = read.query([oldest_kept.id])?;
+            while let Some(row) = blobs.next()? {
+                let blob: Vec<u8> = row.get(0)?;
+                split(&blob).for_each(|d| self.keys.fill(d));
+            }
         }
+        self.rows.extend(&rows[first..]);
         self.keys.seal();
         Ok(())
     }

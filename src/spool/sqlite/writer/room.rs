@@ -33,11 +33,9 @@ impl Room {
             .path()
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
-        let mut wal = db.clone().unwrap_or_default().into_os_string();
-        wal.push("-wal");
         let mut room = Self {
+            wal: crate::spool::sqlite::wal::file_of(db.as_deref().unwrap_or(Path::new(""))),
             db,
-            wal: PathBuf::from(wal),
             tight: false,
         };
         room.measure();
