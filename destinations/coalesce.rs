@@ -101,11 +101,16 @@ fn calls() -> impl Strategy<Value = Vec<Map<String, Value>>> {
                 if let Some(u) = user {
                     raw["userId"] = json!(format!("u{u}"));
                 }
-                normalize(raw, None, &BatchDefaults::default(), received, || {
-                    "x".into()
-                })
+                normalize(
+                    &raw.to_string(),
+                    None,
+                    &BatchDefaults::default(),
+                    received,
+                    || "x".into(),
+                )
                 .unwrap()
-                .message
+                .message()
+                .unwrap()
             })
             .collect()
     })
@@ -250,14 +255,15 @@ fn one_update_per_group_and_the_merged_calls_listed() {
             let raw =
                 json!({"type": "group", "userId": "u", "groupId": g, "traits": {"plan": plan}});
             normalize(
-                raw,
+                &raw.to_string(),
                 None,
                 &BatchDefaults::default(),
                 chrono::Utc::now(),
                 || "x".into(),
             )
             .unwrap()
-            .message
+            .message()
+            .unwrap()
         })
         .collect();
     for own in [MIXPANEL, SALESFORCE] {

@@ -22,11 +22,16 @@ pub fn normalized_calls(fixture: &str) -> Vec<Map<String, Value>> {
         .to_utc();
     raw.into_iter()
         .map(|r| {
-            normalize(r, None, &BatchDefaults::default(), received, || {
-                "generated".into()
-            })
+            normalize(
+                &r.to_string(),
+                None,
+                &BatchDefaults::default(),
+                received,
+                || "generated".into(),
+            )
             .unwrap()
-            .message
+            .message()
+            .unwrap()
         })
         .collect()
 }

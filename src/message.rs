@@ -78,24 +78,46 @@ pub struct Accepted {
 }
 
 /// A normalized message parsed at most once and shared by everything that reads it: ingest
-/// hands over the one it built, and the destinations that lease a stored message share one
-/// parse of its body, whoever asks first.
+/// hands over the fields it parsed ([`HEAD_FIELDS`]), and the destinations that lease a
+/// stored message share one parse of its whole body, whoever asks first.
 #[derive(Debug, Clone, Default)]
-pub struct Parsed(Arc<OnceLock<Result<Map<String, Value>, String>>>);
+pub struct Parsed(Arc<Cell>);
+
+#[derive(Debug, Default)]
+struct Cell {
+    /// The message's [`HEAD_FIELDS`], parsed by ingest (the rest is only in the body).
+    head: Option<Map<String, Value>>,
+    whole: OnceLock<Result<Map<String, Value>, String>>,
+}
 
 impl Parsed {
+    /// The whole message, parsed already.
     pub fn new(message: Map<String, Value>) -> Self {
-        Self(Arc::new(OnceLock::from(Ok(message))))
+        Self(Arc::new(Cell {
+            head: None,
+            whole: OnceLock::from(Ok(message)),
+        }))
     }
 
-    /// Whether the message is parsed already (its body is not needed).
+    /// A message's [`HEAD_FIELDS`] (those it has), parsed already: enough for an adapter
+    /// that reads no others; the whole message is parsed from its body when asked for.
+    pub fn head(fields: Map<String, Value>) -> Self {
+        Self(Arc::new(Cell {
+            head: Some(fields),
+            whole: OnceLock::new(),
+        }))
+    }
+
+    /// Whether the whole message is parsed already (its body is not needed).
     pub fn is_ready(&self) -> bool {
-        self.0.get().is_some()
+        self.0.whole.get().is_some()
     }
 
-    /// The message, parsing `body` if nobody has yet; why not, if it is not a JSON object.
+    /// The whole message, parsing `body` if nobody has yet; why not, if it is not a JSON
+    /// object.
     pub fn get(&self, body: &str) -> Result<&Map<String, Value>, &str> {
         self.0
+            .whole
             .get_or_init(|| match parse(body) {
                 Ok(Value::Object(m)) => Ok(m),
                 Ok(_) => Err("the message is not a JSON object".into()),
@@ -103,6 +125,19 @@ impl Parsed {
             })
             .as_ref()
             .map_err(String::as_str)
+    }
+
+    /// What an adapter reading only `fields` (and [`ENGINE_FIELDS`]) needs, when it is at
+    /// hand without parsing: the whole message, or ingest's head if it holds them all.
+    pub fn at_hand(&self, fields: &[&str]) -> Option<&Map<String, Value>> {
+        if let Some(Ok(whole)) = self.0.whole.get() {
+            return Some(whole);
+        }
+        let head = self.0.head.as_ref()?;
+        fields
+            .iter()
+            .all(|f| HEAD_FIELDS.contains(f))
+            .then_some(head)
     }
 }
 
@@ -118,6 +153,25 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
 /// The top-level fields of a message the delivery engine reads itself, whatever an adapter
 /// reads: the call's type, its id, its group and the `integrations` map.
 pub const ENGINE_FIELDS: &[&str] = &["type", "messageId", "groupId", "integrations"];
+
+/// The top-level fields ingest parses to check and normalize a message, the engine's among
+/// them; it hands them to delivery parsed ([`Parsed::head`]). Every other field (`context`,
+/// `properties`, custom keys) is checked to be JSON and stored as the sender wrote it.
+pub const HEAD_FIELDS: &[&str] = &[
+    "type",
+    "messageId",
+    "groupId",
+    "integrations",
+    "userId",
+    "anonymousId",
+    "previousId",
+    "event",
+    "traits",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+];
 
 /// Parse a stored message keeping only the top-level fields in `fields` and
 /// [`ENGINE_FIELDS`], in the order the body has them; the rest is checked to be JSON and
@@ -167,7 +221,7 @@ impl<'de> Visitor<'de> for Projection<'_> {
 /// Builds a `serde_json::Value` as its own `Deserialize` does, but gathers each object's
 /// entries first and makes its map at its final size: no map grows and rehashes entry by
 /// entry (the bulk of parsing a message into a tree).
-struct Tree;
+pub(crate) struct Tree;
 
 impl<'de> DeserializeSeed<'de> for Tree {
     type Value = Value;
@@ -235,7 +289,7 @@ impl<'de> Visitor<'de> for Tree {
 }
 
 /// An object's key, borrowed from the body unless it has escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+pub(crate) struct Key<'de>(pub std::borrow::Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

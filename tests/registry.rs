@@ -9,13 +9,14 @@ use switchyard::destination::{self, Item, registry};
 use switchyard::normalize::{self, BatchDefaults};
 
 fn canonical() -> Map<String, Value> {
-    let raw: Value = serde_json::from_str(include_str!("fixtures/canonical_group.json")).unwrap();
+    let raw = include_str!("fixtures/canonical_group.json");
     let now = chrono::DateTime::from_timestamp(1_714_557_600, 0).unwrap();
     normalize::normalize(raw, None, &BatchDefaults::default(), now, || {
         "unused".into()
     })
     .unwrap()
-    .message
+    .message()
+    .unwrap()
 }
 
 #[test]

@@ -23,21 +23,24 @@ fuzz_target!(|data: &[u8]| {
     let now = chrono::Utc::now();
     let messages: Vec<_> = calls
         .into_iter()
-        .filter_map(|m| normalize(m, None, &BatchDefaults::default(), now, || "g".into()).ok())
+        .filter_map(|m| {
+            let n = normalize(&m.to_string(), None, &BatchDefaults::default(), now, || "g".into());
+            n.ok().map(|n| (n.ty, n.message().expect("the stored text parses")))
+        })
         .collect();
     let keys: Vec<RouteKey> = adapters().iter().map(|(_, k)| k.clone()).collect();
     let empty = Map::new();
     for (i, (adapter, key)) in adapters().iter().enumerate() {
         let items: Vec<Item<'_>> = messages
             .iter()
-            .filter(|n| {
-                let integrations = n.message.get("integrations").and_then(Value::as_object);
-                route::route(n.ty, integrations, &keys).contains(&i)
+            .filter(|(ty, message)| {
+                let integrations = message.get("integrations").and_then(Value::as_object);
+                route::route(*ty, integrations, &keys).contains(&i)
             })
-            .map(|n| {
-                let integrations = n.message.get("integrations").and_then(Value::as_object);
+            .map(|(_, message)| {
+                let integrations = message.get("integrations").and_then(Value::as_object);
                 Item {
-                    message: &n.message,
+                    message,
                     options: route::options(integrations, key).unwrap_or(&empty),
                     raw: None,
                 }

@@ -25,15 +25,19 @@ pub(super) async fn try_message(
 ) -> Result<Json<Value>, AdminError> {
     let call = body.map_err(rejected)?.0;
     let n = normalize::normalize(
-        call,
+        &call.to_string(),
         None,
         &BatchDefaults::default(),
         chrono::Utc::now(),
         || "switchyard-try".to_string(),
     )
     .map_err(|e| AdminError::bad("invalid_message", e.0))?;
+    // The whole message, as an adapter reading all of it gets it.
+    let message = n
+        .message()
+        .map_err(|e| AdminError::bad("invalid_message", e.to_string()))?;
     let current = admin.control.current();
-    let integrations = n.message.get("integrations").and_then(Value::as_object);
+    let integrations = message.get("integrations").and_then(Value::as_object);
     let keys: Vec<route::RouteKey> = current.previews.iter().map(|p| p.route.clone()).collect();
     let decisions = route::decisions(n.ty, integrations, &keys);
     let empty = Map::new();
@@ -51,7 +55,7 @@ pub(super) async fn try_message(
         }
         let options = route::options(integrations, &p.route).unwrap_or(&empty);
         let item = Item {
-            message: &n.message,
+            message: &message,
             options,
             raw: None,
         };
@@ -71,7 +75,7 @@ pub(super) async fn try_message(
         requests.extend(t.requests.iter().map(|r| shown(p, r)));
     }
     Ok(Json(json!({
-        "normalized": n.message,
+        "normalized": message,
         "routes": routes,
         "requests": requests,
         "errors": errors,

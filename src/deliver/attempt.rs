@@ -35,7 +35,7 @@ impl Worker {
         // `live[j]` is the batch index of the adapter's item `j`.
         let mut live = Vec::with_capacity(batch.len());
         for (i, leased) in batch.iter().enumerate() {
-            match screen(leased, own[i].as_ref(), self.adapter.accepts()) {
+            match screen(leased, own[i].as_ref(), reads, self.adapter.accepts()) {
                 Ok(message) => {
                     let integrations = message.get("integrations").and_then(Value::as_object);
                     let options = route::options(integrations, &self.route).unwrap_or(&empty);

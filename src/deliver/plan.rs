@@ -20,15 +20,17 @@ pub(super) fn merge(verdicts: &mut [Option<Verdict>], i: usize, v: Verdict) {
     });
 }
 
-/// The message an adapter that reads only some fields gets when nobody has parsed the whole
-/// of it: those fields, parsed from the stored text (`None`: the shared parse serves, because
-/// it is ready or the adapter reads everything; an altered body is never parsed).
+/// The message an adapter that reads only some fields gets when what it reads is not at
+/// hand already (ingest's parsed head, or the whole message parsed): those fields, parsed
+/// from the stored text (`None`: the shared parse serves; an altered body is never parsed).
 pub(super) fn projection(
     leased: &Leased,
     reads: Reads,
 ) -> Option<Result<Map<String, Value>, String>> {
     match reads {
-        Reads::Only(fields) if leased.corrupted.is_none() && !leased.parsed.is_ready() => {
+        Reads::Only(fields)
+            if leased.corrupted.is_none() && leased.parsed.at_hand(fields).is_none() =>
+        {
             Some(crate::message::project(&leased.body, fields))
         }
         _ => None,
@@ -37,18 +39,25 @@ pub(super) fn projection(
 
 /// The message to translate, or why it cannot go to this adapter at all: its stored body was
 /// altered on disk, is not a JSON object, or its type is not one the adapter accepts. `own`
-/// is the item's [`projection`], if it has one; otherwise the shared parse is used.
+/// is the item's [`projection`], if it has one; otherwise what is at hand for what the
+/// adapter `reads`, or the shared parse of the whole message.
 pub(super) fn screen<'m>(
     leased: &'m Leased,
     own: Option<&'m Result<Map<String, Value>, String>>,
+    reads: Reads,
     accepts: &[MessageType],
 ) -> Result<&'m Map<String, Value>, Verdict> {
     if let Some(why) = &leased.corrupted {
         return Err(Verdict::permanent(Failure::corrupted(why.clone())));
     }
-    let m = match own {
-        Some(own) => own.as_ref().map_err(String::as_str),
-        None => leased.parsed.get(&leased.body),
+    let at_hand = match reads {
+        Reads::Only(fields) => leased.parsed.at_hand(fields),
+        Reads::All => None,
+    };
+    let m = match (own, at_hand) {
+        (Some(own), _) => own.as_ref().map_err(String::as_str),
+        (None, Some(m)) => Ok(m),
+        (None, None) => leased.parsed.get(&leased.body),
     };
     let m = m.map_err(|e| {
         Verdict::permanent(Failure::engine(format!(

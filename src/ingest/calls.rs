@@ -18,7 +18,7 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::{AppState, Routing, body};
 use crate::message::{Accepted, MessageType, Parsed};
-use crate::normalize::{self, BatchDefaults};
+use crate::normalize::{self, BatchDefaults, Entries, Entry};
 use crate::route;
 use crate::spool::{Appended, Rejected};
 use crate::telemetry;
@@ -39,26 +39,30 @@ pub(super) async fn single(
     let max = state.limits.max_message_bytes;
     let within = state.limits.body_read_timeout;
     let bytes = body::read(body, max, within, "the message", "max_message_bytes").await?;
-    let value = match std::str::from_utf8(&bytes) {
-        Ok(text) => crate::message::parse(text),
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
         // serde_json says where the text stops being UTF-8.
-        Err(_) => serde_json::from_slice::<Value>(&bytes),
-    }
-    .map_err(|e| ApiError::json(&e))?;
-    let Value::Object(_) = &value else {
-        return Err(ApiError::not_an_object());
+        Err(e) => {
+            return Err(match serde_json::from_slice::<Value>(&bytes) {
+                Err(json) => ApiError::json(&json),
+                Ok(_) => ApiError::bad("invalid_json", format!("the body is not UTF-8: {e}")),
+            });
+        }
     };
-    let body_key = value.get("writeKey").and_then(Value::as_str);
+    let entries = Entries::parse(text)
+        .map_err(|e| ApiError::json(&e))?
+        .ok_or_else(ApiError::not_an_object)?;
+    let body_key = write_key(&entries);
     let routing = state.routing();
-    let source = authenticate(&routing, &headers, body_key)?;
+    let source = authenticate(&routing, &headers, body_key.as_deref())?;
     let defaults = BatchDefaults::default();
-    let normalized = normalize::normalize(value, Some(ty), &defaults, chrono::Utc::now(), new_id)
-        .map_err(|e| {
-        telemetry::messages_in(&source, "rejected", 1);
-        ApiError::bad("invalid_message", e.0)
-    })?;
-    let accepted =
-        accept(&routing, &source, normalized).map_err(|e| ApiError::bad("invalid_message", e))?;
+    let normalized =
+        normalize::normalize_entries(entries, Some(ty), &defaults, chrono::Utc::now(), new_id)
+            .map_err(|e| {
+                telemetry::messages_in(&source, "rejected", 1);
+                ApiError::bad("invalid_message", e.0)
+            })?;
+    let accepted = accept(&routing, &source, normalized);
     let remembered = accepted.body.clone();
     state.pace.wait(&*state.spool).await;
     let appended = state.spool.append(vec![accepted]).await?;
@@ -210,12 +214,9 @@ fn sort_messages(
                 "message is larger than max_message_bytes ({max} bytes)"
             ))
         } else {
-            crate::message::parse(raw.get())
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    normalize::normalize(v, None, &defaults, now, new_id).map_err(|e| e.0)
-                })
-                .and_then(|n| accept(routing, &source, n))
+            normalize::normalize(raw.get(), None, &defaults, now, new_id)
+                .map(|n| accept(routing, &source, n))
+                .map_err(|e| e.0)
         };
         match outcome {
             Ok(a) => accepted.push(a),
@@ -249,9 +250,17 @@ fn new_id() -> String {
     format!("switchyard-{}", uuid::Uuid::new_v4())
 }
 
-/// Route a normalized message and shape it for the spool; why not, if it cannot be stored.
-fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Result<Accepted, String> {
-    let integrations = n.message.get("integrations").and_then(Value::as_object);
+/// The write key a single call carries in its body, if it is a string.
+fn write_key(entries: &Entries<'_>) -> Option<String> {
+    match entries.get("writeKey")? {
+        Entry::Text(raw) => serde_json::from_str(raw.get()).ok(),
+        Entry::Value(v) => v.as_str().map(str::to_string),
+    }
+}
+
+/// Route a normalized message and shape it for the spool.
+fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Accepted {
+    let integrations = n.head.get("integrations").and_then(Value::as_object);
     let destinations = route::route(n.ty, integrations, &routing.routes)
         .into_iter()
         .map(|i| routing.routes[i].name().to_string())
@@ -259,15 +268,12 @@ fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Result<A
     if n.unparsed_created_at {
         tracing::debug!(message_id = %n.message_id, "createdAt kept as given: not a date we can read");
     }
-    // It was parsed from JSON, so it serializes; an error is reported, never stored empty.
-    let body = serde_json::to_string(&n.message)
-        .map_err(|e| format!("the normalized message cannot be serialized: {e}"))?;
-    Ok(Accepted {
+    Accepted {
         source: source.to_string(),
         message_id: n.message_id,
         group_id: n.group_id,
-        body,
-        parsed: Some(Parsed::new(n.message)),
+        body: n.body,
+        parsed: Some(Parsed::head(n.head)),
         destinations,
-    })
+    }
 }

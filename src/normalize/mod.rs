@@ -3,11 +3,14 @@
 //! What it does is listed under "Normalize" in DESIGN.md; the README's API section says the
 //! same to users.
 
+pub mod entries;
 pub mod time;
 pub mod traits;
 
 use chrono::{DateTime, Datelike, Utc};
 use serde_json::{Map, Value};
+
+pub use entries::{Entries, Entry};
 
 use crate::message::MessageType;
 
@@ -25,9 +28,20 @@ pub struct Normalized {
     pub ty: MessageType,
     pub message_id: String,
     pub group_id: Option<String>,
-    pub message: Map<String, Value>,
+    /// The normalized message as JSON text: what the spool stores and adapters translate.
+    pub body: String,
+    /// Its [`crate::message::HEAD_FIELDS`], parsed: what routing and the built-in adapters
+    /// read. The other fields are only in `body`.
+    pub head: Map<String, Value>,
     /// `createdAt` was present but unreadable (kept as given).
     pub unparsed_created_at: bool,
+}
+
+impl Normalized {
+    /// The whole normalized message, parsed from its text (ingest itself never needs it).
+    pub fn message(&self) -> Result<Map<String, Value>, serde_json::Error> {
+        serde_json::from_str(&self.body)
+    }
 }
 
 /// Why a message was refused; the text names the field.
@@ -42,37 +56,55 @@ fn invalid(text: impl Into<String>) -> Invalid {
 /// The longest `messageId` the spec allows.
 pub const MAX_MESSAGE_ID_CHARS: usize = 100;
 
-/// Check and normalize one message. `implied` is the type a single-message path implies;
-/// in a batch each message must carry its own `type`.
+/// Check and normalize one message given as JSON text; malformed JSON is refused with the
+/// parser's own words (where, and what). See [`normalize_entries`].
 pub fn normalize(
-    raw: Value,
+    text: &str,
     implied: Option<MessageType>,
     defaults: &BatchDefaults,
     received_at: DateTime<Utc>,
     new_id: impl FnOnce() -> String,
 ) -> Result<Normalized, Invalid> {
-    let Value::Object(mut msg) = raw else {
-        return Err(invalid("message is not a JSON object"));
-    };
+    match Entries::parse(text) {
+        Err(e) => Err(invalid(e.to_string())),
+        Ok(None) => Err(invalid("message is not a JSON object")),
+        Ok(Some(entries)) => normalize_entries(entries, implied, defaults, received_at, new_id),
+    }
+}
+
+/// Check and normalize one message. `implied` is the type a single-message path implies;
+/// in a batch each message must carry its own `type`.
+pub fn normalize_entries(
+    mut msg: Entries<'_>,
+    implied: Option<MessageType>,
+    defaults: &BatchDefaults,
+    received_at: DateTime<Utc>,
+    new_id: impl FnOnce() -> String,
+) -> Result<Normalized, Invalid> {
     // A credential is never forwarded to a destination.
     msg.remove("writeKey");
     let ty = message_type(&msg, implied)?;
-    msg.insert("type".into(), Value::String(ty.as_str().into()));
+    msg.set("type", Entry::Value(Value::String(ty.as_str().into())));
 
     check_objects(&mut msg)?;
-    merge_defaults(&mut msg, defaults);
+    merge_defaults(&mut msg, defaults)?;
     let group_id = required_ids(&mut msg, ty)?;
     let message_id = message_id(&mut msg, new_id)?;
 
     let mut unparsed_created_at = false;
     if matches!(ty, MessageType::Group | MessageType::Identify)
-        && let Some(Value::Object(t)) = msg.get_mut("traits")
+        && let Some(Value::Object(t)) = msg.value_mut("traits")
     {
         let (normalized, report) = traits::normalize(std::mem::take(t));
         *t = normalized;
         unparsed_created_at = report.unparsed_created_at;
     }
     timestamps(&mut msg, received_at)?;
+    let mut body = Vec::new();
+    msg.write(&mut body)
+        .map_err(|e| invalid(format!("the normalized message cannot be serialized: {e}")))?;
+    let body = String::from_utf8(body)
+        .map_err(|e| invalid(format!("the normalized message is not UTF-8: {e}")))?;
     Ok(Normalized {
         ty,
         message_id,
@@ -81,39 +113,63 @@ pub fn normalize(
         } else {
             None
         },
-        message: msg,
+        body,
+        head: msg.into_head(),
         unparsed_created_at,
     })
 }
 
+/// What a top-level value is, as far as the object checks care.
+#[derive(PartialEq)]
+enum Shape {
+    Null,
+    Object,
+    Other,
+}
+
+fn shape(entry: &Entry<'_>) -> Shape {
+    match entry {
+        Entry::Value(Value::Null) => Shape::Null,
+        Entry::Value(Value::Object(_)) => Shape::Object,
+        Entry::Value(_) => Shape::Other,
+        // Checked JSON: `{` opens an object, and `null` is the only value starting with `n`.
+        Entry::Text(raw) => match raw.get().trim_start().as_bytes().first() {
+            Some(b'{') => Shape::Object,
+            Some(b'n') => Shape::Null,
+            _ => Shape::Other,
+        },
+    }
+}
+
 /// `traits`, `context`, `integrations` and `properties` are objects when present (`null`
 /// counts as absent).
-fn check_objects(msg: &mut Map<String, Value>) -> Result<(), Invalid> {
+fn check_objects(msg: &mut Entries<'_>) -> Result<(), Invalid> {
     for field in ["traits", "context", "integrations", "properties"] {
-        match msg.get(field) {
-            None | Some(Value::Object(_)) => {}
-            Some(Value::Null) => {
+        match msg.get(field).map(shape) {
+            None | Some(Shape::Object) => {}
+            Some(Shape::Null) => {
                 msg.remove(field);
             }
-            Some(_) => return Err(invalid(format!("{field} must be an object"))),
+            Some(Shape::Other) => return Err(invalid(format!("{field} must be an object"))),
         }
     }
     Ok(())
 }
 
 /// The batch's `context`, `integrations` and `sentAt`, under the message's own keys.
-fn merge_defaults(msg: &mut Map<String, Value>, defaults: &BatchDefaults) {
-    merge_object(msg, "context", defaults.context.as_ref());
-    merge_object(msg, "integrations", defaults.integrations.as_ref());
-    if !msg.contains_key("sentAt")
+fn merge_defaults(msg: &mut Entries<'_>, defaults: &BatchDefaults) -> Result<(), Invalid> {
+    merge_object(msg, "context", defaults.context.as_ref())?;
+    merge_object(msg, "integrations", defaults.integrations.as_ref())?;
+    if !msg.contains("sentAt")
         && let Some(sent_at) = &defaults.sent_at
     {
-        msg.insert("sentAt".into(), sent_at.clone());
+        msg.set("sentAt", Entry::Value(sent_at.clone()));
     }
+    Ok(())
 }
 
 /// The ids a call of type `ty` must carry; its `groupId`, when it has one.
-fn required_ids(msg: &mut Map<String, Value>, ty: MessageType) -> Result<Option<String>, Invalid> {
+fn required_ids(msg: &mut Entries<'_>, ty: MessageType) -> Result<Option<String>, Invalid> {
     let user = id_field(msg, "userId")?;
     let anon = id_field(msg, "anonymousId")?;
     if user.is_none() && anon.is_none() {
@@ -122,7 +178,7 @@ fn required_ids(msg: &mut Map<String, Value>, ty: MessageType) -> Result<Option<
     let group_id = id_field(msg, "groupId")?;
     match ty {
         MessageType::Group if group_id.is_none() => return Err(invalid("groupId is required")),
-        MessageType::Track if !non_empty_string(msg.get("event")) => {
+        MessageType::Track if !non_empty_string(msg.value("event")) => {
             return Err(invalid("event is required on a track call"));
         }
         MessageType::Alias if id_field(msg, "previousId")?.is_none() => {
@@ -134,10 +190,7 @@ fn required_ids(msg: &mut Map<String, Value>, ty: MessageType) -> Result<Option<
 }
 
 /// The message's id, checked, or a new one written into it.
-fn message_id(
-    msg: &mut Map<String, Value>,
-    new_id: impl FnOnce() -> String,
-) -> Result<String, Invalid> {
+fn message_id(msg: &mut Entries<'_>, new_id: impl FnOnce() -> String) -> Result<String, Invalid> {
     Ok(match id_field(msg, "messageId")? {
         Some(id) if id.chars().count() > MAX_MESSAGE_ID_CHARS => {
             return Err(invalid(format!(
@@ -147,20 +200,17 @@ fn message_id(
         Some(id) => id,
         None => {
             let id = new_id();
-            msg.insert("messageId".into(), Value::String(id.clone()));
+            msg.set("messageId", Entry::Value(Value::String(id.clone())));
             id
         }
     })
 }
 
-fn message_type(
-    msg: &Map<String, Value>,
-    implied: Option<MessageType>,
-) -> Result<MessageType, Invalid> {
+fn message_type(msg: &Entries<'_>, implied: Option<MessageType>) -> Result<MessageType, Invalid> {
     if let Some(ty) = implied {
         return Ok(ty);
     }
-    match msg.get("type") {
+    match msg.value("type") {
         None | Some(Value::Null) => Err(invalid("type is required on each message in a batch")),
         Some(Value::String(s)) => s.parse().map_err(|()| {
             invalid(format!(
@@ -172,32 +222,46 @@ fn message_type(
 }
 
 /// Batch-level keys fill in what the message's own object lacks; the message's keys win.
-fn merge_object(msg: &mut Map<String, Value>, field: &str, defaults: Option<&Map<String, Value>>) {
+/// The object is parsed only when there is something to merge into it.
+fn merge_object(
+    msg: &mut Entries<'_>,
+    field: &'static str,
+    defaults: Option<&Map<String, Value>>,
+) -> Result<(), Invalid> {
     let Some(defaults) = defaults.filter(|d| !d.is_empty()) else {
-        return;
+        return Ok(());
     };
-    let entry = msg
-        .entry(field.to_string())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(own) = entry {
-        for (k, v) in defaults {
-            if !own.contains_key(k) {
-                own.insert(k.clone(), v.clone());
-            }
+    // Taken out in place: the merged object stays where the message had it.
+    let mut own = match msg.take(field) {
+        None => Map::new(),
+        Some(Entry::Value(Value::Object(own))) => own,
+        Some(Entry::Value(_)) => return Err(invalid(format!("{field} must be an object"))),
+        Some(Entry::Text(raw)) => match crate::message::parse(raw.get()) {
+            Ok(Value::Object(own)) => own,
+            Ok(_) => return Err(invalid(format!("{field} must be an object"))),
+            Err(e) => return Err(invalid(format!("{field}: {e}"))),
+        },
+    };
+    for (k, v) in defaults {
+        if !own.contains_key(k) {
+            own.insert(k.clone(), v.clone());
         }
     }
+    msg.set(field, Entry::Value(Value::Object(own)));
+    Ok(())
 }
 
 /// A string or number id; numbers become their decimal text, empty strings count as absent.
-fn id_field(msg: &mut Map<String, Value>, field: &str) -> Result<Option<String>, Invalid> {
-    let text = match msg.get(field) {
+/// Ids are among the parsed fields ([`crate::message::HEAD_FIELDS`]).
+fn id_field(msg: &mut Entries<'_>, field: &'static str) -> Result<Option<String>, Invalid> {
+    let text = match msg.value(field) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
         Some(Value::String(s)) => return Ok(Some(s.clone())),
         Some(Value::Number(n)) => n.to_string(),
         Some(_) => return Err(invalid(format!("{field} must be a string or a number"))),
     };
-    msg.insert(field.into(), Value::String(text.clone()));
+    msg.set(field, Entry::Value(Value::String(text.clone())));
     Ok(Some(text))
 }
 
@@ -206,9 +270,9 @@ fn non_empty_string(v: Option<&Value>) -> bool {
 }
 
 /// Set `receivedAt`; correct `timestamp` for client clock skew, keeping `originalTimestamp`.
-fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Result<(), Invalid> {
-    let date = |msg: &Map<String, Value>, field: &str| -> Result<Option<DateTime<Utc>>, Invalid> {
-        match msg.get(field) {
+fn timestamps(msg: &mut Entries<'_>, received_at: DateTime<Utc>) -> Result<(), Invalid> {
+    let date = |msg: &Entries<'_>, field: &str| -> Result<Option<DateTime<Utc>>, Invalid> {
+        match msg.value(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => time::parse_iso(s)
                 .map(Some)
@@ -218,9 +282,9 @@ fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Resul
     };
     let timestamp = date(msg, "timestamp")?;
     let sent_at = date(msg, "sentAt")?;
-    msg.insert(
-        "receivedAt".into(),
-        Value::String(time::format(received_at)),
+    msg.set(
+        "receivedAt",
+        Entry::Value(Value::String(time::format(received_at))),
     );
     let corrected = match (timestamp, sent_at) {
         (None, _) => received_at,
@@ -232,10 +296,14 @@ fn timestamps(msg: &mut Map<String, Value>, received_at: DateTime<Utc>) -> Resul
             .filter(|t| (0..=9999).contains(&t.year()))
             .ok_or_else(|| invalid("timestamp and sentAt are too far apart to correct for skew"))?,
     };
-    if let Some(original) = msg.get("timestamp").cloned() {
-        msg.insert("originalTimestamp".into(), original);
+    let corrected = Value::String(time::format(corrected));
+    match msg.value_mut("timestamp") {
+        Some(given) => {
+            let original = std::mem::replace(given, corrected);
+            msg.set("originalTimestamp", Entry::Value(original));
+        }
+        None => msg.set("timestamp", Entry::Value(corrected)),
     }
-    msg.insert("timestamp".into(), Value::String(time::format(corrected)));
     Ok(())
 }
 

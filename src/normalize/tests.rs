@@ -8,7 +8,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn run(v: Value, implied: Option<MessageType>, d: &BatchDefaults) -> Result<Normalized, Invalid> {
-    normalize(v, implied, d, now(), || "generated-id".into())
+    normalize(&v.to_string(), implied, d, now(), || "generated-id".into())
 }
 
 fn group(v: Value) -> Result<Normalized, Invalid> {
@@ -31,9 +31,9 @@ fn group_needs_group_id_and_an_identity() {
     );
     let n = group(json!({"anonymousId": 7, "groupId": 42})).unwrap();
     assert_eq!(n.group_id.as_deref(), Some("42"));
-    assert_eq!(n.message["anonymousId"], "7");
-    assert_eq!(n.message["groupId"], "42");
-    assert_eq!(n.message["type"], "group");
+    assert_eq!(n.message().unwrap()["anonymousId"], "7");
+    assert_eq!(n.message().unwrap()["groupId"], "42");
+    assert_eq!(n.message().unwrap()["type"], "group");
 }
 
 #[test]
@@ -96,8 +96,8 @@ fn batch_messages_need_a_known_type() {
 fn message_id_generated_and_write_key_dropped() {
     let n = group(json!({"userId": "u", "groupId": "g", "writeKey": "secret"})).unwrap();
     assert_eq!(n.message_id, "generated-id");
-    assert_eq!(n.message["messageId"], "generated-id");
-    assert!(!n.message.contains_key("writeKey"));
+    assert_eq!(n.message().unwrap()["messageId"], "generated-id");
+    assert!(!n.message().unwrap().contains_key("writeKey"));
 }
 
 #[test]
@@ -125,28 +125,43 @@ fn batch_defaults_merge_with_message_keys_winning() {
     )
     .unwrap();
     assert_eq!(
-        n.message["context"],
+        n.message().unwrap()["context"],
         json!({"ip": "2.2.2.2", "library": {"name": "batch"}})
     );
     assert_eq!(
-        n.message["integrations"],
+        n.message().unwrap()["integrations"],
         json!({"Hook": false, "All": false})
     );
-    assert_eq!(n.message["sentAt"], "2024-05-01T12:00:10Z");
+    assert_eq!(n.message().unwrap()["sentAt"], "2024-05-01T12:00:10Z");
     // The client clock is 10 s ahead of ours: the event happened 10 s before we received it.
-    assert_eq!(n.message["timestamp"], "2024-05-01T11:59:50.000Z");
-    assert_eq!(n.message["originalTimestamp"], "2024-05-01T12:00:00Z");
-    assert_eq!(n.message["receivedAt"], "2024-05-01T12:00:00.000Z");
+    assert_eq!(
+        n.message().unwrap()["timestamp"],
+        "2024-05-01T11:59:50.000Z"
+    );
+    assert_eq!(
+        n.message().unwrap()["originalTimestamp"],
+        "2024-05-01T12:00:00Z"
+    );
+    assert_eq!(
+        n.message().unwrap()["receivedAt"],
+        "2024-05-01T12:00:00.000Z"
+    );
 }
 
 #[test]
 fn timestamps_without_skew_information() {
     let n = group(json!({"userId": "u", "groupId": "g"})).unwrap();
-    assert_eq!(n.message["timestamp"], "2024-05-01T12:00:00.000Z");
-    assert!(!n.message.contains_key("originalTimestamp"));
+    assert_eq!(
+        n.message().unwrap()["timestamp"],
+        "2024-05-01T12:00:00.000Z"
+    );
+    assert!(!n.message().unwrap().contains_key("originalTimestamp"));
     let n = group(json!({"userId": "u", "groupId": "g", "timestamp": "2020-01-01T00:00:00+01:00"}))
         .unwrap();
-    assert_eq!(n.message["timestamp"], "2019-12-31T23:00:00.000Z");
+    assert_eq!(
+        n.message().unwrap()["timestamp"],
+        "2019-12-31T23:00:00.000Z"
+    );
     assert_eq!(
         group(json!({"userId": "u", "groupId": "g", "sentAt": "nope"}))
             .unwrap_err()
@@ -159,7 +174,7 @@ fn timestamps_without_skew_information() {
 fn group_traits_are_normalized_and_counted() {
     let n = group(json!({"userId": "u", "groupId": "g", "traits": {"Created At": 1700000000, "EMPLOYEES": "12"}})).unwrap();
     assert_eq!(
-        n.message["traits"],
+        n.message().unwrap()["traits"],
         json!({"createdAt": "2023-11-14T22:13:20.000Z", "employees": 12})
     );
     assert!(!n.unparsed_created_at);
@@ -174,7 +189,7 @@ fn group_traits_are_normalized_and_counted() {
         &d,
     )
     .unwrap();
-    assert_eq!(n.message["properties"], json!({"created_at": 1}));
+    assert_eq!(n.message().unwrap()["properties"], json!({"created_at": 1}));
 }
 
 #[test]
@@ -197,5 +212,77 @@ fn a_wild_sent_at_cannot_push_the_timestamp_out_of_four_digit_years() {
     let ok = group(json!({"userId": "u", "groupId": "g",
         "timestamp": "2024-05-01T12:00:00Z", "sentAt": "2024-05-01T12:00:05Z"}))
     .unwrap();
-    assert_eq!(ok.message["timestamp"], "2024-05-01T11:59:55.000Z");
+    assert_eq!(
+        ok.message().unwrap()["timestamp"],
+        "2024-05-01T11:59:55.000Z"
+    );
+}
+
+#[test]
+fn fields_outside_the_head_are_stored_as_written_and_the_head_agrees_with_the_text() {
+    let text = r#"{"writeKey":"k","context":{"ip" : "1.2.3.4","n":1.50e2},"type":"track","event":"E","userId":7,"properties":{"big":123456789012345678901234567890},"timestamp":"2024-05-01T12:00:00Z"}"#;
+    let n = normalize(text, None, &BatchDefaults::default(), now(), || {
+        "generated-id".into()
+    })
+    .unwrap();
+    assert!(
+        n.body
+            .starts_with(r#"{"context":{"ip" : "1.2.3.4","n":1.50e2},"type":"track""#),
+        "{}",
+        n.body
+    );
+    assert!(
+        n.body
+            .contains(r#""properties":{"big":123456789012345678901234567890}"#),
+        "{}",
+        n.body
+    );
+    let whole = n.message().unwrap();
+    let keys: Vec<&str> = whole.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "context",
+            "type",
+            "event",
+            "userId",
+            "properties",
+            "timestamp",
+            "messageId",
+            "receivedAt",
+            "originalTimestamp"
+        ]
+    );
+    assert_eq!(whole["userId"], "7");
+    for (k, v) in &n.head {
+        assert!(crate::message::HEAD_FIELDS.contains(&k.as_str()), "{k}");
+        assert_eq!(&whole[k], v, "{k}");
+    }
+    assert!(!n.head.contains_key("context") && !n.head.contains_key("properties"));
+    assert_eq!(n.head.len(), whole.len() - 2);
+}
+
+#[test]
+fn a_merged_context_stays_where_the_message_had_it() {
+    let d = BatchDefaults {
+        context: Some(
+            json!({"library": {"name": "batch"}})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ),
+        ..BatchDefaults::default()
+    };
+    let n = run(
+        json!({"context": {"ip": "1.1.1.1"}, "type": "group", "userId": "u", "groupId": "g"}),
+        None,
+        &d,
+    )
+    .unwrap();
+    let whole = n.message().unwrap();
+    assert_eq!(whole.keys().next().map(String::as_str), Some("context"));
+    assert_eq!(
+        whole["context"],
+        json!({"ip": "1.1.1.1", "library": {"name": "batch"}})
+    );
 }

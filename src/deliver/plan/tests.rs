@@ -82,7 +82,7 @@ fn an_adapter_reading_some_fields_gets_them_unless_the_whole_message_is_parsed_a
     let item = stored(body);
     let only = Reads::Only(&["traits"]);
     let own = projection(&item, only).expect("a projection of its own");
-    let m = screen(&item, Some(&own), MessageType::ALL).unwrap();
+    let m = screen(&item, Some(&own), only, MessageType::ALL).unwrap();
     assert_eq!(m.keys().collect::<Vec<_>>(), ["type", "groupId", "traits"]);
     assert!(
         projection(&item, Reads::All).is_none(),
@@ -99,12 +99,45 @@ fn an_adapter_reading_some_fields_gets_them_unless_the_whole_message_is_parsed_a
         projection(&ready, only).is_none(),
         "parsed whole already: used as it is"
     );
-    assert_eq!(screen(&ready, None, MessageType::ALL).unwrap().len(), 4);
+    assert_eq!(
+        screen(&ready, None, only, MessageType::ALL).unwrap().len(),
+        4
+    );
     assert_eq!(raw(&ready), None, "no text: the message is whole");
 
     let unreadable = stored(r#"{"type": "group", "traits": {"#);
     let own = projection(&unreadable, only);
-    assert!(screen(&unreadable, own.as_ref(), MessageType::ALL).is_err());
+    assert!(screen(&unreadable, own.as_ref(), only, MessageType::ALL).is_err());
+}
+
+#[test]
+fn ingest_s_parsed_head_serves_an_adapter_reading_only_head_fields() {
+    let body = r#"{"type":"group","groupId":"g","context":{"ip":"1.2.3.4"},"traits":{"n":1}}"#;
+    let whole: serde_json::Map<String, serde_json::Value> = serde_json::from_str(body).unwrap();
+    let head = whole
+        .iter()
+        .filter(|(k, _)| *k != "context")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let item = Leased {
+        parsed: crate::message::Parsed::head(head),
+        ..stored(body)
+    };
+    let traits = Reads::Only(&["traits"]);
+    assert!(projection(&item, traits).is_none(), "the head holds traits");
+    let m = screen(&item, None, traits, MessageType::ALL).unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["type", "groupId", "traits"]);
+    assert!(!item.parsed.is_ready(), "nothing parsed for it");
+
+    let context = Reads::Only(&["context"]);
+    let own = projection(&item, context).expect("context is not in the head");
+    let m = screen(&item, Some(&own), context, MessageType::ALL).unwrap();
+    assert_eq!(m["context"]["ip"], "1.2.3.4");
+
+    let m = screen(&item, None, Reads::All, MessageType::ALL).unwrap();
+    assert_eq!(m, &whole, "every field: the whole body parsed");
+    assert!(item.parsed.is_ready());
+    assert_eq!(raw(&item), Some(body), "the text still comes along");
 }
 
 #[test]
@@ -112,19 +145,20 @@ fn unreadable_altered_messages_and_types_not_accepted_never_reach_the_adapter() 
     let group = stored(r#"{"type": "group", "groupId": "g"}"#);
     let track = stored(r#"{"type": "track", "event": "e"}"#);
     let groups_only = [MessageType::Group];
-    assert!(screen(&group, None, &groups_only).is_ok());
-    let refused = screen(&track, None, &groups_only).unwrap_err();
+    assert!(screen(&group, None, Reads::All, &groups_only).is_ok());
+    let refused = screen(&track, None, Reads::All, &groups_only).unwrap_err();
     assert!(
         matches!(&refused, Verdict::Permanent { failure } if failure.reason == "this destination takes group calls only, not `track`" && failure.status.is_none()),
         "{refused:?}"
     );
-    let unreadable = screen(&stored("{\"type\": "), None, MessageType::ALL).unwrap_err();
+    let unreadable =
+        screen(&stored("{\"type\": "), None, Reads::All, MessageType::ALL).unwrap_err();
     assert!(matches!(unreadable, Verdict::Permanent { failure } if failure.reason.contains("EOF")));
     let altered = Leased {
         corrupted: Some("the stored message was altered on disk".into()),
         ..group
     };
-    let refused = screen(&altered, None, MessageType::ALL).unwrap_err();
+    let refused = screen(&altered, None, Reads::All, MessageType::ALL).unwrap_err();
     assert!(
         matches!(&refused, Verdict::Permanent { failure } if failure.kind == FailureKind::Corrupted),
         "{refused:?}"

@@ -1,0 +1,378 @@
+//! A message's top-level entries as normalize works on them: the fields it checks and changes
+//! ([`HEAD_FIELDS`]) parsed, every other value kept as the JSON text the sender wrote. Only
+//! those few fields become a tree; `context`, `properties` and custom keys are copied into
+//! the stored text as they came, never built into maps and strings and serialized again.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::message::{HEAD_FIELDS, Key, Tree};
+
+/// One top-level value.
+#[derive(Debug)]
+pub enum Entry<'a> {
+    /// As the sender wrote it (checked to be JSON).
+    Text(&'a RawValue),
+    Value(Value),
+}
+
+/// A message's top-level entries in body order. A repeated key keeps its first place and
+/// its last value, as a full parse does.
+#[derive(Debug, Default)]
+pub struct Entries<'a> {
+    list: Vec<(Cow<'a, str>, Entry<'a>)>,
+    /// The length of the text they came from: about what writing them back takes.
+    text_len: usize,
+}
+
+/// Past this many keys a parse finds repeated keys by hashing, not by scanning.
+const SCAN_KEYS: usize = 16;
+
+/// How deep a value kept as text may nest before the whole message is checked as a full
+/// parse would (which allows 128 levels from the top; a top-level value starts one down).
+const TEXT_DEPTH: usize = 100;
+
+/// Walk `text` as a full parse does, with its checks and its errors.
+fn check(text: &str) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Check(usize::MAX).deserialize(&mut de)?;
+    de.end()
+}
+
+impl<'a> Entries<'a> {
+    /// The entries of `text`; `None` if it is JSON but not an object. The errors are those a
+    /// full parse reports, at the same place. Splitting skips over the values kept as text
+    /// without some of a full parse's checks (escapes that name no character, numbers out of
+    /// range, nesting): those values are checked on their own, and the whole text is checked
+    /// as a full parse would whenever anything is amiss.
+    pub fn parse(text: &'a str) -> Result<Option<Self>, serde_json::Error> {
+        if !text.trim_start().starts_with('{') {
+            return check(text).map(|()| None);
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let split = Split
+            .deserialize(&mut de)
+            .and_then(|e| de.end().map(|()| e));
+        match split {
+            Ok(mut entries) => {
+                entries.text_len = text.len();
+                if !entries.texts_sound() {
+                    check(text)?;
+                }
+                Ok(Some(entries))
+            }
+            Err(e) => check(text).and(Err(e)),
+        }
+    }
+
+    /// Whether every value kept as text passes a full parse's checks on its own, not
+    /// nested deeper than a full parse of the message could take.
+    fn texts_sound(&self) -> bool {
+        self.list.iter().all(|(_, entry)| match entry {
+            Entry::Text(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                Check(TEXT_DEPTH).deserialize(&mut de).is_ok()
+            }
+            Entry::Value(_) => true,
+        })
+    }
+
+    /// Entries with room for a usual message's keys.
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(n),
+            text_len: 0,
+        }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.list.iter().position(|(k, _)| k == key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry<'a>> {
+        self.position(key).map(|i| &self.list[i].1)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// A parsed entry ([`HEAD_FIELDS`] and values set by normalize).
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        match self.get(key)? {
+            Entry::Value(v) => Some(v),
+            Entry::Text(_) => None,
+        }
+    }
+
+    pub fn value_mut(&mut self, key: &str) -> Option<&mut Value> {
+        let i = self.position(key)?;
+        match &mut self.list[i].1 {
+            Entry::Value(v) => Some(v),
+            Entry::Text(_) => None,
+        }
+    }
+
+    /// Set `key`, in its place if it is there, last otherwise.
+    pub fn set(&mut self, key: &'a str, entry: Entry<'a>) {
+        match self.position(key) {
+            Some(i) => self.list[i].1 = entry,
+            None => self.list.push((Cow::Borrowed(key), entry)),
+        }
+    }
+
+    /// Take `key`'s value, leaving `null` in its place (to [`Entries::set`] it again).
+    pub fn take(&mut self, key: &str) -> Option<Entry<'a>> {
+        let i = self.position(key)?;
+        Some(std::mem::replace(
+            &mut self.list[i].1,
+            Entry::Value(Value::Null),
+        ))
+    }
+
+    /// Take `key` out, the others keeping their order.
+    pub fn remove(&mut self, key: &str) -> Option<Entry<'a>> {
+        self.position(key).map(|i| self.list.remove(i).1)
+    }
+
+    /// The message as JSON text: parsed entries serialized, the others copied.
+    pub fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        // Normalizing adds a few dates and an id at most.
+        out.reserve(self.text_len + 160);
+        out.push(b'{');
+        for (i, (key, entry)) in self.list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, key.as_ref())?;
+            out.push(b':');
+            match entry {
+                Entry::Text(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Entry::Value(v) => serde_json::to_writer(&mut *out, v)?,
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// The [`HEAD_FIELDS`] among the entries, in body order.
+    pub fn into_head(self) -> Map<String, Value> {
+        let mut head = Map::with_capacity(HEAD_FIELDS.len());
+        for (key, entry) in self.list {
+            if let Entry::Value(v) = entry
+                && HEAD_FIELDS.contains(&key.as_ref())
+            {
+                head.insert(key.into_owned(), v);
+            }
+        }
+        head
+    }
+}
+
+/// Walks a JSON value as a full parse does, with its checks, building nothing; and refuses
+/// to go more than its count of levels deeper.
+struct Check(usize);
+
+impl Check {
+    fn deeper<E: de::Error>(self) -> Result<usize, E> {
+        self.0
+            .checked_sub(1)
+            .ok_or_else(|| E::custom("nested too deep to keep as text"))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Check {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(Check(inner))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while access.next_key_seed(Check(inner))?.is_some() {
+            access.next_value_seed(Check(inner))?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a checked object into [`Entries`].
+struct Split;
+
+impl<'de> DeserializeSeed<'de> for Split {
+    type Value = Entries<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Split {
+    type Value = Entries<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Entries::with_capacity(SCAN_KEYS);
+        // Where each key is, once there are too many to scan for a repeat.
+        let mut places: Option<HashMap<Cow<'de, str>, usize>> = None;
+        while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
+            let entry = if HEAD_FIELDS.contains(&key.as_ref()) {
+                Entry::Value(access.next_value_seed(Tree)?)
+            } else {
+                Entry::Text(access.next_value::<&'de RawValue>()?)
+            };
+            let list = &mut entries.list;
+            if places.is_none() && list.len() >= SCAN_KEYS {
+                places = Some(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, (k, _))| (k.clone(), i))
+                        .collect(),
+                );
+            }
+            let at = match &places {
+                Some(p) => p.get(&key).copied(),
+                None => list.iter().position(|(k, _)| *k == key),
+            };
+            match at {
+                Some(i) => list[i].1 = entry,
+                None => {
+                    if let Some(p) = &mut places {
+                        p.insert(key.clone(), list.len());
+                    }
+                    list.push((key, entry));
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: &Entries<'_>) -> String {
+        let mut out = Vec::new();
+        e.write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn head_fields_are_parsed_the_rest_kept_as_written() {
+        let body = r#"{"type":"group", "context":{"ip" : "1.2.3.4","n":1.0e2},"traits":{"name":"A\u0063me"},"x":[1, 2]}"#;
+        let e = Entries::parse(body).unwrap().unwrap();
+        assert_eq!(e.value("traits").unwrap()["name"], "Acme");
+        assert!(matches!(e.get("context"), Some(Entry::Text(_))));
+        assert_eq!(
+            text(&e),
+            r#"{"type":"group","context":{"ip" : "1.2.3.4","n":1.0e2},"traits":{"name":"Acme"},"x":[1, 2]}"#
+        );
+        let full: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text(&e)).unwrap(), full);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_first_place_and_last_value() {
+        for n in [2, SCAN_KEYS + 5] {
+            let mut body = String::from("{");
+            for i in 0..n {
+                body.push_str(&format!("\"k{i}\":{i},"));
+            }
+            body.push_str("\"k0\":\"last\",\"type\":1,\"type\":\"group\"}");
+            let e = Entries::parse(&body).unwrap().unwrap();
+            let full: Map<String, Value> = serde_json::from_str(&body).unwrap();
+            let got: Map<String, Value> = serde_json::from_str(&text(&e)).unwrap();
+            assert_eq!(got, full);
+            let keys: Vec<&String> = got.keys().collect();
+            assert_eq!(keys, full.keys().collect::<Vec<_>>(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn what_a_full_parse_refuses_is_refused_at_the_same_place() {
+        for bad in [
+            r#"{"a":}"#,
+            r#"{"context":{"a":1}"#,
+            r#"{"a":1} x"#,
+            r#"{"context":"\ud800"}"#,
+            r#"{"properties":{"n":1e999}}"#,
+            r#"{"context":{"a":"\x"}}"#,
+            "[1",
+            r#"{"context":{"a":"\ud800\u0041"},"traits":{}}"#,
+            r#"{"context":{"a":1}, "properties":[1,]}"#,
+            r#"{"type":"group","context":{"a":1}"#,
+        ] {
+            let full = serde_json::from_str::<Value>(bad).unwrap_err();
+            let ours = Entries::parse(bad).unwrap_err();
+            assert_eq!(ours.to_string(), full.to_string(), "{bad}");
+        }
+        let deep = format!("{{\"context\":{}{}}}", "[".repeat(127), "]".repeat(127));
+        let full = serde_json::from_str::<Value>(&deep).unwrap_err();
+        let ours = Entries::parse(&deep).unwrap_err();
+        assert_eq!(
+            ours.to_string(),
+            full.to_string(),
+            "nesting counted from the top"
+        );
+        let deep = format!("{{\"context\":{}{}}}", "[".repeat(126), "]".repeat(126));
+        assert!(serde_json::from_str::<Value>(&deep).is_ok());
+        assert!(
+            Entries::parse(&deep).unwrap().is_some(),
+            "as deep as a full parse takes"
+        );
+        assert!(Entries::parse("[1]").unwrap().is_none());
+        assert!(Entries::parse(" 7 ").unwrap().is_none());
+    }
+}
