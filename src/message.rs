@@ -154,9 +154,27 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
 /// reads: the call's type, its id, its group and the `integrations` map.
 pub const ENGINE_FIELDS: &[&str] = &["type", "messageId", "groupId", "integrations"];
 
-/// The top-level fields ingest parses to check and normalize a message, the engine's among
-/// them; it hands them to delivery parsed ([`Parsed::head`]). Every other field (`context`,
-/// `properties`, custom keys) is checked to be JSON and stored as the sender wrote it.
+/// The top-level fields ingest parses to check and normalize a message. Every other field
+/// (`context`, `properties`, custom keys) is checked to be JSON and stored as the sender
+/// wrote it.
+pub const CHECKED_FIELDS: &[&str] = &[
+    "type",
+    "messageId",
+    "groupId",
+    "integrations",
+    "userId",
+    "anonymousId",
+    "traits",
+    "previousId",
+    "event",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+];
+
+/// Those of [`CHECKED_FIELDS`] ingest hands to delivery parsed ([`Parsed::head`]): the
+/// engine's, and the ones that say who and what (the built-in adapters read no others).
 pub const HEAD_FIELDS: &[&str] = &[
     "type",
     "messageId",
@@ -164,13 +182,7 @@ pub const HEAD_FIELDS: &[&str] = &[
     "integrations",
     "userId",
     "anonymousId",
-    "previousId",
-    "event",
     "traits",
-    "timestamp",
-    "originalTimestamp",
-    "sentAt",
-    "receivedAt",
 ];
 
 /// Parse a stored message keeping only the top-level fields in `fields` and
@@ -327,6 +339,22 @@ mod tests {
         let full: Map<String, Value> = serde_json::from_str(BODY).unwrap();
         assert_eq!(m["traits"], full["traits"]);
         assert_eq!(m["groupId"], full["groupId"]);
+    }
+
+    #[test]
+    fn the_head_holds_what_the_engine_reads_and_only_checked_fields() {
+        assert!(ENGINE_FIELDS.iter().all(|f| HEAD_FIELDS.contains(f)));
+        assert!(HEAD_FIELDS.iter().all(|f| CHECKED_FIELDS.contains(f)));
+        let head: Map<String, Value> =
+            serde_json::from_str(r#"{"type":"group","traits":{}}"#).unwrap();
+        let parsed = Parsed::head(head);
+        assert!(parsed.at_hand(&["traits", "userId"]).is_some());
+        assert!(parsed.at_hand(&["context"]).is_none());
+        assert!(
+            parsed.at_hand(&["event"]).is_none(),
+            "checked, not handed over"
+        );
+        assert!(!parsed.is_ready());
     }
 
     #[test]
