@@ -93,6 +93,21 @@ async fn group_call_arrives_normalized_and_signed() {
             hmac_sha1_hex(b"s3cret", &c.body)
         );
     }
+
+    // What ingest does not normalize reaches the destination as the sender wrote it.
+    let context = r#"{"ip" : "1.2.3.4", "n": 1.50e2, "big": 123456789012345678901234567890}"#;
+    let raw = format!(
+        r#"{{"userId":"u1","groupId":"g-raw","context":{context},"traits":{{"Name":"Raw"}}}}"#
+    );
+    let (status, _) = d
+        .post_raw("/v1/group", Some(KEY), raw.into_bytes(), &[])
+        .await;
+    assert_eq!(status, 200);
+    let got = rx.wait_for("/hook", 5).await;
+    let call = got.iter().find(|c| c.json()["groupId"] == "g-raw").unwrap();
+    let text = std::str::from_utf8(&call.body).unwrap();
+    assert!(text.contains(&format!(r#""context":{context}"#)), "{text}");
+    assert_eq!(call.json()["traits"], json!({"name": "Raw"}));
 }
 
 fn hmac_sha1_hex(key: &[u8], body: &[u8]) -> String {
@@ -248,6 +263,30 @@ async fn bad_input_gets_a_clear_error_and_valid_batch_messages_still_arrive() {
             .contains("max_batch_messages is 50"),
         "{b}"
     );
+
+    for (body, want) in [
+        (
+            json!({"sentAt": "2024-05-01T00:00:00Z"}),
+            "batch is required",
+        ),
+        (
+            json!({"batch": {"type": "group"}}),
+            "batch must be an array of messages",
+        ),
+    ] {
+        let (s, b) = d.post("/v1/batch", Some(KEY), &body).await;
+        assert_eq!((s, b["code"].as_str()), (400, Some("invalid_batch")), "{b}");
+        assert!(b["message"].as_str().unwrap().starts_with(want), "{b}");
+    }
+    // A field stored as written is still checked as a full parse checks it.
+    let lone = r#"{"type": "group", "userId": "u", "groupId": "g", "context": {"x": "\ud800"}}"#;
+    let full = serde_json::from_str::<Value>(lone).unwrap_err().to_string();
+    let batch = format!(r#"{{"batch": [{lone}]}}"#);
+    let (s, b) = d
+        .post_raw("/v1/batch", Some(KEY), batch.into_bytes(), &[])
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["rejected"][0]["error"], full, "{b}");
 
     let (s, b) = d
         .post("/v1/group", Some(KEY), &json!({"userId": "u"}))

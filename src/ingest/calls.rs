@@ -135,19 +135,25 @@ fn envelope<'b>(
             Ok(_) => ApiError::not_an_object(),
         });
     }
-    let keys: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::json(&e))?;
-    let body_key = field(&keys, "writeKey")?;
+    let keys = super::envelope::read(bytes).map_err(|e| ApiError::json(&e))?;
+    let body_key = field(&keys.others, "writeKey")?;
     let body_key = body_key.as_ref().and_then(Value::as_str);
     let source = authenticate(routing, headers, body_key)?;
-    let Some(raw) = keys.get("batch") else {
-        return Err(ApiError::bad(
-            "invalid_batch",
-            "batch is required: {\"batch\": [ … ]}",
-        ));
+    let messages = match keys.batch {
+        None => {
+            return Err(ApiError::bad(
+                "invalid_batch",
+                "batch is required: {\"batch\": [ … ]}",
+            ));
+        }
+        Some(None) => {
+            return Err(ApiError::bad(
+                "invalid_batch",
+                "batch must be an array of messages",
+            ));
+        }
+        Some(Some(messages)) => messages,
     };
-    let messages: Vec<&RawValue> = serde_json::from_str(raw.get())
-        .map_err(|_| ApiError::bad("invalid_batch", "batch must be an array of messages"))?;
     let most = state.limits.max_batch_messages;
     if messages.len() > most {
         return Err(ApiError::bad(
@@ -159,9 +165,9 @@ fn envelope<'b>(
         ));
     }
     let defaults = BatchDefaults {
-        context: object(&keys, "context")?,
-        integrations: object(&keys, "integrations")?,
-        sent_at: field(&keys, "sentAt")?,
+        context: object(&keys.others, "context")?,
+        integrations: object(&keys.others, "integrations")?,
+        sent_at: field(&keys.others, "sentAt")?,
     };
     Ok(Envelope {
         source,

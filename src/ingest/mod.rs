@@ -4,6 +4,7 @@
 //! - `calls.rs`: the handlers — a single call and a batch, normalized, routed, stored.
 //! - `auth.rs`: which source a request speaks for.
 //! - `body.rs`: reading a body within its limit.
+//! - `envelope.rs`: a batch body's keys and messages, in one pass.
 //! - `error.rs`: the JSON error answers.
 //! - `refused.rs`: the log line about messages refused inside batches, at most one per interval.
 //!
@@ -12,6 +13,7 @@
 mod auth;
 mod body;
 mod calls;
+mod envelope;
 mod error;
 mod refused;
 

@@ -287,3 +287,62 @@ fn a_merged_context_stays_where_the_message_had_it() {
         json!({"ip": "1.1.1.1", "library": {"name": "batch"}})
     );
 }
+
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1.0e300f64..1.0e300).prop_map(Value::from),
+        "[a-zA-Z0-9 \"\\\\/é\u{1F600}\n]{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map("[a-zA-Z _]{1,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    /// However a call is formatted, it is normalized to the same message; the fields ingest
+    /// does not check come out as they went in; the head agrees with the stored text.
+    #[test]
+    fn layout_does_not_matter_and_unchecked_fields_pass_through(
+        extra in proptest::collection::btree_map("[a-zA-Z_]{1,10}", json_value(), 0..8),
+        context in proptest::collection::btree_map("[a-z]{1,6}", json_value(), 0..6),
+    ) {
+        let mut call = json!({"type": "group", "userId": "u", "groupId": "g", "traits": {"Name": "A"}});
+        let map = call.as_object_mut().unwrap();
+        for (k, v) in &extra {
+            if !crate::message::CHECKED_FIELDS.contains(&k.as_str()) {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        map.insert("context".into(), Value::Object(context.into_iter().collect()));
+        let run = |text: &str| {
+            normalize(text, None, &BatchDefaults::default(), now(), || "id".into())
+        };
+        let compact = run(&call.to_string());
+        let pretty = run(&serde_json::to_string_pretty(&call).unwrap());
+        proptest::prop_assert_eq!(compact.is_ok(), pretty.is_ok());
+        let Ok(compact) = compact else { return Ok(()) };
+        let pretty = pretty.unwrap();
+        let whole = compact.message().unwrap();
+        proptest::prop_assert_eq!(&whole, &pretty.message().unwrap());
+        proptest::prop_assert_eq!(&compact.head, &pretty.head);
+        // Compared as parsed from the same text: serde_json's float parsing may not give back
+        // the very number it printed.
+        let sent: Map<String, Value> = serde_json::from_str(&call.to_string()).unwrap();
+        for (k, v) in &sent {
+            if !crate::message::CHECKED_FIELDS.contains(&k.as_str()) && k != "writeKey" {
+                proptest::prop_assert_eq!(whole.get(k), Some(v), "{}", k);
+            }
+        }
+        for (k, v) in &compact.head {
+            proptest::prop_assert_eq!(whole.get(k), Some(v), "{}", k);
+        }
+    }
+}
