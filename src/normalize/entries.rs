@@ -37,6 +37,31 @@ const SCAN_KEYS: usize = 16;
 /// parse would (which allows 128 levels from the top; a top-level value starts one down).
 const TEXT_DEPTH: usize = 100;
 
+/// Whether JSON `text` that a skip over it accepted plainly holds nothing a full parse would
+/// refuse, without walking it again: no `\u` escape (one may name no character), no number
+/// that could be out of range (with an exponent, or hundreds of digits), and too few
+/// brackets to nest deeper than [`TEXT_DEPTH`]. Conservative: bytes inside strings count too,
+/// so "no" only means "walk it".
+fn plainly_sound(text: &str) -> bool {
+    let mut brackets = 0;
+    let mut digits = 0;
+    let mut previous = b' ';
+    for &b in text.as_bytes() {
+        match b {
+            b'[' | b'{' => brackets += 1,
+            b'u' if previous == b'\\' => return false,
+            b'e' | b'E' if previous.is_ascii_digit() || previous == b'.' => return false,
+            _ => {}
+        }
+        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+        if brackets > TEXT_DEPTH || digits > 300 {
+            return false;
+        }
+        previous = b;
+    }
+    true
+}
+
 /// Walk `text` as a full parse does, with its checks and its errors.
 fn check(text: &str) -> Result<(), serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
@@ -74,6 +99,7 @@ impl<'a> Entries<'a> {
     /// nested deeper than a full parse of the message could take.
     fn texts_sound(&self) -> bool {
         self.list.iter().all(|(_, entry)| match entry {
+            Entry::Text(raw) if plainly_sound(raw.get()) => true,
             Entry::Text(raw) => {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
                 Check(TEXT_DEPTH).deserialize(&mut de).is_ok()
@@ -303,6 +329,25 @@ impl<'de> Visitor<'de> for Split {
 mod tests {
     use super::*;
 
+    #[test]
+    fn plain_text_is_told_from_text_worth_walking() {
+        assert!(plainly_sound(
+            r#"{"ip":"1.2.3.4","n":[1,2.5,-3],"s":"a\"b\\n","e":"use"}"#
+        ));
+        for worth in [
+            r#"{"s":"\u0041"}"#,
+            r#"[1e5]"#,
+            r#"[1.E5]"#,
+            r#"[2.5e-3]"#,
+            r#""version 1e5""#,
+        ] {
+            assert!(!plainly_sound(worth), "{worth}");
+        }
+        assert!(!plainly_sound(&"9".repeat(301)));
+        assert!(plainly_sound(&"9".repeat(300)));
+        assert!(!plainly_sound(&"[".repeat(TEXT_DEPTH + 1)));
+    }
+
     fn text(e: &Entries<'_>) -> String {
         let mut out = Vec::new();
         e.write(&mut out).unwrap();
@@ -353,6 +398,9 @@ mod tests {
             r#"{"context":{"a":"\ud800\u0041"},"traits":{}}"#,
             r#"{"context":{"a":1}, "properties":[1,]}"#,
             r#"{"type":"group","context":{"a":1}"#,
+            r#"{"context":{"a":"\udc00"}}"#,
+            r#"{"properties":{"n":-2.5E+400}}"#,
+            r#"{"properties":{"n":[1.0e309]}}"#,
         ] {
             let full = serde_json::from_str::<Value>(bad).unwrap_err();
             let ours = Entries::parse(bad).unwrap_err();
@@ -366,6 +414,10 @@ mod tests {
             full.to_string(),
             "nesting counted from the top"
         );
+        let long = format!("{{\"properties\":{{\"n\":{}}}}}", "9".repeat(400));
+        let full = serde_json::from_str::<Value>(&long).unwrap_err();
+        let ours = Entries::parse(&long).unwrap_err();
+        assert_eq!(ours.to_string(), full.to_string(), "hundreds of digits");
         let deep = format!("{{\"context\":{}{}}}", "[".repeat(126), "]".repeat(126));
         assert!(serde_json::from_str::<Value>(&deep).is_ok());
         assert!(
