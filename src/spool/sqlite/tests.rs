@@ -918,6 +918,38 @@ fn leases_hand_out_the_message_ingest_parsed_until_a_restart() {
     assert!(b[1].body.contains(r#""messageId":"2""#));
 }
 
+/// An item held behind its group's item in flight keeps the text it was read with from
+/// memory: when its turn comes it is not read from the file again (what ingest parsed is
+/// only its head, so the text is still needed).
+#[test]
+fn an_item_held_behind_its_group_keeps_its_text_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    let with_head = |id: &str| {
+        let mut m = msg(id, Some("g"), &["A"]);
+        let head: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&m.body).unwrap();
+        m.parsed = Some(Parsed::head(head));
+        m
+    };
+    append(&mut s, vec![with_head("h1")]);
+    let first = s.lease("A", 10).unwrap();
+    append(&mut s, vec![with_head("h2")]);
+    assert!(s.lease("A", 10).unwrap().is_empty(), "h2 waits behind h1");
+    // Changed on disk while it waits: a read from the file would flag it.
+    s.conn
+        .execute(
+            "UPDATE log SET body = replace(body, 'h2', 'x2') WHERE message_id = 'h2'",
+            [],
+        )
+        .unwrap();
+    s.ack("A", &[first[0].seq]).unwrap();
+    let second = s.lease("A", 10).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].corrupted, None, "not read from the file");
+    assert!(second[0].body.contains(r#""messageId":"h2""#));
+}
+
 /// A body changed on disk after it was written (its checksum no longer matches) is leased
 /// marked corrupted, whichever way it is read from the file; `spool check` names it. (The
 /// process that wrote it leases its newest rows from memory, as they were accepted.)

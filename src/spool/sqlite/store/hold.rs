@@ -42,6 +42,9 @@ pub(super) const MAX_HELD: u64 = 5000;
 pub(super) struct Waiting {
     pub seq: Seq,
     pub parsed: Parsed,
+    /// Its text, when the lease read it from memory (the newest rows'): shared, not copied,
+    /// and not read from the file again when its turn comes.
+    pub body: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -215,6 +218,7 @@ impl Hold {
             Waiting {
                 seq,
                 parsed: Parsed::default(),
+                body: None,
             },
         );
     }
@@ -294,6 +298,7 @@ mod tests {
         Waiting {
             seq,
             parsed: Parsed::default(),
+            body: None,
         }
     }
 

@@ -95,7 +95,7 @@ impl Store {
             let Some((group, items)) = lane.hold.take_ready(max - out.len()) else {
                 break;
             };
-            for Waiting { seq, parsed } in items {
+            for Waiting { seq, parsed, body } in items {
                 lane.in_flight.insert(
                     seq,
                     Flight {
@@ -105,9 +105,10 @@ impl Store {
                         attempts: 0,
                     },
                 );
-                let (body, corrupted) = match parsed.is_ready() {
-                    true => (Arc::from(""), None),
-                    false => body_of(&self.conn, seq)?,
+                let (body, corrupted) = match body {
+                    Some(body) => (body, None),
+                    None if parsed.is_ready() => (Arc::from(""), None),
+                    None => body_of(&self.conn, seq)?,
                 };
                 out.push(Leased {
                     seq,
@@ -225,15 +226,19 @@ impl Scan<'_> {
                 // Behind its group's backoff: in memory while there is room and nothing of
                 // the group waits in SQL (without the parsed copy: it may wait minutes).
                 if !self.lane.hold.parked_in_sql(g) && self.lane.hold.len() < MAX_HELD {
-                    let parsed = Parsed::default();
-                    self.lane.hold.park(g, Waiting { seq, parsed });
+                    let (parsed, body) = (Parsed::default(), None);
+                    self.lane.hold.park(g, Waiting { seq, parsed, body });
                 } else {
                     self.released |= park(self.conn, self.lane, seq, g)?;
                 }
                 return Ok(());
             }
             if self.lane.hold.must_wait(g) {
-                self.lane.hold.park(g, Waiting { seq, parsed });
+                // A row read from memory (no checksum to check) keeps its text while it
+                // waits; one read from the file is read again when its turn comes, so the
+                // hold's memory stays what the newest rows take anyway.
+                let body = body.filter(|_| crc.is_none());
+                self.lane.hold.park(g, Waiting { seq, parsed, body });
                 return Ok(());
             }
             self.lane.hold.leased(g);
