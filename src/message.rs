@@ -78,7 +78,7 @@ pub struct Accepted {
 }
 
 /// A normalized message parsed at most once and shared by everything that reads it: ingest
-/// hands over the fields it parsed ([`HEAD_FIELDS`]), and the destinations that lease a
+/// hands over its head fields, parsed ([`HEAD_FIELDS`]), and the destinations that lease a
 /// stored message share one parse of its whole body, whoever asks first.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed(Arc<Cell>);

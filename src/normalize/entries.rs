@@ -329,6 +329,47 @@ impl<'de> Visitor<'de> for Split {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text, valid or not: refused exactly when a full parse refuses it, with the
+        /// same words at the same place, and split when it is an object.
+        #[test]
+        fn refuses_what_a_full_parse_refuses_and_nothing_else(
+            edits in proptest::collection::vec(
+                (0usize..400, proptest::sample::select(vec![
+                    "", "{", "}", "[", "]", ",", ":", "\"", "\\", "\\u", "\\ud800", "\\udc00",
+                    "1e999", "-", "0", ".5", "e5", "null", "\n", " ", "\u{1}",
+                ])),
+                0..4,
+            ),
+            cut in 0usize..400,
+        ) {
+            let mut text = String::from(
+                r#"{"type":"group","context":{"ip":"1.2.3.4","n":[1,2.5,-3e2],"s":"a\"b"},"traits":{"name":"A","n":7},"properties":{"k":[true,null,{"x":"\u00e9"}]},"x":1}"#,
+            );
+            for (at, insert) in edits {
+                let at = (0..=at.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                text.insert_str(at, insert);
+            }
+            if cut < text.len() && text.is_char_boundary(cut) && cut % 3 == 0 {
+                text.truncate(cut);
+            }
+            let full = serde_json::from_str::<Value>(&text);
+            match (Entries::parse(&text), full) {
+                (Ok(Some(e)), Ok(Value::Object(m))) => {
+                    let mut out = Vec::new();
+                    e.write(&mut out).unwrap();
+                    let back: Map<String, Value> = serde_json::from_slice(&out).unwrap();
+                    proptest::prop_assert_eq!(back, m);
+                }
+                (Ok(None), Ok(v)) => proptest::prop_assert!(!v.is_object()),
+                (Err(ours), Err(theirs)) => {
+                    proptest::prop_assert_eq!(ours.to_string(), theirs.to_string())
+                }
+                (ours, theirs) => proptest::prop_assert!(false, "{:?} vs {:?} for {}", ours.map(|_| ()), theirs, text),
+            }
+        }
+    }
+
     #[test]
     fn plain_text_is_told_from_text_worth_walking() {
         assert!(plainly_sound(
