@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::auth::authenticate;
+use super::envelope::Batch;
 use super::error::ApiError;
 use super::{AppState, Routing, body};
 use crate::message::{Accepted, MessageType, Parsed};
@@ -140,19 +141,19 @@ fn envelope<'b>(
     let body_key = body_key.as_ref().and_then(Value::as_str);
     let source = authenticate(routing, headers, body_key)?;
     let messages = match keys.batch {
-        None => {
+        Batch::Missing => {
             return Err(ApiError::bad(
                 "invalid_batch",
                 "batch is required: {\"batch\": [ … ]}",
             ));
         }
-        Some(None) => {
+        Batch::NotAnArray => {
             return Err(ApiError::bad(
                 "invalid_batch",
                 "batch must be an array of messages",
             ));
         }
-        Some(Some(messages)) => messages,
+        Batch::Messages(messages) => messages,
     };
     let most = state.limits.max_batch_messages;
     if messages.len() > most {

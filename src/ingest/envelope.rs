@@ -11,10 +11,17 @@ use serde_json::value::RawValue;
 
 /// The keys of a batch body.
 pub(super) struct Keys<'b> {
-    /// `batch`: the messages' texts, or `None` when it is not an array.
-    pub batch: Option<Option<Vec<&'b RawValue>>>,
+    pub batch: Batch<'b>,
     /// Every other key, its value as text.
     pub others: BTreeMap<String, &'b RawValue>,
+}
+
+/// What the body's `batch` key holds.
+pub(super) enum Batch<'b> {
+    Missing,
+    NotAnArray,
+    /// The messages' texts, in order.
+    Messages(Vec<&'b RawValue>),
 }
 
 /// Read a body that starts with `{`; a repeated key's last value counts.
@@ -44,12 +51,12 @@ impl<'de> Visitor<'de> for KeysSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
         let mut keys = Keys {
-            batch: None,
+            batch: Batch::Missing,
             others: BTreeMap::new(),
         };
         while let Some(key) = access.next_key::<String>()? {
             if key == "batch" {
-                keys.batch = Some(access.next_value_seed(Messages)?);
+                keys.batch = access.next_value_seed(Messages)?;
             } else {
                 let value = access.next_value::<&'de RawValue>()?;
                 keys.others.insert(key, value);
@@ -59,12 +66,12 @@ impl<'de> Visitor<'de> for KeysSeed {
     }
 }
 
-/// `batch`'s value: each element's text if it is an array, `None` if it is anything else
-/// (skipped as a full parse would read it).
+/// `batch`'s value: each element's text if it is an array; anything else is skipped as a
+/// full parse would read it.
 struct Messages;
 
 impl<'de> DeserializeSeed<'de> for Messages {
-    type Value = Option<Vec<&'de RawValue>>;
+    type Value = Batch<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -72,7 +79,7 @@ impl<'de> DeserializeSeed<'de> for Messages {
 }
 
 impl<'de> Visitor<'de> for Messages {
-    type Value = Option<Vec<&'de RawValue>>;
+    type Value = Batch<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
@@ -83,36 +90,36 @@ impl<'de> Visitor<'de> for Messages {
         while let Some(m) = seq.next_element::<&'de RawValue>()? {
             messages.push(m);
         }
-        Ok(Some(messages))
+        Ok(Batch::Messages(messages))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
         while access.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Batch::NotAnArray)
     }
 }
 
@@ -124,13 +131,10 @@ mod tests {
     fn the_batch_is_split_as_read_and_the_other_keys_kept_as_text() {
         let body = br#"{"sentAt":"2024-05-01T00:00:00Z","batch":[{"a":1}, [2] ,"x"],"context":{"ip":"1"}}"#;
         let keys = read(body).unwrap();
-        let texts: Vec<&str> = keys
-            .batch
-            .unwrap()
-            .unwrap()
-            .iter()
-            .map(|m| m.get())
-            .collect();
+        let Batch::Messages(messages) = keys.batch else {
+            panic!("an array")
+        };
+        let texts: Vec<&str> = messages.iter().map(|m| m.get()).collect();
         assert_eq!(texts, [r#"{"a":1}"#, "[2]", r#""x""#]);
         assert_eq!(keys.others["context"].get(), r#"{"ip":"1"}"#);
         assert_eq!(keys.others["sentAt"].get(), r#""2024-05-01T00:00:00Z""#);
@@ -141,10 +145,10 @@ mod tests {
         for other in [r#"{"a":[1]}"#, "1", "-2", "1.5", r#""x""#, "true", "null"] {
             let body = format!(r#"{{"batch":{other},"k":1}}"#);
             let keys = read(body.as_bytes()).unwrap();
-            assert!(matches!(keys.batch, Some(None)), "{other}");
+            assert!(matches!(keys.batch, Batch::NotAnArray), "{other}");
             assert!(keys.others.contains_key("k"));
         }
-        assert!(read(br#"{"k":1}"#).unwrap().batch.is_none());
+        assert!(matches!(read(br#"{"k":1}"#).unwrap().batch, Batch::Missing));
         for bad in [
             &br#"{"batch":[1,]}"#[..],
             br#"{"batch":{"a":}}"#,
@@ -160,6 +164,6 @@ mod tests {
     #[test]
     fn a_repeated_batch_key_keeps_the_last() {
         let keys = read(br#"{"batch":[1,2],"batch":[3]}"#).unwrap();
-        assert_eq!(keys.batch.unwrap().unwrap().len(), 1);
+        assert!(matches!(keys.batch, Batch::Messages(m) if m.len() == 1));
     }
 }
