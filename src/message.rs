@@ -154,27 +154,8 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
 /// reads: the call's type, its id, its group and the `integrations` map.
 pub const ENGINE_FIELDS: &[&str] = &["type", "messageId", "groupId", "integrations"];
 
-/// The top-level fields ingest parses to check and normalize a message. Every other field
-/// (`context`, `properties`, custom keys) is checked to be JSON and stored as the sender
-/// wrote it.
-pub const CHECKED_FIELDS: &[&str] = &[
-    "type",
-    "messageId",
-    "groupId",
-    "integrations",
-    "userId",
-    "anonymousId",
-    "traits",
-    "previousId",
-    "event",
-    "timestamp",
-    "originalTimestamp",
-    "sentAt",
-    "receivedAt",
-];
-
-/// Those of [`CHECKED_FIELDS`] ingest hands to delivery parsed ([`Parsed::head`]): the
-/// engine's, and the ones that say who and what (the built-in adapters read no others).
+/// The top-level fields ingest hands to delivery parsed ([`Parsed::head`]): the engine's,
+/// and the ones that say who and what (the built-in adapters read no others).
 pub const HEAD_FIELDS: &[&str] = &[
     "type",
     "messageId",
@@ -184,6 +165,23 @@ pub const HEAD_FIELDS: &[&str] = &[
     "anonymousId",
     "traits",
 ];
+
+/// The fields ingest parses to check them, besides [`HEAD_FIELDS`], and does not hand over.
+const CHECKED_ONLY: &[&str] = &[
+    "previousId",
+    "event",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+];
+
+/// Whether ingest parses top-level `field` to check and normalize it. Every other field
+/// (`context`, `properties`, custom keys) is checked to be JSON and stored as the sender
+/// wrote it.
+pub fn checked(field: &str) -> bool {
+    HEAD_FIELDS.contains(&field) || CHECKED_ONLY.contains(&field)
+}
 
 /// Parse a stored message keeping only the top-level fields in `fields` and
 /// [`ENGINE_FIELDS`], in the order the body has them; the rest is checked to be JSON and
@@ -344,7 +342,7 @@ mod tests {
     #[test]
     fn the_head_holds_what_the_engine_reads_and_only_checked_fields() {
         assert!(ENGINE_FIELDS.iter().all(|f| HEAD_FIELDS.contains(f)));
-        assert!(HEAD_FIELDS.iter().all(|f| CHECKED_FIELDS.contains(f)));
+        assert!(checked("event") && checked("traits") && !checked("context"));
         let head: Map<String, Value> =
             serde_json::from_str(r#"{"type":"group","traits":{}}"#).unwrap();
         let parsed = Parsed::head(head);

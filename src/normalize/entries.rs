@@ -1,5 +1,5 @@
 //! A message's top-level entries as normalize works on them: the fields it checks and changes
-//! ([`CHECKED_FIELDS`]) parsed, every other value kept as the JSON text the sender wrote. Only
+//! ([`checked`]) parsed, every other value kept as the JSON text the sender wrote. Only
 //! those few fields become a tree; `context`, `properties` and custom keys are copied into
 //! the stored text as they came, never built into maps and strings and serialized again.
 
@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::message::{CHECKED_FIELDS, HEAD_FIELDS, Key, Tree};
+use crate::message::{HEAD_FIELDS, Key, Tree, checked};
 
 /// One top-level value.
 #[derive(Debug)]
@@ -128,7 +128,7 @@ impl<'a> Entries<'a> {
         self.position(key).is_some()
     }
 
-    /// A parsed entry ([`CHECKED_FIELDS`] and values set by normalize).
+    /// A parsed entry (the [`checked`] fields and values set by normalize).
     pub fn value(&self, key: &str) -> Option<&Value> {
         match self.get(key)? {
             Entry::Value(v) => Some(v),
@@ -293,7 +293,7 @@ impl<'de> Visitor<'de> for Split {
         // Where each key is, once there are too many to scan for a repeat.
         let mut places: Option<HashMap<Cow<'de, str>, usize>> = None;
         while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
-            let entry = if CHECKED_FIELDS.contains(&key.as_ref()) {
+            let entry = if checked(&key) {
                 Entry::Value(access.next_value_seed(Tree)?)
             } else {
                 Entry::Text(access.next_value::<&'de RawValue>()?)

@@ -252,7 +252,7 @@ fn merge_object(
 }
 
 /// A string or number id; numbers become their decimal text, empty strings count as absent.
-/// Ids are among the parsed fields ([`crate::message::CHECKED_FIELDS`]).
+/// Ids are among the parsed fields ([`crate::message::checked`]).
 fn id_field(msg: &mut Entries<'_>, field: &'static str) -> Result<Option<String>, Invalid> {
     let text = match msg.value(field) {
         None | Some(Value::Null) => return Ok(None),
