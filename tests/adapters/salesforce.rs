@@ -14,7 +14,11 @@ async fn settles_each_record_on_its_own(backend: Backend) {
         {"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]},
     ]);
     rx.script(UPSERT_PATH, vec![Answer::json(200, results)]);
-    let d = Daemon::start_on(&under, "", &format!("{}{}", source(), salesforce(&rx, ""))).await;
+    // The three calls must share one request: the worker waits for all three, not just the
+    // default 100 ms (a loaded machine can publish them to JetStream further apart than that).
+    let batch = "batch = { max_events = 3, max_wait = \"1s\" }";
+    let config = format!("{}{}", source(), salesforce(&rx, batch));
+    let d = Daemon::start_on(&under, "", &config).await;
 
     let calls = vec![
         call(
