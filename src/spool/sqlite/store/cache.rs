@@ -45,11 +45,6 @@ impl ParsedCache {
         self.bytes += bytes;
     }
 
-    /// Whether `seq` is kept already parsed (its body is not needed).
-    pub fn ready(&self, seq: Seq) -> bool {
-        self.entries.get(&seq).is_some_and(|e| e.message.is_ready())
-    }
-
     /// The destination with bit `bit` reads `seq`: its copy, if kept; the entry goes once
     /// every destination has read it.
     pub fn take(&mut self, seq: Seq, bit: i64) -> Option<Parsed> {
@@ -102,7 +97,10 @@ mod tests {
     fn an_entry_stays_until_every_destination_read_it() {
         let mut c = ParsedCache::default();
         c.insert(1, message("a"), 0b110, 10);
-        assert!(c.ready(1));
+        assert!(
+            c.take(1, 0b001).is_some_and(|m| m.is_ready()),
+            "kept parsed"
+        );
         assert!(c.take(1, 0b010).is_some());
         assert!(c.take(1, 0b100).is_some());
         assert!(c.take(1, 0b010).is_none(), "both read it: gone");

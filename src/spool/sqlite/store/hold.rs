@@ -42,8 +42,8 @@ pub(super) const MAX_HELD: u64 = 5000;
 pub(super) struct Waiting {
     pub seq: Seq,
     pub parsed: Parsed,
-    /// Its text, when the lease read it from memory (the newest rows'): shared, not copied,
-    /// and not read from the file again when its turn comes.
+    /// Its text as the lease read it (shared with the newest rows kept in memory), so it
+    /// is not read from the file again when its turn comes; `None`: read it then.
     pub body: Option<Arc<str>>,
 }
 

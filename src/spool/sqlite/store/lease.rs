@@ -107,7 +107,6 @@ impl Store {
                 );
                 let (body, corrupted) = match body {
                     Some(body) => (body, None),
-                    None if parsed.is_ready() => (Arc::from(""), None),
                     None => body_of(&self.conn, seq)?,
                 };
                 out.push(Leased {
@@ -185,17 +184,9 @@ impl Scan<'_> {
                 .into_iter()
                 // The text comes along even when the message is parsed already: it costs
                 // no copy here, and an adapter may send it as it is (`Item::raw`).
-                .map(|r| {
-                    (
-                        r.seq as i64,
-                        r.group.clone(),
-                        Some(r.body.clone()),
-                        None,
-                        false,
-                    )
-                })
+                .map(|r| (r.seq as i64, r.group.clone(), r.body.clone(), None, false))
                 .collect(),
-            _ => rows_between(self.conn, self.cache, self.lane, upto, want)?,
+            _ => rows_between(self.conn, self.lane, upto, want)?,
         };
         // Fewer rows than asked: nothing else of ours up to `upto`.
         let exhausted = rows.len() < want;
@@ -234,10 +225,9 @@ impl Scan<'_> {
                 return Ok(());
             }
             if self.lane.hold.must_wait(g) {
-                // A row read from memory (no checksum to check) keeps its text while it
-                // waits; one read from the file is read again when its turn comes, so the
-                // hold's memory stays what the newest rows take anyway.
-                let body = body.filter(|_| crc.is_none());
+                // It keeps the text it was read with, unless that text is damaged (read
+                // again, and flagged, when its turn comes).
+                let body = (schema::damaged(&body, crc).is_none()).then_some(body);
                 self.lane.hold.park(g, Waiting { seq, parsed, body });
                 return Ok(());
             }
@@ -252,14 +242,7 @@ impl Scan<'_> {
                 attempts: 0,
             },
         );
-        let (body, corrupted) = match body {
-            Some(body) => {
-                let corrupted = schema::damaged(&body, crc);
-                (body, corrupted)
-            }
-            None if parsed.is_ready() => (Arc::from(""), None),
-            None => body_of(self.conn, seq)?,
-        };
+        let corrupted = schema::damaged(&body, crc);
         out.push(Leased {
             seq,
             body,
@@ -282,15 +265,14 @@ impl Scan<'_> {
     }
 }
 
-/// A log row as a lease reads it: seq, group, body (not copied out when the cache has the
-/// message parsed), its checksum, and whether the destination's retry set already
-/// holds it (the scan passes those by: they are leased from the retry set).
-type Row = (i64, Option<Arc<str>>, Option<Arc<str>>, Option<i64>, bool);
+/// A log row as a lease reads it: seq, group, body, its checksum (none for rows kept in
+/// memory), and whether the destination's retry set already holds it (the scan passes
+/// those by: they are leased from the retry set).
+type Row = (i64, Option<Arc<str>>, Arc<str>, Option<i64>, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
     conn: &Connection,
-    cache: &ParsedCache,
     lane: &Lane,
     upto: Seq,
     limit: usize,
@@ -313,22 +295,18 @@ fn rows_between(
             lane.id
         ],
         |r| {
-            let seq: i64 = r.get(0)?;
-            let body = if cache.ready(seq as Seq) {
-                None
-            } else {
-                // Straight from SQLite's buffer into the shared text: one copy.
-                let text = r.get_ref(2)?.as_str().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?;
-                Some(Arc::from(text))
-            };
+            // Straight from SQLite's buffer into the shared text: one copy.
+            let text = r.get_ref(2)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+            })?;
             let group: Option<String> = r.get(1)?;
-            Ok((seq, group.map(Arc::from), body, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                group.map(Arc::from),
+                Arc::from(text),
+                r.get(3)?,
+                r.get(4)?,
+            ))
         },
     )?;
     rows.collect::<Result<_, _>>().map_err(StorageError::from)
