@@ -105,6 +105,9 @@ pub struct Salesforce {
     external_id_field: String,
     /// Trait path (split at dots) → field, defaults first, in a stable order.
     mapping: Vec<(Vec<String>, String)>,
+    /// The mapping's first path components, each once, with the entries that start with it
+    /// (`address` → its five fields): what each trait name of a call is compared with.
+    firsts: Vec<(String, Vec<usize>)>,
     request_limit_pause: Duration,
     tokens: auth::Tokens,
     /// One record per group per batch, the group's calls merged (`coalesce`, default on);
@@ -151,6 +154,13 @@ impl Salesforce {
         api_name(s, "object", &c.object)?;
         api_name(s, "external_id_field", &c.external_id_field)?;
         let mapping = mapping(s, &c.fields)?;
+        let mut firsts: Vec<(String, Vec<usize>)> = Vec::new();
+        for (k, (path, _)) in mapping.iter().enumerate() {
+            match firsts.iter_mut().find(|(first, _)| *first == path[0]) {
+                Some((_, entries)) => entries.push(k),
+                None => firsts.push((path[0].clone(), vec![k])),
+            }
+        }
         let token_url = match &c.auth.token_url {
             Some(url) => s.http_url("auth", url)?,
             None => format!("{instance_url}/services/oauth2/token"),
@@ -162,6 +172,7 @@ impl Salesforce {
             object: c.object,
             external_id_field: c.external_id_field,
             mapping,
+            firsts,
             request_limit_pause: c.request_limit_pause,
             tokens,
             coalesce: setup.coalesce.unwrap_or(true),

@@ -98,7 +98,7 @@ fn apply<'a>(
     fields: &mut Vec<(&'a str, &'a Value)>,
     message_id: &str,
 ) {
-    for (path, field, value) in mapped(&sf.mapping, traits) {
+    for (path, field, value) in mapped(sf, traits) {
         // The external id always comes from `groupId`, never from a trait.
         if *field == sf.external_id_field {
             continue;
@@ -118,24 +118,25 @@ fn apply<'a>(
 
 /// The mapping's entries whose trait path this call has, in mapping order, with the value at
 /// that path. One pass over the call's traits, comparing each name with the mapping's first
-/// path components, instead of a hashed lookup per mapping entry: most mapped traits are
-/// absent from a call, and the traits map is seldom in cache (a profile put the lookups at 5%
-/// of the daemon's CPU).
+/// path components (each once), instead of a hashed lookup per mapping entry: most mapped
+/// traits are absent from a call, and the traits map is seldom in cache (a profile put the
+/// lookups at 5% of the daemon's CPU).
 fn mapped<'m, 'a>(
-    mapping: &'m [(Vec<String>, String)],
+    sf: &'m Salesforce,
     traits: &'a Map<String, Value>,
 ) -> impl Iterator<Item = (&'m [String], &'m String, &'a Value)> {
-    let mut found: Vec<Option<&'a Value>> = vec![None; mapping.len()];
+    let mut found: Vec<Option<&'a Value>> = vec![None; sf.mapping.len()];
     for (name, value) in traits {
-        for (k, (path, _)) in mapping.iter().enumerate() {
-            if path.first() == Some(name) {
-                found[k] = path[1..]
-                    .iter()
-                    .try_fold(value, |v, key| v.as_object()?.get(key));
-            }
+        let Some((_, entries)) = sf.firsts.iter().find(|(first, _)| first == name) else {
+            continue;
+        };
+        for &k in entries {
+            found[k] = sf.mapping[k].0[1..]
+                .iter()
+                .try_fold(value, |v, key| v.as_object()?.get(key));
         }
     }
-    mapping
+    sf.mapping
         .iter()
         .zip(found)
         .filter_map(|((path, field), value)| Some((path.as_slice(), field, value?)))

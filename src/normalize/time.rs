@@ -72,6 +72,38 @@ pub fn format(dt: DateTime<Utc>) -> String {
     dt.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Whether `text` is a date already written as [`format`] writes it, so that parsing and
+/// formatting it again would give it back unchanged: `YYYY-MM-DDTHH:MM:SS.mmmZ`, a real day,
+/// an hour, minute and second in range. Ingest writes every date so and delivery reads
+/// them back, and checking the shape costs far less than parsing and formatting.
+pub fn is_canonical(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.len() != 24 || b[23] != b'Z' {
+        return false;
+    }
+    let shape_ok = b.iter().enumerate().take(23).all(|(i, &c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b'T',
+        13 | 16 => c == b':',
+        19 => c == b'.',
+        _ => c.is_ascii_digit(),
+    });
+    if !shape_ok {
+        return false;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to]
+            .iter()
+            .fold(0u32, |n, &c| n * 10 + u32::from(c - b'0'))
+    };
+    let (year, month, day) = (num(0, 4), num(5, 7), num(8, 10));
+    let (hour, minute, second) = (num(11, 13), num(14, 16), num(17, 19));
+    hour < 24
+        && minute < 60
+        && second < 60
+        && NaiveDate::from_ymd_opt(year as i32, month, day).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +152,44 @@ mod tests {
             norm(json!(31_557_600_000u64)),
             Some("1971-01-01T06:00:00.000Z".into())
         );
+    }
+
+    #[test]
+    fn canonical_forms_are_recognised() {
+        assert!(is_canonical("2024-05-01T10:00:00.000Z"));
+        assert!(is_canonical("2024-02-29T23:59:59.999Z"));
+        assert!(is_canonical("0000-01-01T00:00:00.000Z"));
+        for not in [
+            "2023-02-29T10:00:00.000Z", // no such day
+            "2024-13-01T10:00:00.000Z",
+            "2024-05-01T24:00:00.000Z",
+            "2024-05-01T10:60:00.000Z",
+            "2024-05-01T10:00:60.000Z", // a leap second: chrono writes it otherwise
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T10:00:00.000+00:00",
+            "2024-05-01 10:00:00.000Z",
+            "2024-05-01T10:00:00.0000Z",
+            " 2024-05-01T10:00:00.000Z",
+            "2024-05-01T10:00:00.00aZ",
+            "",
+        ] {
+            assert!(!is_canonical(not), "{not}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A date written by `format` is canonical, and a canonical one comes back unchanged
+        /// from parsing and formatting: skipping that for canonical text changes nothing.
+        #[test]
+        fn canonical_means_unchanged(ms in 0i64..253_402_300_800_000, noise in "[0-9:.TZ-]{0,3}", at in 0usize..24) {
+            let written = format(DateTime::from_timestamp_millis(ms).unwrap());
+            proptest::prop_assert!(is_canonical(&written), "{}", written);
+            let mut mangled = written.clone();
+            mangled.replace_range(at..(at + noise.len()).min(24), &noise);
+            if is_canonical(&mangled) {
+                proptest::prop_assert_eq!(parse_iso(&mangled).map(format), Some(mangled));
+            }
+        }
     }
 
     #[test]

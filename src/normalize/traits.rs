@@ -44,17 +44,32 @@ fn canonical(key: &str, table: &[(&str, &'static str)]) -> Option<&'static str> 
     // message. Reserved names are short and ASCII, so anything else matches nothing.
     let mut buf = [0u8; 16];
     let mut len = 0;
-    for c in key.chars().filter(|c| c.is_alphanumeric()) {
-        if !c.is_ascii() || len == buf.len() {
-            return None;
+    if key.is_ascii() {
+        for &b in key.as_bytes().iter().filter(|b| b.is_ascii_alphanumeric()) {
+            if len == buf.len() {
+                return None;
+            }
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
         }
-        buf[len] = c.to_ascii_lowercase() as u8;
-        len += 1;
+    } else {
+        for c in key.chars().filter(|c| c.is_alphanumeric()) {
+            if !c.is_ascii() || len == buf.len() {
+                return None;
+            }
+            buf[len] = c.to_ascii_lowercase() as u8;
+            len += 1;
+        }
     }
     let folded = &buf[..len];
+    // Length and first letter first: most keys differ from every name in one of them, and
+    // this runs for every trait key of every message.
     table
         .iter()
-        .find(|(f, _)| f.as_bytes() == folded)
+        .find(|(f, _)| {
+            let f = f.as_bytes();
+            f.len() == len && f.first() == folded.first() && f == folded
+        })
         .map(|(_, c)| *c)
 }
 
@@ -96,7 +111,9 @@ pub fn normalize(traits: Map<String, Value>) -> (Map<String, Value>, TraitReport
     if let Some(Value::Object(address)) = traits.get_mut("address") {
         *address = canonicalize(std::mem::take(address), ADDRESS);
     }
-    if let Some(created) = traits.get_mut("createdAt") {
+    if let Some(created) = traits.get_mut("createdAt")
+        && !created.as_str().is_some_and(time::is_canonical)
+    {
         match time::parse_any(created) {
             Some(dt) => *created = Value::String(time::format(dt)),
             None if created.is_null() => {}
