@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config;
 use crate::destination::{Destination, OutRequest};
-use crate::destinations::golden::items;
+use crate::destinations::golden::{items, stored, stored_items};
 use crate::normalize::{BatchDefaults, normalize};
 
 fn adapter(own: &str) -> std::sync::Arc<dyn Destination> {
@@ -130,8 +130,16 @@ fn batches(calls: &[Map<String, Value>], cuts: &[usize]) -> Vec<Vec<Map<String, 
 }
 
 /// Every request of translating `batch`, in the order the engine sends them.
-fn requests(d: &dyn Destination, batch: &[Map<String, Value>]) -> Vec<OutRequest> {
-    let t = d.translate(&items(batch), SystemTime::UNIX_EPOCH);
+/// The requests for `batch`: from the parsed calls, or (`from_text`) as the engine hands
+/// them over from the spool, with the stored text.
+fn requests(d: &dyn Destination, batch: &[Map<String, Value>], from_text: bool) -> Vec<OutRequest> {
+    let stored = stored(batch);
+    let items = if from_text {
+        stored_items(&stored, true)
+    } else {
+        items(batch)
+    };
+    let t = d.translate(&items, SystemTime::UNIX_EPOCH);
     assert!(
         t.settled
             .iter()
@@ -209,13 +217,14 @@ fn both<S: Default>(
 ) -> (S, S) {
     let mut alone = S::default();
     for call in calls {
-        for r in requests(one_by_one, std::slice::from_ref(call)) {
+        for r in requests(one_by_one, std::slice::from_ref(call), false) {
             apply(&mut alone, &r);
         }
     }
     let mut together = S::default();
     for batch in batches(calls, cuts) {
-        for r in requests(batched, &batch) {
+        // Batched as the engine hands them over: the traits read from the stored text.
+        for r in requests(batched, &batch, true) {
             apply(&mut together, &r);
         }
     }

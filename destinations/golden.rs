@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use crate::destination::{Item, OutRequest, Translation};
+use crate::destination::{Destination, Item, OutRequest, Translation};
+use crate::message::HEAD_FIELDS;
 use crate::normalize::{BatchDefaults, normalize};
 
 /// The clock every golden translation runs at.
@@ -45,8 +46,76 @@ pub fn items(messages: &[Map<String, Value>]) -> Vec<Item<'_>> {
             message: m,
             options: &EMPTY,
             raw: None,
+            traits_text: None,
         })
         .collect()
+}
+
+/// The same calls as the engine hands them over from the spool: ingest's head (the
+/// [`HEAD_FIELDS`]) with the stored text beside it, and where `traits` is in that text.
+pub fn stored(messages: &[Map<String, Value>]) -> Vec<Stored> {
+    messages
+        .iter()
+        .map(|m| {
+            let head = m
+                .iter()
+                .filter(|(k, _)| HEAD_FIELDS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let text = serde_json::to_string(m).unwrap();
+            let traits_at = m.get("traits").filter(|t| t.is_object()).map(|t| {
+                let member = format!("\"traits\":{t}");
+                let start = text.find(&member).unwrap() + "\"traits\":".len();
+                start..start + t.to_string().len()
+            });
+            Stored {
+                head,
+                text,
+                traits_at,
+            }
+        })
+        .collect()
+}
+
+/// A call as the spool keeps it: see [`stored`].
+pub struct Stored {
+    head: Map<String, Value>,
+    text: String,
+    traits_at: Option<std::ops::Range<usize>>,
+}
+
+/// Items of [`stored`] calls, without per-message options; `spans`: with where `traits` is
+/// in the text, as for a message ingest stored lately (else the adapter looks for it).
+pub fn stored_items(stored: &[Stored], spans: bool) -> Vec<Item<'_>> {
+    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+    stored
+        .iter()
+        .map(|s| Item {
+            message: &s.head,
+            options: &EMPTY,
+            raw: Some(&s.text),
+            traits_text: s.traits_at.clone().filter(|_| spans).map(|r| &s.text[r]),
+        })
+        .collect()
+}
+
+/// Translated from the parsed calls or from their stored text (told where `traits` is in
+/// it, or not), the requests and verdicts are the same, byte for byte.
+pub fn assert_alike(d: &dyn Destination, messages: &[Map<String, Value>]) {
+    let parsed = d.translate(&items(messages), at());
+    let stored = stored(messages);
+    for spans in [false, true] {
+        let text = d.translate(&stored_items(&stored, spans), at());
+        assert_eq!(parsed.settled, text.settled);
+        assert_eq!(parsed.coalesced, text.coalesced);
+        assert_eq!(parsed.requests.len(), text.requests.len());
+        for (a, b) in parsed.requests.iter().zip(&text.requests) {
+            assert_eq!(
+                (&a.url, &a.items, &a.parts, &a.body),
+                (&b.url, &b.items, &b.parts, &b.body)
+            );
+        }
+    }
 }
 
 /// A request as the golden file shows it; the body parsed (key order kept) for readability.

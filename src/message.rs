@@ -1,6 +1,7 @@
 //! The message vocabulary shared by ingest, routing, the spool and the adapters.
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
@@ -87,6 +88,8 @@ pub struct Parsed(Arc<Cell>);
 struct Cell {
     /// The message's [`HEAD_FIELDS`], parsed by ingest (the rest is only in the body).
     head: Option<Map<String, Value>>,
+    /// Where ingest wrote the `traits` object in the body.
+    traits_at: Option<Range<usize>>,
     whole: OnceLock<Result<Map<String, Value>, String>>,
 }
 
@@ -95,17 +98,27 @@ impl Parsed {
     pub fn new(message: Map<String, Value>) -> Self {
         Self(Arc::new(Cell {
             head: None,
+            traits_at: None,
             whole: OnceLock::from(Ok(message)),
         }))
     }
 
     /// A message's [`HEAD_FIELDS`] (those it has), parsed already: enough for an adapter
     /// that reads no others; the whole message is parsed from its body when asked for.
-    pub fn head(fields: Map<String, Value>) -> Self {
+    /// `traits_at`: where ingest wrote the `traits` object in the body.
+    pub fn head(fields: Map<String, Value>, traits_at: Option<Range<usize>>) -> Self {
         Self(Arc::new(Cell {
             head: Some(fields),
+            traits_at,
             whole: OnceLock::new(),
         }))
+    }
+
+    /// The `traits` object's text in `body`, the text ingest wrote, when ingest said where
+    /// it is (an object, checked to begin and end as one).
+    pub fn traits_text<'b>(&self, body: &'b str) -> Option<&'b str> {
+        let text = body.get(self.0.traits_at.clone()?)?;
+        (text.starts_with('{') && text.ends_with('}')).then_some(text)
     }
 
     /// Whether the whole message is parsed already (its body is not needed).
@@ -155,7 +168,9 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
 pub const ENGINE_FIELDS: &[&str] = &["type", "messageId", "groupId", "integrations"];
 
 /// The top-level fields ingest hands to delivery parsed ([`Parsed::head`]): the engine's,
-/// and the ones that say who and what (the built-in adapters read no others).
+/// and the ones that say who and what. `traits` is not among them: ingest normalizes it as
+/// text and the built-in adapters read it from the stored text
+/// ([`crate::destination::Item::traits`]), so no tree of it is ever built.
 pub const HEAD_FIELDS: &[&str] = &[
     "type",
     "messageId",
@@ -163,7 +178,6 @@ pub const HEAD_FIELDS: &[&str] = &[
     "integrations",
     "userId",
     "anonymousId",
-    "traits",
 ];
 
 /// The fields ingest parses to check them, besides [`HEAD_FIELDS`], and does not hand over.
@@ -342,11 +356,15 @@ mod tests {
     #[test]
     fn the_head_holds_what_the_engine_reads_and_only_checked_fields() {
         assert!(ENGINE_FIELDS.iter().all(|f| HEAD_FIELDS.contains(f)));
-        assert!(checked("event") && checked("traits") && !checked("context"));
+        assert!(checked("event") && !checked("traits") && !checked("context"));
         let head: Map<String, Value> =
             serde_json::from_str(r#"{"type":"group","traits":{}}"#).unwrap();
-        let parsed = Parsed::head(head);
-        assert!(parsed.at_hand(&["traits", "userId"]).is_some());
+        let parsed = Parsed::head(head, None);
+        assert!(parsed.at_hand(&["userId", "anonymousId"]).is_some());
+        assert!(
+            parsed.at_hand(&["traits"]).is_none(),
+            "adapters read traits from the stored text"
+        );
         assert!(parsed.at_hand(&["context"]).is_none());
         assert!(
             parsed.at_hand(&["event"]).is_none(),

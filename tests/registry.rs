@@ -51,6 +51,7 @@ fn every_registered_adapter_translates_the_canonical_fixture() {
                 message: &message,
                 options: &options,
                 raw: None,
+                traits_text: None,
             }],
             now,
         );

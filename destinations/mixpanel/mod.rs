@@ -158,7 +158,8 @@ impl Destination for Mixpanel {
     }
 
     fn reads(&self) -> Reads {
-        Reads::Only(&["traits", "userId"])
+        // `traits` comes from the stored text (`Item::traits`), never parsed into a tree.
+        Reads::Only(&["userId"])
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

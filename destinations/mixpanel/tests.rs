@@ -34,6 +34,7 @@ fn golden_requests() {
         include_str!("../../tests/fixtures/mixpanel/requests.json"),
         &t,
     );
+    golden::assert_alike(&mp, &messages);
 }
 
 #[test]

@@ -7,15 +7,16 @@
 //! stays); a user's membership in a group is sent once however many of its calls name it
 //! (`$union` adds a value once). Each update carries every call it stands for.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::Method;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{Mixpanel, Operation};
-use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
+use crate::destination::{Failure, Item, OutRequest, TraitValue, Traits, Translation, Verdict};
 use crate::normalize::time;
 
 /// One update may be at most 1 MB (MPD:reference/limits-1.mdx); counted in bytes of its JSON.
@@ -64,17 +65,23 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
         let Some(group_id) = item.group_call() else {
             continue;
         };
-        let traits = m
-            .get("traits")
-            .and_then(Value::as_object)
-            .filter(|t| !t.is_empty());
+        let traits = match item.traits() {
+            Ok(traits) => traits.filter(|t| !t.is_empty()),
+            Err(why) => {
+                let why = format!("the stored message cannot be read: {why}");
+                t.settled
+                    .push((i, Verdict::permanent(Failure::translation(why))));
+                continue;
+            }
+        };
+        let has_traits = traits.is_some();
         if let Some(traits) = traits {
             match group_at.get(group_id).filter(|_| mp.coalesce) {
                 Some(&k) => {
                     let g = &mut groups[k];
                     let earlier =
-                        std::mem::replace(&mut g.properties, Properties::Merged(Map::new()));
-                    g.properties = earlier.merge(traits, mp.operation);
+                        std::mem::replace(&mut g.properties, Properties::Merged(Props::default()));
+                    g.properties = earlier.merge(&traits, mp.operation);
                     g.items.push(i);
                     t.coalesced.push(i);
                 }
@@ -101,7 +108,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
                 }
             },
             // Empty traits and no user to associate: nothing to send, and nothing lost.
-            None if traits.is_none() => t.settled.push((i, Verdict::Delivered)),
+            None if !has_traits => t.settled.push((i, Verdict::Delivered)),
             None => {}
         }
     }
@@ -186,7 +193,7 @@ impl Serialize for GroupUpdate<'_> {
             // A trait spelled like a renamed one (`$name` next to `name`) would give one
             // property twice: merge them in a map, as for any other message shape we did not
             // plan for.
-            Properties::Traits(traits) if traits.keys().any(|k| k.starts_with('$')) => {
+            Properties::Traits(traits) if traits.iter().any(|(k, _)| k.starts_with('$')) => {
                 map.serialize_entry(self.op, &properties(traits))?
             }
             Properties::Traits(traits) => map.serialize_entry(self.op, &AsProperties(traits))?,
@@ -199,27 +206,23 @@ impl Serialize for GroupUpdate<'_> {
 /// A group's properties: one call's traits, written as they are read (see `properties`), or
 /// the properties of several calls merged.
 enum Properties<'a> {
-    Traits(&'a Map<String, Value>),
-    Merged(Map<String, Value>),
+    Traits(Traits<'a>),
+    Merged(Props<'a>),
 }
 
-impl Properties<'_> {
+impl<'a> Properties<'a> {
     /// Lay a later call's traits over these, as Mixpanel would apply its update after them:
     /// with `$set` the later value of each property wins (an object such as `address` is one
     /// property, replaced whole); with `$set_once` a property already set stays.
-    fn merge(self, later: &Map<String, Value>, op: Operation) -> Self {
+    fn merge(self, later: &Traits<'a>, op: Operation) -> Self {
         let mut merged = match self {
-            Properties::Traits(traits) => properties(traits),
+            Properties::Traits(traits) => properties(&traits),
             Properties::Merged(merged) => merged,
         };
-        for (key, value) in properties(later) {
+        for (key, value) in properties(later).list {
             match op {
-                Operation::Set => {
-                    merged.insert(key, value);
-                }
-                Operation::SetOnce => {
-                    merged.entry(key).or_insert(value);
-                }
+                Operation::Set => merged.set(key, value),
+                Operation::SetOnce => merged.set_once(key, value),
             }
         }
         Properties::Merged(merged)
@@ -227,16 +230,17 @@ impl Properties<'_> {
 }
 
 /// Traits as profile properties, written as they are read (see `properties`).
-struct AsProperties<'a>(&'a Map<String, Value>);
+/// Values read from the stored text are copied as they are.
+struct AsProperties<'a>(&'a Traits<'a>);
 
 impl Serialize for AsProperties<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in self.0 {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.iter() {
             if key == "createdAt" {
-                map.serialize_entry(renamed(key), &created(value))?;
+                map.serialize_entry(renamed(&key), &created(value))?;
             } else {
-                map.serialize_entry(renamed(key), value)?;
+                map.serialize_entry(renamed(&key), &value)?;
             }
         }
         map.end()
@@ -251,33 +255,109 @@ fn renamed(key: &str) -> &str {
         .map_or(key, |(_, to)| to)
 }
 
+/// Profile properties by name, in the order they were first set: values as the traits hold
+/// them (text copied when written), `createdAt`'s as Mixpanel reads dates. Merging calls
+/// parses none of their values.
+#[derive(Default)]
+struct Props<'a> {
+    list: Vec<(Cow<'a, str>, Prop<'a>)>,
+    /// Where each name is, once there are too many to scan.
+    index: Option<HashMap<Cow<'a, str>, usize>>,
+}
+
+/// Past this many properties a name is found by hashing, not by scanning.
+const SCAN_PROPS: usize = 32;
+
+enum Prop<'a> {
+    Trait(TraitValue<'a>),
+    Created(Value),
+}
+
+impl Serialize for Prop<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Prop::Trait(v) => v.serialize(serializer),
+            Prop::Created(v) => v.serialize(serializer),
+        }
+    }
+}
+
+impl Serialize for Props<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.list.len()))?;
+        for (key, value) in &self.list {
+            map.serialize_entry(key.as_ref(), value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'a> Props<'a> {
+    fn position(&self, key: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.list.iter().position(|(k, _)| k == key),
+        }
+    }
+
+    fn push(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
+        if self.index.is_none() && self.list.len() >= SCAN_PROPS {
+            let index = self.list.iter().enumerate();
+            self.index = Some(index.map(|(i, (k, _))| (k.clone(), i)).collect());
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key.clone(), self.list.len());
+        }
+        self.list.push((key, value));
+    }
+
+    /// A map insert: a name already there keeps its place and takes the new value.
+    fn set(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
+        match self.position(&key) {
+            Some(i) => self.list[i].1 = value,
+            None => self.push(key, value),
+        }
+    }
+
+    /// Set unless the name is there already.
+    fn set_once(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
+        if self.position(&key).is_none() {
+            self.push(key, value);
+        }
+    }
+}
+
 /// Traits as profile properties: reserved ones renamed, every other one under its own key,
 /// values as given except `createdAt`.
-fn properties(traits: &Map<String, Value>) -> Map<String, Value> {
-    traits
-        .iter()
-        .map(|(key, value)| {
-            let value = if key == "createdAt" {
-                created(value)
-            } else {
-                value.clone()
-            };
-            (renamed(key).to_string(), value)
-        })
-        .collect()
+fn properties<'a>(traits: &Traits<'a>) -> Props<'a> {
+    let mut props = Props::default();
+    for (key, value) in traits.iter() {
+        let value = if key == "createdAt" {
+            Prop::Created(created(value))
+        } else {
+            Prop::Trait(value)
+        };
+        let key = match renamed(&key) {
+            to if to != key => Cow::Owned(to.to_string()),
+            _ => key,
+        };
+        props.set(key, value);
+    }
+    props
 }
 
 /// Mixpanel reads dates as UTC `YYYY-MM-DDTHH:MM:SS` and would store a Unix number as a plain
 /// number (MPD:docs/data-structure/property-reference/data-type.mdx), so every readable form
 /// becomes that string; `null` and unreadable values pass as given.
-fn created(value: &Value) -> Value {
+fn created(value: TraitValue<'_>) -> Value {
+    let value = value.to_value();
     // Ingest writes every date it reads as `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 19 bytes.
     if let Some(s) = value.as_str().filter(|s| time::is_canonical(s)) {
         return Value::String(s[..19].to_string());
     }
-    match time::parse_any(value) {
+    match time::parse_any(&value) {
         Some(dt) => Value::String(dt.format("%Y-%m-%dT%H:%M:%S").to_string()),
-        None => value.clone(),
+        None => value.into_owned(),
     }
 }
 
@@ -359,11 +439,11 @@ mod created_tests {
         ] {
             let parsed = time::parse_any(&Value::from(s)).unwrap();
             let slow = Value::String(parsed.format("%Y-%m-%dT%H:%M:%S").to_string());
-            assert_eq!(created(&Value::from(s)), slow, "{s}");
+            assert_eq!(created(TraitValue::Tree(&Value::from(s))), slow, "{s}");
         }
         // Not written by ingest: parsed as before.
         assert_eq!(
-            created(&Value::from("2024-05-01T12:00:00+02:00")),
+            created(TraitValue::Tree(&Value::from("2024-05-01T12:00:00+02:00"))),
             Value::from("2024-05-01T10:00:00")
         );
     }

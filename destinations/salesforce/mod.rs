@@ -234,7 +234,8 @@ impl Destination for Salesforce {
     }
 
     fn reads(&self) -> Reads {
-        Reads::Only(&["traits"])
+        // `traits` comes from the stored text (`Item::traits`), never parsed into a tree.
+        Reads::Only(&[])
     }
 
     fn translate(&self, batch: &[Item<'_>], _now: SystemTime) -> Translation {

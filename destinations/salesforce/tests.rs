@@ -45,6 +45,7 @@ fn golden_requests() {
         include_str!("../../tests/fixtures/salesforce/requests.json"),
         &t,
     );
+    golden::assert_alike(&sf, &messages);
 }
 
 fn group(n: usize, traits: Value) -> Map<String, Value> {

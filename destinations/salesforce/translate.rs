@@ -12,17 +12,17 @@ use std::collections::HashMap;
 use http::Method;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use serde_json::{Map, Value};
 
 use super::{MAX_BATCH, Salesforce};
-use crate::destination::{Failure, Item, OutRequest, Translation, Verdict};
+use crate::destination::{Failure, Item, OutRequest, TraitValue, Traits, Translation, Verdict};
 
 /// One record to upsert: the updates of one group merged in batch order.
 struct Record<'a> {
     group_id: &'a str,
-    /// Field → value, borrowed from the config and the messages: a later call's value
-    /// replaces an earlier one in place, so fields keep the order they were first set in.
-    fields: Vec<(&'a str, &'a Value)>,
+    /// Field → value, borrowed from the config and the messages (a value read from the
+    /// stored text is copied as it is): a later call's value replaces an earlier one in
+    /// place, so fields keep the order they were first set in.
+    fields: Vec<(&'a str, TraitValue<'a>)>,
     /// Batch indexes of the calls merged into it; the record's verdict is each one's.
     items: Vec<usize>,
     /// Records of one group before this one in the batch (always 0 when coalescing): the
@@ -36,11 +36,19 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
     // A group's record to merge into (when coalescing), and how many records it has.
     let mut by_group: HashMap<&str, (usize, usize)> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
-        let m = item.message;
         // The engine hands this adapter group calls only, and every group call has a groupId;
         // an item left unsettled here is dead-lettered by the engine.
         let Some(group_id) = item.group_call() else {
             continue;
+        };
+        let traits = match item.traits() {
+            Ok(traits) => traits,
+            Err(why) => {
+                let why = format!("the stored message cannot be read: {why}");
+                t.settled
+                    .push((i, Verdict::permanent(Failure::translation(why))));
+                continue;
+            }
         };
         let k = match by_group.get_mut(group_id) {
             Some((k, _)) if sf.coalesce => {
@@ -59,7 +67,7 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
                 records.len() - 1
             }
         };
-        if let Some(traits) = m.get("traits").and_then(Value::as_object) {
+        if let Some(traits) = &traits {
             apply(sf, traits, &mut records[k].fields, item.message_id());
         }
         records[k].items.push(i);
@@ -94,8 +102,8 @@ pub(super) fn translate(sf: &Salesforce, batch: &[Item<'_>]) -> Translation {
 /// field; an absent trait leaves it alone. Fields are set in mapping order.
 fn apply<'a>(
     sf: &'a Salesforce,
-    traits: &'a Map<String, Value>,
-    fields: &mut Vec<(&'a str, &'a Value)>,
+    traits: &Traits<'a>,
+    fields: &mut Vec<(&'a str, TraitValue<'a>)>,
     message_id: &str,
 ) {
     for (path, field, value) in mapped(sf, traits) {
@@ -123,17 +131,29 @@ fn apply<'a>(
 /// lookups at 5% of the daemon's CPU).
 fn mapped<'m, 'a>(
     sf: &'m Salesforce,
-    traits: &'a Map<String, Value>,
-) -> impl Iterator<Item = (&'m [String], &'m String, &'a Value)> {
-    let mut found: Vec<Option<&'a Value>> = vec![None; sf.mapping.len()];
-    for (name, value) in traits {
-        let Some((_, entries)) = sf.firsts.iter().find(|(first, _)| first == name) else {
+    traits: &Traits<'a>,
+) -> impl Iterator<Item = (&'m [String], &'m String, TraitValue<'a>)> {
+    let mut found: Vec<Option<TraitValue<'a>>> = vec![None; sf.mapping.len()];
+    for (name, value) in traits.iter() {
+        let Some((_, entries)) = sf.firsts.iter().find(|(first, _)| *first == name) else {
             continue;
         };
+        // An object mapped field by field (`address.city`, `address.street`, …): its members
+        // are read once, not once per field.
+        let inner = (entries.len() > 1)
+            .then(|| value.members())
+            .flatten()
+            .unwrap_or_default();
         for &k in entries {
-            found[k] = sf.mapping[k].0[1..]
-                .iter()
-                .try_fold(value, |v, key| v.as_object()?.get(key));
+            let path = &sf.mapping[k].0;
+            found[k] = match path.get(1) {
+                None => Some(value),
+                Some(second) if !inner.is_empty() => inner
+                    .iter()
+                    .find(|(name, _)| name == second)
+                    .and_then(|(_, v)| path[2..].iter().try_fold(*v, |v, key| v.get(key))),
+                Some(_) => path[1..].iter().try_fold(value, |v, key| v.get(key)),
+            };
         }
     }
     sf.mapping
@@ -145,14 +165,14 @@ fn mapped<'m, 'a>(
 /// A value Salesforce can take for `field`, or why not. `NumberOfEmployees` is an integer
 /// field (SF-ERR would answer a data error for the whole record); objects and arrays fit no
 /// scalar field. Segment instead rejects the whole event (AD:salesforce/account).
-fn fit<'a>(field: &str, value: &'a Value) -> Result<&'a Value, &'static str> {
-    match value {
-        Value::Object(_) | Value::Array(_) => Err("an object or array fits no Salesforce field"),
-        v if field == "NumberOfEmployees" && !v.is_null() && v.as_i64().is_none() => {
-            Err("NumberOfEmployees takes an integer")
-        }
-        v => Ok(v),
+fn fit<'a>(field: &str, value: TraitValue<'a>) -> Result<TraitValue<'a>, &'static str> {
+    if value.is_structured() {
+        return Err("an object or array fits no Salesforce field");
     }
+    if field == "NumberOfEmployees" && !value.is_null() && value.to_value().as_i64().is_none() {
+        return Err("NumberOfEmployees takes an integer");
+    }
+    Ok(value)
 }
 
 /// `PATCH …/composite/sobjects/{object}/{field}` with `{"allOrNone": false, "records": […]}`;

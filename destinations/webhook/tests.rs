@@ -32,6 +32,7 @@ fn whole<'a>(messages: &'a [Map<String, Value>], empty: &'a Map<String, Value>) 
             message: m,
             options: empty,
             raw: None,
+            traits_text: None,
         })
         .collect()
 }
@@ -131,6 +132,7 @@ fn the_stored_text_goes_out_byte_for_byte_as_serializing_the_message_would() {
                 message: m,
                 options: &empty,
                 raw: Some(t),
+                traits_text: None,
             })
             .collect();
         stored[1] = parsed[1];

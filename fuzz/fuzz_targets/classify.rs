@@ -31,6 +31,7 @@ fn cases() -> &'static Vec<(Arc<dyn Destination>, OutRequest)> {
                 message: m,
                 options: &empty,
                 raw: None,
+                traits_text: None,
             })
             .collect();
         adapters::adapters()

@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
                     message,
                     options: route::options(integrations, key).unwrap_or(&empty),
                     raw: None,
+                    traits_text: None,
                 }
             })
             .take(adapter.max_batch())

@@ -58,6 +58,7 @@ pub(super) async fn try_message(
             message: &message,
             options,
             raw: None,
+            traits_text: None,
         };
         let t = p.adapter.translate(&[item], SystemTime::now());
         for (_, verdict) in t.settled {

@@ -40,10 +40,12 @@ impl Worker {
                     let integrations = message.get("integrations").and_then(Value::as_object);
                     let options = route::options(integrations, &self.route).unwrap_or(&empty);
                     let raw = raw(leased);
+                    let traits_text = raw.and_then(|r| leased.parsed.traits_text(r));
                     items.push(Item {
                         message,
                         options,
                         raw,
+                        traits_text,
                     });
                     live.push(i);
                 }

@@ -8,10 +8,12 @@
 //!
 //! - `request.rs`: [`OutRequest`] and [`Response`], the HTTP vocabulary.
 //! - `verdict.rs`: [`Verdict`], [`Failure`], [`Classification`] and [`classify_status`].
+//! - `traits.rs`: [`Traits`], a call's traits read from the stored text ([`Item::traits`]).
 //! - `registry.rs`: [`Setup`] (what a constructor gets) and the [`Registry`].
 
 mod registry;
 mod request;
+mod traits;
 mod verdict;
 
 use std::time::{Duration, SystemTime};
@@ -25,6 +27,7 @@ pub use registry::{Constructor, Registry, Setup, build, registry};
 pub use request::{
     OutRequest, Response, excerpt, looks_secret, origin_only, redacted_headers, redacted_url,
 };
+pub use traits::{TraitValue, Traits};
 pub use verdict::{
     Classification, Failure, FailureKind, Translation, Verdict, classify_status, retry_after,
 };
@@ -42,6 +45,10 @@ pub struct Item<'a> {
     /// message unchanged can copy it instead of serializing `message`. When `None`,
     /// `message` holds every field.
     pub raw: Option<&'a str>,
+    /// The call's `traits` object within `raw`, when the engine knows where it is (ingest
+    /// said so for the messages it stored lately): [`Item::traits`] then reads it without
+    /// going through the whole message. `None` whenever `raw` is.
+    pub traits_text: Option<&'a str>,
 }
 
 impl<'a> Item<'a> {

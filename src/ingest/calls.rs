@@ -260,7 +260,7 @@ fn new_id() -> String {
 /// The write key a single call carries in its body, if it is a string.
 fn write_key(entries: &Entries<'_>) -> Option<String> {
     match entries.get("writeKey")? {
-        Entry::Text(raw) => serde_json::from_str(raw.get()).ok(),
+        entry @ (Entry::Text(_) | Entry::Written(_)) => serde_json::from_str(entry.text()?).ok(),
         Entry::Value(v) => v.as_str().map(str::to_string),
     }
 }
@@ -280,7 +280,7 @@ fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Accepted
         message_id: n.message_id,
         group_id: n.group_id,
         body: n.body,
-        parsed: Some(Parsed::head(n.head)),
+        parsed: Some(Parsed::head(n.head, n.traits_at)),
         destinations,
     }
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -13,12 +14,25 @@ use serde_json::{Map, Value};
 
 use crate::message::{HEAD_FIELDS, Key, Tree, checked};
 
-/// One top-level value.
+/// One value.
 #[derive(Debug)]
 pub enum Entry<'a> {
     /// As the sender wrote it (checked to be JSON).
     Text(&'a RawValue),
     Value(Value),
+    /// JSON text normalize wrote (an object whose members it rewrote).
+    Written(String),
+}
+
+impl Entry<'_> {
+    /// The value's JSON text, unless it is parsed.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Entry::Text(raw) => Some(raw.get()),
+            Entry::Written(text) => Some(text),
+            Entry::Value(_) => None,
+        }
+    }
 }
 
 /// A message's top-level entries in body order. A repeated key keeps its first place and
@@ -28,6 +42,8 @@ pub struct Entries<'a> {
     list: Vec<(Cow<'a, str>, Entry<'a>)>,
     /// The length of the text they came from: about what writing them back takes.
     text_len: usize,
+    /// The text had a key more than once (writing the entries back drops the repeats).
+    pub repeated: bool,
 }
 
 /// Past this many keys a parse finds repeated keys by hashing, not by scanning.
@@ -80,7 +96,7 @@ impl<'a> Entries<'a> {
             return check(text).map(|()| None);
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let split = Split
+        let split = Split(checked)
             .deserialize(&mut de)
             .and_then(|e| de.end().map(|()| e));
         match split {
@@ -95,6 +111,35 @@ impl<'a> Entries<'a> {
         }
     }
 
+    /// The members of `object`, JSON text of an object that [`Entries::parse`] checked (a
+    /// value it kept as text), every value kept as text.
+    pub fn members(object: &'a RawValue) -> Result<Self, serde_json::Error> {
+        Self::members_of(object.get())
+    }
+
+    /// The members of the JSON object `text`, every value kept as text.
+    pub fn members_of(text: &'a str) -> Result<Self, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut members = Split(|_| false).deserialize(&mut de)?;
+        de.end()?;
+        members.text_len = text.len();
+        Ok(members)
+    }
+
+    /// The entries in order, each value as its text (`None` for a value that is parsed or
+    /// that normalize wrote: members of a stored object are all text).
+    pub fn texts(self) -> impl Iterator<Item = (Cow<'a, str>, Option<&'a RawValue>)> {
+        self.list.into_iter().map(|(k, e)| match e {
+            Entry::Text(raw) => (k, Some(raw)),
+            Entry::Value(_) | Entry::Written(_) => (k, None),
+        })
+    }
+
+    /// The entries in order, to rename or replace in place.
+    pub fn list_mut(&mut self) -> &mut Vec<(Cow<'a, str>, Entry<'a>)> {
+        &mut self.list
+    }
+
     /// Whether every value kept as text passes a full parse's checks on its own, not
     /// nested deeper than a full parse of the message could take.
     fn texts_sound(&self) -> bool {
@@ -104,7 +149,7 @@ impl<'a> Entries<'a> {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
                 Check(TEXT_DEPTH).deserialize(&mut de).is_ok()
             }
-            Entry::Value(_) => true,
+            Entry::Value(_) | Entry::Written(_) => true,
         })
     }
 
@@ -113,6 +158,7 @@ impl<'a> Entries<'a> {
         Self {
             list: Vec::with_capacity(n),
             text_len: 0,
+            repeated: false,
         }
     }
 
@@ -132,7 +178,7 @@ impl<'a> Entries<'a> {
     pub fn value(&self, key: &str) -> Option<&Value> {
         match self.get(key)? {
             Entry::Value(v) => Some(v),
-            Entry::Text(_) => None,
+            Entry::Text(_) | Entry::Written(_) => None,
         }
     }
 
@@ -140,7 +186,7 @@ impl<'a> Entries<'a> {
         let i = self.position(key)?;
         match &mut self.list[i].1 {
             Entry::Value(v) => Some(v),
-            Entry::Text(_) => None,
+            Entry::Text(_) | Entry::Written(_) => None,
         }
     }
 
@@ -168,22 +214,37 @@ impl<'a> Entries<'a> {
 
     /// The message as JSON text: parsed entries serialized, the others copied.
     pub fn write(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        self.write_marking(out, "").map(|_| ())
+    }
+
+    /// [`Entries::write`], answering where in `out` the value of `key` was written.
+    pub fn write_marking(
+        &self,
+        out: &mut Vec<u8>,
+        key: &str,
+    ) -> serde_json::Result<Option<Range<usize>>> {
         // Normalizing adds a few dates and an id at most.
         out.reserve(self.text_len + 160);
+        let mut mark = None;
         out.push(b'{');
-        for (i, (key, entry)) in self.list.iter().enumerate() {
+        for (i, (k, entry)) in self.list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, key.as_ref())?;
+            serde_json::to_writer(&mut *out, k.as_ref())?;
             out.push(b':');
+            let start = out.len();
             match entry {
                 Entry::Text(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Entry::Written(text) => out.extend_from_slice(text.as_bytes()),
                 Entry::Value(v) => serde_json::to_writer(&mut *out, v)?,
+            }
+            if k == key {
+                mark = Some(start..out.len());
             }
         }
         out.push(b'}');
-        Ok(())
+        Ok(mark)
     }
 
     /// The [`HEAD_FIELDS`] among the entries, in body order.
@@ -270,8 +331,9 @@ impl<'de> Visitor<'de> for Check {
     }
 }
 
-/// Splits a checked object into [`Entries`].
-struct Split;
+/// Splits a checked object into [`Entries`]: the fields it names parsed, the others kept as
+/// text.
+struct Split(fn(&str) -> bool);
 
 impl<'de> DeserializeSeed<'de> for Split {
     type Value = Entries<'de>;
@@ -292,8 +354,9 @@ impl<'de> Visitor<'de> for Split {
         let mut entries = Entries::with_capacity(SCAN_KEYS);
         // Where each key is, once there are too many to scan for a repeat.
         let mut places: Option<HashMap<Cow<'de, str>, usize>> = None;
+        let mut repeated = false;
         while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
-            let entry = if checked(&key) {
+            let entry = if (self.0)(&key) {
                 Entry::Value(access.next_value_seed(Tree)?)
             } else {
                 Entry::Text(access.next_value::<&'de RawValue>()?)
@@ -312,7 +375,10 @@ impl<'de> Visitor<'de> for Split {
                 None => list.iter().position(|(k, _)| *k == key),
             };
             match at {
-                Some(i) => list[i].1 = entry,
+                Some(i) => {
+                    list[i].1 = entry;
+                    repeated = true;
+                }
                 None => {
                     if let Some(p) = &mut places {
                         p.insert(key.clone(), list.len());
@@ -321,6 +387,7 @@ impl<'de> Visitor<'de> for Split {
                 }
             }
         }
+        entries.repeated = repeated;
         Ok(entries)
     }
 }

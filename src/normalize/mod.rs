@@ -33,6 +33,8 @@ pub struct Normalized {
     /// Its [`crate::message::HEAD_FIELDS`], parsed: what routing and the built-in adapters
     /// read. The other fields are only in `body`.
     pub head: Map<String, Value>,
+    /// Where `traits` is in `body` (an object), for adapters to read it from there.
+    pub traits_at: Option<std::ops::Range<usize>>,
     /// `createdAt` was present but unreadable (kept as given).
     pub unparsed_created_at: bool,
 }
@@ -93,16 +95,22 @@ pub fn normalize_entries(
 
     let mut unparsed_created_at = false;
     if matches!(ty, MessageType::Group | MessageType::Identify)
-        && let Some(Value::Object(t)) = msg.value_mut("traits")
+        && let Some(Entry::Text(t)) = msg.get("traits")
     {
-        let (normalized, report) = traits::normalize(std::mem::take(t));
-        *t = normalized;
+        // An object (`check_objects`), checked to be JSON when the message was split.
+        let (rewritten, report) =
+            traits::normalize(t).map_err(|e| invalid(format!("traits: {e}")))?;
+        if let Some(text) = rewritten {
+            msg.set("traits", Entry::Written(text));
+        }
         unparsed_created_at = report.unparsed_created_at;
     }
     timestamps(&mut msg, received_at)?;
     let mut body = Vec::new();
-    msg.write(&mut body)
-        .map_err(|e| invalid(format!("the normalized message cannot be serialized: {e}")))?;
+    let traits_at = msg
+        .write_marking(&mut body, "traits")
+        .map_err(|e| invalid(format!("the normalized message cannot be serialized: {e}")))?
+        .filter(|r| body.get(r.start) == Some(&b'{'));
     let body = String::from_utf8(body)
         .map_err(|e| invalid(format!("the normalized message is not UTF-8: {e}")))?;
     Ok(Normalized {
@@ -115,6 +123,7 @@ pub fn normalize_entries(
         },
         body,
         head: msg.into_head(),
+        traits_at,
         unparsed_created_at,
     })
 }
@@ -133,7 +142,13 @@ fn shape(entry: &Entry<'_>) -> Shape {
         Entry::Value(Value::Object(_)) => Shape::Object,
         Entry::Value(_) => Shape::Other,
         // Checked JSON: `{` opens an object, and `null` is the only value starting with `n`.
-        Entry::Text(raw) => match raw.get().trim_start().as_bytes().first() {
+        Entry::Text(_) | Entry::Written(_) => match entry
+            .text()
+            .unwrap_or_default()
+            .trim_start()
+            .as_bytes()
+            .first()
+        {
             Some(b'{') => Shape::Object,
             Some(b'n') => Shape::Null,
             _ => Shape::Other,
@@ -236,11 +251,13 @@ fn merge_object(
         None => Map::new(),
         Some(Entry::Value(Value::Object(own))) => own,
         Some(Entry::Value(_)) => return Err(invalid(format!("{field} must be an object"))),
-        Some(Entry::Text(raw)) => match crate::message::parse(raw.get()) {
-            Ok(Value::Object(own)) => own,
-            Ok(_) => return Err(invalid(format!("{field} must be an object"))),
-            Err(e) => return Err(invalid(format!("{field}: {e}"))),
-        },
+        Some(e @ (Entry::Text(_) | Entry::Written(_))) => {
+            match crate::message::parse(e.text().unwrap_or_default()) {
+                Ok(Value::Object(own)) => own,
+                Ok(_) => return Err(invalid(format!("{field} must be an object"))),
+                Err(e) => return Err(invalid(format!("{field}: {e}"))),
+            }
+        }
     };
     for (k, v) in defaults {
         if !own.contains_key(k) {

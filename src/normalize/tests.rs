@@ -316,8 +316,11 @@ proptest::proptest! {
     ) {
         let mut call = json!({"type": "group", "userId": "u", "groupId": "g", "traits": {"Name": "A"}});
         let map = call.as_object_mut().unwrap();
+        // Fields ingest passes through untouched: not checked, and not `traits` (normalized
+        // as text).
+        let passed = |k: &str| !crate::message::checked(k) && k != "traits";
         for (k, v) in &extra {
-            if !crate::message::checked(k) {
+            if passed(k) {
                 map.insert(k.clone(), v.clone());
             }
         }
@@ -337,7 +340,7 @@ proptest::proptest! {
         // the very number it printed.
         let sent: Map<String, Value> = serde_json::from_str(&call.to_string()).unwrap();
         for (k, v) in &sent {
-            if !crate::message::checked(k) && k != "writeKey" {
+            if passed(k) && k != "writeKey" {
                 proptest::prop_assert_eq!(whole.get(k), Some(v), "{}", k);
             }
         }
@@ -345,4 +348,23 @@ proptest::proptest! {
             proptest::prop_assert_eq!(whole.get(k), Some(v), "{}", k);
         }
     }
+}
+
+#[test]
+fn ingest_says_where_traits_are_in_the_stored_text() {
+    for traits in [
+        json!({"Name": "A", "address": {"zip": "1"}}),
+        json!({"name": "A"}),
+        json!({}),
+    ] {
+        let n = group(json!({"userId": "u", "groupId": "g", "traits": traits, "x": {"traits": 1}}))
+            .unwrap();
+        let at = n.traits_at.clone().expect("a span");
+        let text: Value = serde_json::from_str(&n.body[at]).unwrap();
+        assert_eq!(text, n.message().unwrap()["traits"]);
+    }
+    let none = group(json!({"userId": "u", "groupId": "g", "traits": null})).unwrap();
+    assert_eq!(none.traits_at, None);
+    let absent = group(json!({"userId": "u", "groupId": "g"})).unwrap();
+    assert_eq!(absent.traits_at, None);
 }

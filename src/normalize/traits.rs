@@ -1,7 +1,11 @@
 //! Reserved group traits recognised whatever their spelling, and their values normalized.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::entries::{Entries, Entry};
 use super::time;
 
 /// Reserved group traits (Segment spec, group.md), by their folded spelling.
@@ -73,59 +77,169 @@ fn canonical(key: &str, table: &[(&str, &'static str)]) -> Option<&'static str> 
         .map(|(_, c)| *c)
 }
 
+/// An object's members, as normalize reads and rewrites them.
+type Members<'a> = Vec<(Cow<'a, str>, Entry<'a>)>;
+
 /// Rename reserved keys to their canonical spelling, keeping order. The canonical spelling
 /// wins over any other; among other spellings, the first one wins. Custom keys are untouched.
-fn canonicalize(traits: Map<String, Value>, table: &[(&str, &'static str)]) -> Map<String, Value> {
-    // Most calls spell every reserved key canonically: nothing to rename, nothing rebuilt.
-    if traits
-        .keys()
-        .all(|k| canonical(k, table).is_none_or(|c| c == k))
+/// Returns whether anything changed.
+fn canonicalize(members: &mut Members<'_>, table: &[(&str, &'static str)]) -> bool {
+    // Each key folded once. Most calls spell every reserved key canonically: nothing to
+    // rename, nothing rebuilt.
+    let spelled: Vec<Option<&'static str>> =
+        members.iter().map(|(k, _)| canonical(k, table)).collect();
+    if members
+        .iter()
+        .zip(&spelled)
+        .all(|((k, _), c)| c.is_none_or(|c| c == k))
     {
-        return traits;
+        return false;
     }
-    let mut out = Map::with_capacity(traits.len());
+    let given = std::mem::take(members);
+    // Where each canonical name went: only those can meet again (custom keys are distinct,
+    // and none is spelled like a reserved one).
+    let mut placed: Vec<(&'static str, usize)> = Vec::new();
     let mut canonical_seen: Vec<&'static str> = Vec::new();
-    for (key, value) in traits {
-        match canonical(&key, table) {
+    for ((key, value), c) in given.into_iter().zip(spelled) {
+        match c {
             Some(c) if key == c => {
                 canonical_seen.push(c);
-                out.insert(key, value);
+                put(members, &mut placed, c, key, value);
             }
             Some(c) => {
-                if !canonical_seen.contains(&c) && !out.contains_key(c) {
-                    out.insert(c.to_string(), value);
+                if !canonical_seen.contains(&c) && !placed.iter().any(|(p, _)| *p == c) {
+                    put(members, &mut placed, c, Cow::Borrowed(c), value);
                 }
             }
-            None => {
-                out.insert(key, value);
-            }
+            None => members.push((key, value)),
         }
     }
-    out
+    true
 }
 
-/// Normalize a traits object in place: spellings, `address` sub-keys, `createdAt`, `employees`.
-pub fn normalize(traits: Map<String, Value>) -> (Map<String, Value>, TraitReport) {
-    let mut report = TraitReport::default();
-    let mut traits = canonicalize(traits, RESERVED);
-    if let Some(Value::Object(address)) = traits.get_mut("address") {
-        *address = canonicalize(std::mem::take(address), ADDRESS);
-    }
-    if let Some(created) = traits.get_mut("createdAt")
-        && !created.as_str().is_some_and(time::is_canonical)
-    {
-        match time::parse_any(created) {
-            Some(dt) => *created = Value::String(time::format(dt)),
-            None if created.is_null() => {}
-            None => report.unparsed_created_at = true,
+/// Place canonical name `c` as a map insert does: where it is already, with the new value.
+fn put<'a>(
+    members: &mut Members<'a>,
+    placed: &mut Vec<(&'static str, usize)>,
+    c: &'static str,
+    key: Cow<'a, str>,
+    value: Entry<'a>,
+) {
+    match placed.iter().find(|(p, _)| *p == c) {
+        Some(&(_, i)) => members[i].1 = value,
+        None => {
+            placed.push((c, members.len()));
+            members.push((key, value));
         }
     }
-    if let Some(employees) = traits.get_mut("employees")
-        && let Some(n) = integral(employees)
-    {
-        *employees = Value::from(n);
+}
+
+/// Normalize a traits object, JSON text that ingest checked: spellings, `address` sub-keys,
+/// `createdAt`, `employees`; every other value kept as the sender wrote it, but for blanks
+/// between the tokens of an object or array, which go. `None`: the text is normal already
+/// (the common case, copied into the stored message as it came). Nothing is built into a
+/// tree but the few values looked at.
+pub fn normalize(traits: &RawValue) -> Result<(Option<String>, TraitReport), serde_json::Error> {
+    let mut report = TraitReport::default();
+    let mut members = Entries::members(traits)?;
+    let mut changed = members.repeated;
+    let list = members.list_mut();
+    changed |= canonicalize(list, RESERVED);
+    for (key, entry) in list.iter_mut() {
+        let Entry::Text(raw) = *entry else {
+            continue;
+        };
+        let text = raw.get();
+        let replaced = match key.as_ref() {
+            "address" if text.starts_with('{') => {
+                let mut address = Entries::members(raw)?;
+                let mut moved = address.repeated;
+                let sub = address.list_mut();
+                moved |= canonicalize(sub, ADDRESS);
+                moved |= compact(sub)?;
+                if moved {
+                    let mut out = Vec::new();
+                    address.write(&mut out)?;
+                    Some(Entry::Written(written(out)))
+                } else {
+                    None
+                }
+            }
+            // Written as ingest writes dates already (a string without escapes).
+            "createdAt" if text.len() == 26 && time::is_canonical(&text[1..25]) => None,
+            "createdAt" => {
+                let value = crate::message::parse(text)?;
+                match time::parse_any(&value) {
+                    Some(dt) => Some(Entry::Value(Value::String(time::format(dt)))),
+                    None if value.is_null() => None,
+                    None => {
+                        report.unparsed_created_at = true;
+                        blank(text).then_some(Entry::Value(value))
+                    }
+                }
+            }
+            "employees" => {
+                let value = crate::message::parse(text)?;
+                match integral(&value) {
+                    Some(n) if text != n.to_string() => Some(Entry::Value(Value::from(n))),
+                    Some(_) => None,
+                    None => blank(text).then_some(Entry::Value(value)),
+                }
+            }
+            _ if blank(text) => Some(Entry::Value(crate::message::parse(text)?)),
+            _ => None,
+        };
+        if let Some(e) = replaced {
+            *entry = e;
+            changed = true;
+        }
     }
-    (traits, report)
+    if !changed {
+        return Ok((None, report));
+    }
+    let mut out = Vec::new();
+    members.write(&mut out)?;
+    Ok((Some(written(out)), report))
+}
+
+/// Members whose text has blanks between tokens, parsed to be written without them; returns
+/// whether there were any.
+fn compact(members: &mut Members<'_>) -> Result<bool, serde_json::Error> {
+    let mut any = false;
+    for (_, entry) in members.iter_mut() {
+        if let Entry::Text(raw) = *entry
+            && blank(raw.get())
+        {
+            *entry = Entry::Value(crate::message::parse(raw.get())?);
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// Whether JSON `text` has a blank between tokens (outside its strings): only an object or
+/// an array can (a value kept as text has none around it).
+fn blank(text: &str) -> bool {
+    if !matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
+        return false;
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b' ' | b'\t' | b'\n' | b'\r' if !in_string => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Text `Entries::write` produced: JSON, so UTF-8.
+fn written(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// An integral number, or a string holding one, as an integer.
@@ -153,13 +267,19 @@ pub fn integral(value: &Value) -> Option<i64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Map, json};
+
+    fn normalized(v: &Value) -> (Value, TraitReport) {
+        assert!(v.is_object(), "object expected");
+        let text = v.to_string();
+        let raw: &RawValue = serde_json::from_str(&text).unwrap();
+        let (rewritten, report) = normalize(raw).unwrap();
+        let out = rewritten.as_deref().unwrap_or(&text);
+        (serde_json::from_str(out).unwrap(), report)
+    }
 
     fn run(v: Value) -> Value {
-        let Value::Object(m) = v else {
-            panic!("object expected")
-        };
-        Value::Object(normalize(m).0)
+        normalized(&v).0
     }
 
     #[test]
@@ -202,22 +322,71 @@ mod tests {
 
     #[test]
     fn values_kept_when_not_understood() {
-        let (t, report) = normalize(
-            json!({"createdAt": "soon", "employees": "10-50"})
-                .as_object()
-                .cloned()
-                .unwrap(),
-        );
-        assert_eq!(
-            Value::Object(t),
-            json!({"createdAt": "soon", "employees": "10-50"})
-        );
+        let (t, report) = normalized(&json!({"createdAt": "soon", "employees": "10-50"}));
+        assert_eq!(t, json!({"createdAt": "soon", "employees": "10-50"}));
         assert!(report.unparsed_created_at);
         assert_eq!(
             run(json!({"employees": 12.0, "createdAt": null})),
             json!({"employees": 12, "createdAt": null})
         );
         assert_eq!(run(json!({"employees": 12.5})), json!({"employees": 12.5}));
+    }
+
+    /// The text of `traits` after normalizing: `None` when it was normal already.
+    fn rewritten(text: &str) -> Option<String> {
+        let raw: &RawValue = serde_json::from_str(text).unwrap();
+        normalize(raw).unwrap().0
+    }
+
+    #[test]
+    fn normal_traits_are_kept_as_sent() {
+        let text = r#"{"name":"Acme Inc","createdAt":"2024-05-01T10:00:00.000Z","employees":329,"address":{"city":"B","postalCode":"1"},"mrr":1234.50,"e":"\u00e9","tags":["a","b"],"custom":{"x":{"y":"a b"}}}"#;
+        assert_eq!(
+            rewritten(text),
+            None,
+            "copied into the stored message as it came"
+        );
+    }
+
+    #[test]
+    fn rewritten_where_normalizing_changes_something() {
+        // A repeated key keeps its first place and last value, as a full parse does.
+        assert_eq!(
+            rewritten(r#"{"a":1,"b":2,"a":3}"#).unwrap(),
+            r#"{"a":3,"b":2}"#
+        );
+        // Blanks between tokens of objects and arrays go; strings keep theirs.
+        assert_eq!(
+            rewritten(r#"{"custom": {"a b": [1, 2]}, "name": "x y"}"#).unwrap(),
+            r#"{"custom":{"a b":[1,2]},"name":"x y"}"#
+        );
+        // Values normalize does not change keep their text (a number as written).
+        assert_eq!(
+            rewritten(r#"{"Name":"A","mrr":1.50,"e":"\u00e9"}"#).unwrap(),
+            r#"{"name":"A","mrr":1.50,"e":"\u00e9"}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"address":{"zip":"1","City":"B"},"employees":"12"}"#).unwrap(),
+            r#"{"address":{"postalCode":"1","city":"B"},"employees":12}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"createdAt":1700000000}"#).unwrap(),
+            r#"{"createdAt":"2023-11-14T22:13:20.000Z"}"#
+        );
+    }
+
+    #[test]
+    fn a_key_spelled_many_ways_among_thousands_is_placed_at_once() {
+        // Renaming never searches the custom keys: only canonical names can meet again.
+        let mut traits = Map::new();
+        for i in 0..20_000 {
+            traits.insert(format!("k{i}"), json!(i));
+        }
+        traits.insert("Name".into(), json!("first"));
+        traits.insert("NAME".into(), json!("second"));
+        let got = run(Value::Object(traits));
+        assert_eq!(got["name"], "first");
+        assert_eq!(got.as_object().unwrap().len(), 20_001);
     }
 
     fn respell() -> impl Strategy<Value = (String, &'static str)> {
@@ -272,7 +441,9 @@ mod tests {
         #[test]
         fn normalizing_twice_changes_nothing((spelled, _c) in respell(), n in 0u64..4_000_000_000) {
             let once = run(json!({ spelled: "x", "created at": n, "Employees": n.to_string() }));
-            prop_assert_eq!(run(once.clone()), once);
+            prop_assert_eq!(run(once.clone()), once.clone());
+            // And what normalize wrote is kept as it is the second time.
+            prop_assert_eq!(rewritten(&once.to_string()), None);
         }
     }
 }

@@ -112,21 +112,21 @@ fn an_adapter_reading_some_fields_gets_them_unless_the_whole_message_is_parsed_a
 
 #[test]
 fn ingest_s_parsed_head_serves_an_adapter_reading_only_head_fields() {
-    let body = r#"{"type":"group","groupId":"g","context":{"ip":"1.2.3.4"},"traits":{"n":1}}"#;
+    let body = r#"{"type":"group","groupId":"g","userId":"u","context":{"ip":"1.2.3.4"},"traits":{"n":1}}"#;
     let whole: serde_json::Map<String, serde_json::Value> = serde_json::from_str(body).unwrap();
     let head = whole
         .iter()
-        .filter(|(k, _)| *k != "context")
+        .filter(|(k, _)| *k != "context" && *k != "traits")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let item = Leased {
-        parsed: crate::message::Parsed::head(head),
+        parsed: crate::message::Parsed::head(head, None),
         ..stored(body)
     };
-    let traits = Reads::Only(&["traits"]);
-    assert!(projection(&item, traits).is_none(), "the head holds traits");
-    let m = screen(&item, None, traits, MessageType::ALL).unwrap();
-    assert_eq!(m.keys().collect::<Vec<_>>(), ["type", "groupId", "traits"]);
+    let user = Reads::Only(&["userId"]);
+    assert!(projection(&item, user).is_none(), "the head holds userId");
+    let m = screen(&item, None, user, MessageType::ALL).unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["type", "groupId", "userId"]);
     assert!(!item.parsed.is_ready(), "nothing parsed for it");
 
     let context = Reads::Only(&["context"]);

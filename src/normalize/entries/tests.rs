@@ -70,13 +70,17 @@ fn text(e: &Entries<'_>) -> String {
 
 #[test]
 fn head_fields_are_parsed_the_rest_kept_as_written() {
-    let body = r#"{"type":"group", "context":{"ip" : "1.2.3.4","n":1.0e2},"traits":{"name":"A\u0063me"},"x":[1, 2]}"#;
+    let body = r#"{"type":"group", "context":{"ip" : "1.2.3.4","n":1.0e2},"integrations":{"name":"A\u0063me"},"traits":{"n" : 1},"x":[1, 2]}"#;
     let e = Entries::parse(body).unwrap().unwrap();
-    assert_eq!(e.value("traits").unwrap()["name"], "Acme");
+    assert_eq!(e.value("integrations").unwrap()["name"], "Acme");
     assert!(matches!(e.get("context"), Some(Entry::Text(_))));
+    assert!(
+        matches!(e.get("traits"), Some(Entry::Text(_))),
+        "normalized as text"
+    );
     assert_eq!(
         text(&e),
-        r#"{"type":"group","context":{"ip" : "1.2.3.4","n":1.0e2},"traits":{"name":"Acme"},"x":[1, 2]}"#
+        r#"{"type":"group","context":{"ip" : "1.2.3.4","n":1.0e2},"integrations":{"name":"Acme"},"traits":{"n" : 1},"x":[1, 2]}"#
     );
     let full: Value = serde_json::from_str(body).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&text(&e)).unwrap(), full);

@@ -929,7 +929,7 @@ fn an_item_held_behind_its_group_keeps_its_text_from_memory() {
         let mut m = msg(id, Some("g"), &["A"]);
         let head: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&m.body).unwrap();
-        m.parsed = Some(Parsed::head(head));
+        m.parsed = Some(Parsed::head(head, None));
         m
     };
     append(&mut s, vec![with_head("h1")]);
