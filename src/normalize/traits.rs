@@ -165,8 +165,15 @@ pub fn normalize(traits: &RawValue) -> Result<(Option<String>, TraitReport), ser
                     None
                 }
             }
-            // Written as ingest writes dates already (a string without escapes).
-            "createdAt" if text.len() == 26 && time::is_canonical(&text[1..25]) => None,
+            // Written as ingest writes dates already (a string without escapes). JSON text
+            // begins and ends with ASCII, so the slice is on characters; `get` says so.
+            "createdAt"
+                if text.len() == 26
+                    && text.starts_with('"')
+                    && text.get(1..25).is_some_and(time::is_canonical) =>
+            {
+                None
+            }
             "createdAt" => {
                 let value = crate::message::parse(text)?;
                 match time::parse_any(&value) {
@@ -373,6 +380,21 @@ mod tests {
             rewritten(r#"{"createdAt":1700000000}"#).unwrap(),
             r#"{"createdAt":"2023-11-14T22:13:20.000Z"}"#
         );
+    }
+
+    #[test]
+    fn a_created_at_as_long_as_a_date_but_no_date_is_kept_and_counted() {
+        // 26 bytes of JSON each, as a quoted canonical date is.
+        for text in [
+            r#"{"createdAt":{"x":"ééééééééé"}}"#,
+            r#"{"createdAt":"éééééééééééé"}"#,
+            r#"{"createdAt":12345678901234567890123456}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            let (out, report) = normalize(raw).unwrap();
+            assert!(report.unparsed_created_at, "{text}");
+            assert!(out.is_none(), "kept as sent: {text}");
+        }
     }
 
     #[test]
