@@ -12,8 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config;
 use crate::destination::{Destination, OutRequest};
-use crate::destinations::golden::{items, stored, stored_items};
-use crate::normalize::{BatchDefaults, normalize};
+use crate::destinations::golden::{items, normalized, stored, stored_items};
 
 fn adapter(own: &str) -> std::sync::Arc<dyn Destination> {
     let text = format!(
@@ -89,9 +88,6 @@ fn traits() -> impl Strategy<Value = Map<String, Value>> {
 fn calls() -> impl Strategy<Value = Vec<Map<String, Value>>> {
     let call = (0..3usize, prop::option::of(0..3usize), traits());
     prop::collection::vec(call, 1..40).prop_map(|calls| {
-        let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
-            .unwrap()
-            .to_utc();
         calls
             .into_iter()
             .enumerate()
@@ -101,16 +97,7 @@ fn calls() -> impl Strategy<Value = Vec<Map<String, Value>>> {
                 if let Some(u) = user {
                     raw["userId"] = json!(format!("u{u}"));
                 }
-                normalize(
-                    &raw.to_string(),
-                    None,
-                    &BatchDefaults::default(),
-                    received,
-                    || "x".into(),
-                )
-                .unwrap()
-                .message()
-                .unwrap()
+                normalized(&raw)
             })
             .collect()
     })
@@ -261,18 +248,9 @@ fn one_update_per_group_and_the_merged_calls_listed() {
     let calls: Vec<Map<String, Value>> = [("g1", "a"), ("g2", "b"), ("g1", "c"), ("g1", "d")]
         .iter()
         .map(|(g, plan)| {
-            let raw =
-                json!({"type": "group", "userId": "u", "groupId": g, "traits": {"plan": plan}});
-            normalize(
-                &raw.to_string(),
-                None,
-                &BatchDefaults::default(),
-                chrono::Utc::now(),
-                || "x".into(),
+            normalized(
+                &json!({"type": "group", "userId": "u", "groupId": g, "traits": {"plan": plan}}),
             )
-            .unwrap()
-            .message()
-            .unwrap()
         })
         .collect();
     for own in [MIXPANEL, SALESFORCE] {

@@ -18,23 +18,25 @@ pub fn at() -> SystemTime {
 /// Raw calls (a JSON array) through the real normalizer, received at a fixed time.
 pub fn normalized_calls(fixture: &str) -> Vec<Map<String, Value>> {
     let raw: Vec<Value> = serde_json::from_str(fixture).unwrap();
+    raw.iter().map(normalized).collect()
+}
+
+/// One raw call through the real normalizer, received at a fixed time; a missing
+/// `messageId` becomes `generated`.
+pub fn normalized(call: &Value) -> Map<String, Value> {
     let received = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
         .unwrap()
         .to_utc();
-    raw.into_iter()
-        .map(|r| {
-            normalize(
-                &r.to_string(),
-                None,
-                &BatchDefaults::default(),
-                received,
-                || "generated".into(),
-            )
-            .unwrap()
-            .message()
-            .unwrap()
-        })
-        .collect()
+    normalize(
+        &call.to_string(),
+        None,
+        &BatchDefaults::default(),
+        received,
+        || "generated".into(),
+    )
+    .unwrap()
+    .message()
+    .unwrap()
 }
 
 /// Items without per-message options.

@@ -190,9 +190,9 @@ const CHECKED_ONLY: &[&str] = &[
     "receivedAt",
 ];
 
-/// Whether ingest parses top-level `field` to check and normalize it. Every other field
-/// (`context`, `properties`, custom keys) is checked to be JSON and stored as the sender
-/// wrote it.
+/// Whether ingest parses top-level `field` to check and normalize it. Every other field is
+/// checked to be JSON and kept as text: `traits` normalized as text, `context`, `properties`
+/// and custom keys stored as the sender wrote them.
 pub fn checked(field: &str) -> bool {
     HEAD_FIELDS.contains(&field) || CHECKED_ONLY.contains(&field)
 }

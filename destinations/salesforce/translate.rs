@@ -140,19 +140,19 @@ fn mapped<'m, 'a>(
         };
         // An object mapped field by field (`address.city`, `address.street`, …): its members
         // are read once, not once per field.
-        let inner = (entries.len() > 1)
-            .then(|| value.members())
-            .flatten()
-            .unwrap_or_default();
+        let inner = if entries.len() > 1 {
+            value.members()
+        } else {
+            None
+        };
         for &k in entries {
             let path = &sf.mapping[k].0;
-            found[k] = match path.get(1) {
-                None => Some(value),
-                Some(second) if !inner.is_empty() => inner
+            found[k] = match (path.get(1), &inner) {
+                (Some(second), Some(inner)) => inner
                     .iter()
                     .find(|(name, _)| name == second)
                     .and_then(|(_, v)| path[2..].iter().try_fold(*v, |v, key| v.get(key))),
-                Some(_) => path[1..].iter().try_fold(value, |v, key| v.get(key)),
+                _ => path[1..].iter().try_fold(value, |v, key| v.get(key)),
             };
         }
     }

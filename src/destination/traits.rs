@@ -42,28 +42,21 @@ impl<'a> Item<'a> {
     /// `message`, which then holds every field. `Err`: the stored text is not a JSON object
     /// (it was checked when stored; an adapter reports this as the item's failure).
     pub fn traits(&self) -> Result<Option<Traits<'a>>, String> {
-        if let Some(text) = self.traits_text {
-            let members = object_members(text).map_err(|e| e.to_string())?;
-            return Ok(Some(Traits::Text(members)));
-        }
-        match self.raw {
-            Some(text) => {
-                let traits = top_level(text, "traits").map_err(|e| e.to_string())?;
-                match traits {
-                    Some(raw) if raw.get().starts_with('{') => {
-                        Ok(Some(Traits::Text(members(raw).map_err(|e| e.to_string())?)))
-                    }
-                    _ => Ok(None),
-                }
-            }
-            None => {
+        let text = match (self.traits_text, self.raw) {
+            (Some(text), _) => Some(text),
+            (None, Some(raw)) => top_level(raw, "traits")
+                .map_err(|e| e.to_string())?
+                .map(RawValue::get)
+                .filter(|t| t.starts_with('{')),
+            (None, None) => {
                 let message: &'a Map<String, Value> = self.message;
-                Ok(message
-                    .get("traits")
-                    .and_then(Value::as_object)
-                    .map(Traits::Tree))
+                let tree = message.get("traits").and_then(Value::as_object);
+                return Ok(tree.map(Traits::Tree));
             }
-        }
+        };
+        text.map(|t| members(t).map(Traits::Text))
+            .transpose()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -90,13 +83,6 @@ impl<'a> Traits<'a> {
             .flatten()
             .map(|(k, v)| (k.clone(), TraitValue::Text(v)));
         tree.chain(text)
-    }
-
-    /// The traits as a map, every value parsed.
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.iter()
-            .map(|(k, v)| (k.into_owned(), v.to_value().into_owned()))
-            .collect()
     }
 }
 
@@ -137,7 +123,7 @@ impl<'a> TraitValue<'a> {
                     .collect(),
             ),
             TraitValue::Text(raw) if raw.get().starts_with('{') => Some(
-                members(raw)
+                members(raw.get())
                     .ok()?
                     .into_iter()
                     .map(|(k, v)| (k, TraitValue::Text(v)))
@@ -151,7 +137,7 @@ impl<'a> TraitValue<'a> {
     pub fn get(self, key: &str) -> Option<TraitValue<'a>> {
         match self {
             TraitValue::Tree(v) => v.as_object()?.get(key).map(TraitValue::Tree),
-            TraitValue::Text(raw) if raw.get().starts_with('{') => members(raw)
+            TraitValue::Text(raw) if raw.get().starts_with('{') => members(raw.get())
                 .ok()?
                 .into_iter()
                 .find(|(k, _)| k == key)
@@ -180,14 +166,9 @@ fn top_level<'a>(text: &'a str, key: &str) -> Result<Option<&'a RawValue>, serde
     Ok(found)
 }
 
-/// The members of the JSON object `raw`.
-fn members(raw: &RawValue) -> Result<Members<'_>, serde_json::Error> {
-    object_members(raw.get())
-}
-
 /// The members of the JSON object `text` (a repeated key keeps its first place and its
 /// last value; found by hashing past a few keys).
-fn object_members(text: &str) -> Result<Members<'_>, serde_json::Error> {
+fn members(text: &str) -> Result<Members<'_>, serde_json::Error> {
     let members = Entries::members_of(text)?;
     Ok(members.texts().filter_map(|(k, v)| Some((k, v?))).collect())
 }
@@ -251,7 +232,12 @@ mod tests {
         let from_text = item(&head, Some(&text)).traits().unwrap().unwrap();
         let from_tree = item(&tree, None).traits().unwrap().unwrap();
         assert!(matches!(from_text, Traits::Text(_)));
-        assert_eq!(from_text.to_map(), from_tree.to_map());
+        let parsed = |t: &Traits<'_>| {
+            t.iter()
+                .map(|(k, v)| (k.into_owned(), v.to_value().into_owned()))
+                .collect::<Map<String, Value>>()
+        };
+        assert_eq!(parsed(&from_text), parsed(&from_tree));
         let keys = |t: &Traits<'_>| t.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
         assert_eq!(keys(&from_text), keys(&from_tree));
         for ((_, a), (_, b)) in from_text.iter().zip(from_tree.iter()) {

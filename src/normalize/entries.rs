@@ -1,7 +1,8 @@
 //! A message's top-level entries as normalize works on them: the fields it checks and changes
 //! ([`checked`]) parsed, every other value kept as the JSON text the sender wrote. Only
-//! those few fields become a tree; `context`, `properties` and custom keys are copied into
-//! the stored text as they came, never built into maps and strings and serialized again.
+//! those few fields become a tree; `traits` is normalized as text (its members are entries
+//! too, see `traits.rs`), and `context`, `properties` and custom keys are copied into the
+//! stored text as they came, never built into maps and strings and serialized again.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

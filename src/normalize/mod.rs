@@ -107,10 +107,10 @@ pub fn normalize_entries(
     }
     timestamps(&mut msg, received_at)?;
     let mut body = Vec::new();
+    // `traits` is an object when present (`check_objects`).
     let traits_at = msg
         .write_marking(&mut body, "traits")
-        .map_err(|e| invalid(format!("the normalized message cannot be serialized: {e}")))?
-        .filter(|r| body.get(r.start) == Some(&b'{'));
+        .map_err(|e| invalid(format!("the normalized message cannot be serialized: {e}")))?;
     let body = String::from_utf8(body)
         .map_err(|e| invalid(format!("the normalized message is not UTF-8: {e}")))?;
     Ok(Normalized {
