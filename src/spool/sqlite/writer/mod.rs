@@ -18,11 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, oneshot};
 
+mod checkpoint;
 mod gather;
 mod room;
 mod tick;
 mod transaction;
 
+use self::checkpoint::Checkpointer;
 use self::gather::gather;
 use self::room::Room;
 use self::tick::{data_version, sweep, tick};
@@ -86,11 +88,13 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
     let mut more_garbage = false;
     let mut sweep_after = Instant::now();
     let mut room = Room::new(&store);
+    let mut checkpointer = Checkpointer::start(&store.conn);
     publish(&store, &shared, store.lanes.keys().cloned().collect());
     loop {
         let sweeping =
             (more_garbage || store.garbage_waiting(room.tight())) && Instant::now() >= sweep_after;
-        let received = if sweeping {
+        let restarting = checkpointer.as_ref().is_some_and(Checkpointer::restart_due);
+        let received = if sweeping || restarting {
             rx.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => RecvTimeoutError::Timeout,
                 TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -110,6 +114,12 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
                     if let Command::Configure(names, reply) = c {
                         configure(&mut store, &shared, &names, reply);
                     }
+                }
+            }
+            // No command waiting, and the WAL long: let it start over (see `checkpoint.rs`).
+            Err(RecvTimeoutError::Timeout) if restarting => {
+                if let Some(c) = checkpointer.as_mut() {
+                    c.restart(&store.conn);
                 }
             }
             // No command waiting, a whole slice of garbage waiting: sweep it now, so that
@@ -132,6 +142,8 @@ pub fn run(mut store: Store, rx: Receiver<Command>, shared: Arc<Shared>) {
         }
         room.check(&store);
     }
+    // Its connection closes first: the writer's, the last, then checkpoints what is left.
+    drop(checkpointer);
     retry_deferred(&mut store, &shared, &mut deferred);
     if !deferred.is_empty() {
         tracing::error!(

@@ -1,5 +1,6 @@
-//! Keeping the write-ahead log within the disk. SQLite checkpoints by itself once the WAL
-//! holds 1,000 pages (4 MiB). On a disk with less room than that the WAL fills it first, and
+//! Keeping the write-ahead log within the disk. The WAL is copied into the database file in
+//! the background and starts over once it holds 16 MiB (64 MiB at most; see
+//! `checkpoint.rs`). On a disk with less room than that the WAL fills it first, and
 //! then nothing can be written again, even once space comes back: a checkpoint needs room
 //! the WAL holds (the database file grows by the pages it copies), and every transaction
 //! adds to the WAL. So while the disk is tight (less than `TIGHT` free, measured at start
@@ -16,7 +17,8 @@ use std::time::Duration;
 use crate::spool::sqlite::store::Store;
 use crate::telemetry::{self, Throttle};
 
-/// Free space under which the WAL is watched: sixteen times what SQLite lets it reach.
+/// Free space under which the WAL is watched: four times the length at which it starts
+/// over, as long as it grows when the writer is never idle.
 const TIGHT: u64 = 64 << 20;
 
 pub(super) struct Room {

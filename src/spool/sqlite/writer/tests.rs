@@ -255,3 +255,40 @@ fn outcomes_rolled_back_mid_transaction_are_applied_again() {
         (1, 1, 0, 1)
     );
 }
+
+/// Appends from four callers at once, so the writer is seldom idle: the WAL still starts
+/// over from its beginning (after an idle moment, or at SQLite's own checkpoint, which finds
+/// most of it copied by the background) instead of growing with everything written.
+#[test]
+fn the_wal_stays_bounded_under_continuous_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer::new(store(dir.path())).start();
+    let wal = crate::spool::sqlite::wal::file_of(&schema::file(dir.path()));
+    let pad = "x".repeat(64 << 10);
+    // 16 MiB in all, four times SQLite's own checkpoint in unit tests.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (commands, pad) = (w.commands.clone().unwrap(), &pad);
+            s.spawn(move || {
+                for i in 0..64 {
+                    let mut m = msg(&format!("m{t}-{i}"));
+                    m.body = format!("{{\"messageId\":\"m{t}-{i}\",\"pad\":\"{pad}\"}}");
+                    let (tx, rx) = oneshot::channel();
+                    commands.send(Command::Append(vec![m], tx)).unwrap();
+                    assert!(matches!(answer(rx).unwrap()[..], [Appended::Stored]));
+                }
+            });
+        }
+    });
+    let len = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        len < 8 << 20,
+        "the WAL is {len} bytes after 16 MiB written by four callers"
+    );
+    drop(w);
+    let conn = schema::open(dir.path(), false).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 256, "every append is in the log");
+}
