@@ -16,7 +16,7 @@ use super::tail::TailRow;
 use super::{Store, ms};
 use crate::message::Accepted;
 use crate::spool::sqlite::StorageError;
-use crate::spool::sqlite::schema::{LogRow, insert_log};
+use crate::spool::sqlite::schema::{LogRow, insert_logs};
 use crate::spool::{Appended, Rejected, SpoolError};
 
 impl Store {
@@ -36,8 +36,8 @@ impl Store {
         }
         let now = ms(SystemTime::now());
         let mut answers = Vec::with_capacity(messages.len());
-        let mut added = 0;
-        let mut routed = 0i64;
+        // The messages to log, with the destinations each goes to.
+        let mut logged: Vec<(&Accepted, i64)> = Vec::with_capacity(messages.len());
         for m in messages {
             if !(self.seen).first_seen(&self.conn, &m.source, &m.message_id, now)? {
                 answers.push(Appended::Duplicate);
@@ -45,13 +45,13 @@ impl Store {
             }
             answers.push(Appended::Stored);
             let dests = self.route(m);
-            if dests == 0 {
-                continue;
+            if dests != 0 {
+                logged.push((m, dests));
             }
-            self.log(m, dests, now)?;
-            routed |= dests;
-            added += m.body.len() as i64;
         }
+        self.log(&logged, now)?;
+        let routed = logged.iter().fold(0, |all, (_, dests)| all | dests);
+        let added: i64 = logged.iter().map(|(m, _)| m.body.len() as i64).sum();
         fresh.extend(
             self.lanes
                 .iter()
@@ -77,28 +77,37 @@ impl Store {
         dests
     }
 
-    /// Write `m` to the log for the destinations in `dests`; it is kept in the tail, and its
-    /// parsed form for them.
-    fn log(&mut self, m: &Accepted, dests: i64, now: i64) -> Result<(), StorageError> {
-        let row = LogRow {
-            source: &m.source,
-            message_id: &m.message_id,
-            group_id: m.group_id.as_deref(),
-            body: &m.body,
-            enqueued_at: now,
-            dests,
-        };
-        self.high = insert_log(&self.conn, &row)?;
-        self.tail.push(TailRow {
-            seq: self.high,
-            group: m.group_id.as_deref().map(Arc::from),
-            body: Arc::from(m.body.as_str()),
-            dests,
-        });
-        if let Some(parsed) = &m.parsed {
-            self.cache
-                .insert(self.high, parsed.clone(), dests, m.body.len());
+    /// Write each message to the log for the destinations beside it, in one statement per
+    /// run of rows; each is kept in the tail, and its parsed form for them.
+    fn log(&mut self, logged: &[(&Accepted, i64)], now: i64) -> Result<(), StorageError> {
+        if logged.is_empty() {
+            return Ok(());
         }
+        let rows: Vec<LogRow<'_>> = logged
+            .iter()
+            .map(|&(m, dests)| LogRow {
+                source: &m.source,
+                message_id: &m.message_id,
+                group_id: m.group_id.as_deref(),
+                body: &m.body,
+                enqueued_at: now,
+                dests,
+            })
+            .collect();
+        let last = insert_logs(&self.conn, &rows)?;
+        let first = last + 1 - logged.len() as u64;
+        for (seq, &(m, dests)) in (first..).zip(logged) {
+            self.tail.push(TailRow {
+                seq,
+                group: m.group_id.as_deref().map(Arc::from),
+                body: Arc::from(m.body.as_str()),
+                dests,
+            });
+            if let Some(parsed) = &m.parsed {
+                self.cache.insert(seq, parsed.clone(), dests, m.body.len());
+            }
+        }
+        self.high = last;
         Ok(())
     }
 
