@@ -95,7 +95,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
                 }
             }
         }
-        let user_id = m.get("userId").and_then(Value::as_str);
+        let user_id = crate::message::field(m, "userId").and_then(Value::as_str);
         match user_id.filter(|_| mp.associate_user) {
             Some(user_id) => match membership_at
                 .get(&(user_id, group_id))

@@ -13,6 +13,7 @@ use super::{AUTH_RETRY, Worker, transport};
 use crate::destination::{
     Classification, Failure, Item, OutRequest, Translation, Verdict, redacted_headers, redacted_url,
 };
+use crate::message::field;
 use crate::route;
 use crate::spool::Leased;
 
@@ -37,7 +38,7 @@ impl Worker {
         for (i, leased) in batch.iter().enumerate() {
             match screen(leased, own[i].as_ref(), reads, self.adapter.accepts()) {
                 Ok(message) => {
-                    let integrations = message.get("integrations").and_then(Value::as_object);
+                    let integrations = field(message, "integrations").and_then(Value::as_object);
                     let options = route::options(integrations, &self.route).unwrap_or(&empty);
                     let raw = raw(leased);
                     let traits_text = raw.and_then(|r| leased.parsed.traits_text(r));

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 use crate::destination::{Failure, FailureKind, Reads, Translation, Verdict};
-use crate::message::MessageType;
+use crate::message::{MessageType, field};
 use crate::retry::{Decision, RetryPolicy};
 use crate::spool::{Attempt, DeadReason, Leased, Seq};
 
@@ -64,7 +64,7 @@ pub(super) fn screen<'m>(
             "stored message is not valid JSON: {e}"
         )))
     })?;
-    let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+    let ty = field(m, "type").and_then(Value::as_str).unwrap_or_default();
     if accepts.iter().any(|t| t.as_str() == ty) {
         return Ok(m);
     }

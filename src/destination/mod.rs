@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::message::MessageType;
+use crate::message::{MessageType, field};
 
 pub use registry::{Constructor, Registry, Setup, build, registry};
 pub use request::{
@@ -55,15 +55,14 @@ impl<'a> Item<'a> {
     /// The `groupId` of a group call; `None` for any other call (or one without a group).
     pub fn group_call(&self) -> Option<&'a str> {
         let message: &'a Map<String, Value> = self.message;
-        match message.get("type").and_then(Value::as_str) {
-            Some("group") => message.get("groupId").and_then(Value::as_str),
+        match field(message, "type").and_then(Value::as_str) {
+            Some("group") => field(message, "groupId").and_then(Value::as_str),
             _ => None,
         }
     }
 
     pub fn message_id(&self) -> &str {
-        self.message
-            .get("messageId")
+        field(self.message, "messageId")
             .and_then(Value::as_str)
             .unwrap_or_default()
     }
