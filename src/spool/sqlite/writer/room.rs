@@ -18,7 +18,7 @@ use crate::spool::sqlite::store::Store;
 use crate::telemetry::{self, Throttle};
 
 /// Free space under which the WAL is watched: four times the length at which it starts
-/// over, as long as it grows when the writer is never idle.
+/// over, and the most it reaches when the writer is never idle (see `checkpoint.rs`).
 const TIGHT: u64 = 64 << 20;
 
 pub(super) struct Room {
