@@ -262,12 +262,16 @@ pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> 
 /// so that only these few statements are ever prepared (and each is kept prepared).
 const ROWS_PER_INSERT: [usize; 4] = [64, 16, 4, 1];
 
-/// Write `rows` to the log, in order, with consecutive seqs; returns the last one (the
-/// newest). The one place log rows are written: the daemon's append and `dlq replay` write
+/// Write `rows` (at least one) to the log, in order, with consecutive seqs; returns the last
+/// one (the newest). The one place log rows are written: the daemon's append and `dlq replay` write
 /// the same columns the same way. A statement per run of up to 64 rows, not one per row:
 /// each execution of an INSERT into an AUTOINCREMENT table also reads and rewrites the
 /// table's row in `sqlite_sequence`, and costs a statement reset and rebind.
 pub fn insert_logs(conn: &Connection, rows: &[LogRow<'_>]) -> rusqlite::Result<Seq> {
+    debug_assert!(
+        !rows.is_empty(),
+        "no rows: there is no newest seq to answer"
+    );
     let mut rest = rows;
     while !rest.is_empty() {
         let size = ROWS_PER_INSERT
