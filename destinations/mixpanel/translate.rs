@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{Mixpanel, Operation};
 use crate::destination::{Failure, Item, OutRequest, TraitValue, Traits, Translation, Verdict};
+use crate::normalize::entries::Ordered;
 use crate::normalize::time;
 
 /// One update may be at most 1 MB (MPD:reference/limits-1.mdx); counted in bytes of its JSON.
@@ -219,9 +220,11 @@ impl<'a> Properties<'a> {
             Properties::Traits(traits) => properties(&traits),
             Properties::Merged(merged) => merged,
         };
-        for (key, value) in properties(later).list {
+        for (key, value) in properties(later).into_list() {
             match op {
-                Operation::Set => merged.set(key, value),
+                Operation::Set => {
+                    merged.set(key, value);
+                }
                 Operation::SetOnce => merged.set_once(key, value),
             }
         }
@@ -258,15 +261,7 @@ fn renamed(key: &str) -> &str {
 /// Profile properties by name, in the order they were first set: values as the traits hold
 /// them (text copied when written), `createdAt`'s as Mixpanel reads dates. Merging calls
 /// parses none of their values.
-#[derive(Default)]
-struct Props<'a> {
-    list: Vec<(Cow<'a, str>, Prop<'a>)>,
-    /// Where each name is, once there are too many to scan.
-    index: Option<HashMap<Cow<'a, str>, usize>>,
-}
-
-/// Past this many properties a name is found by hashing, not by scanning.
-const SCAN_PROPS: usize = 32;
+type Props<'a> = Ordered<'a, Prop<'a>>;
 
 enum Prop<'a> {
     Trait(TraitValue<'a>),
@@ -284,46 +279,11 @@ impl Serialize for Prop<'_> {
 
 impl Serialize for Props<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.list.len()))?;
-        for (key, value) in &self.list {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (key, value) in self.iter() {
             map.serialize_entry(key.as_ref(), value)?;
         }
         map.end()
-    }
-}
-
-impl<'a> Props<'a> {
-    fn position(&self, key: &str) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(key).copied(),
-            None => self.list.iter().position(|(k, _)| k == key),
-        }
-    }
-
-    fn push(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
-        if self.index.is_none() && self.list.len() >= SCAN_PROPS {
-            let index = self.list.iter().enumerate();
-            self.index = Some(index.map(|(i, (k, _))| (k.clone(), i)).collect());
-        }
-        if let Some(index) = &mut self.index {
-            index.insert(key.clone(), self.list.len());
-        }
-        self.list.push((key, value));
-    }
-
-    /// A map insert: a name already there keeps its place and takes the new value.
-    fn set(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
-        match self.position(&key) {
-            Some(i) => self.list[i].1 = value,
-            None => self.push(key, value),
-        }
-    }
-
-    /// Set unless the name is there already.
-    fn set_once(&mut self, key: Cow<'a, str>, value: Prop<'a>) {
-        if self.position(&key).is_none() {
-            self.push(key, value);
-        }
     }
 }
 

@@ -47,7 +47,7 @@ pub struct Entries<'a> {
     pub repeated: bool,
 }
 
-/// Past this many keys a parse finds repeated keys by hashing, not by scanning.
+/// Past this many keys an [`Ordered`] finds a name by hashing, not by scanning.
 const SCAN_KEYS: usize = 16;
 
 /// How deep a value kept as text may nest before the whole message is checked as a full
@@ -152,15 +152,6 @@ impl<'a> Entries<'a> {
             }
             Entry::Value(_) | Entry::Written(_) => true,
         })
-    }
-
-    /// Entries with room for a usual message's keys.
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            list: Vec::with_capacity(n),
-            text_len: 0,
-            repeated: false,
-        }
     }
 
     fn position(&self, key: &str) -> Option<usize> {
@@ -352,9 +343,7 @@ impl<'de> Visitor<'de> for Split {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-        let mut entries = Entries::with_capacity(SCAN_KEYS);
-        // Where each key is, once there are too many to scan for a repeat.
-        let mut places: Option<HashMap<Cow<'de, str>, usize>> = None;
+        let mut members = Ordered::with_capacity(SCAN_KEYS);
         let mut repeated = false;
         while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
             let entry = if (self.0)(&key) {
@@ -362,34 +351,91 @@ impl<'de> Visitor<'de> for Split {
             } else {
                 Entry::Text(access.next_value::<&'de RawValue>()?)
             };
-            let list = &mut entries.list;
-            if places.is_none() && list.len() >= SCAN_KEYS {
-                places = Some(
-                    list.iter()
-                        .enumerate()
-                        .map(|(i, (k, _))| (k.clone(), i))
-                        .collect(),
-                );
+            repeated |= members.set(key, entry);
+        }
+        Ok(Entries {
+            list: members.into_list(),
+            text_len: 0,
+            repeated,
+        })
+    }
+}
+
+/// Values by name in the order each name was first set; a name set again keeps its place
+/// and takes the new value (as a map insert does, and as a full parse treats a repeated
+/// key). Names are found by scanning while there are few and by a hash index past
+/// [`SCAN_KEYS`]: an object of a few thousand keys would otherwise cost millions of
+/// comparisons.
+#[derive(Debug)]
+pub struct Ordered<'a, V> {
+    list: Vec<(Cow<'a, str>, V)>,
+    index: Option<HashMap<Cow<'a, str>, usize>>,
+}
+
+impl<V> Default for Ordered<'_, V> {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl<'a, V> Ordered<'a, V> {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(n),
+            index: None,
+        }
+    }
+
+    pub fn position(&self, key: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.list.iter().position(|(k, _)| k == key),
+        }
+    }
+
+    /// Set `key` to `value`; whether it was there already (its value is replaced).
+    pub fn set(&mut self, key: Cow<'a, str>, value: V) -> bool {
+        if self.index.is_none() && self.list.len() >= SCAN_KEYS {
+            let index = self.list.iter().enumerate();
+            self.index = Some(index.map(|(i, (k, _))| (k.clone(), i)).collect());
+        }
+        match self.position(&key) {
+            Some(i) => {
+                self.list[i].1 = value;
+                true
             }
-            let at = match &places {
-                Some(p) => p.get(&key).copied(),
-                None => list.iter().position(|(k, _)| *k == key),
-            };
-            match at {
-                Some(i) => {
-                    list[i].1 = entry;
-                    repeated = true;
+            None => {
+                if let Some(index) = &mut self.index {
+                    index.insert(key.clone(), self.list.len());
                 }
-                None => {
-                    if let Some(p) = &mut places {
-                        p.insert(key.clone(), list.len());
-                    }
-                    list.push((key, entry));
-                }
+                self.list.push((key, value));
+                false
             }
         }
-        entries.repeated = repeated;
-        Ok(entries)
+    }
+
+    /// Set `key` unless it is there already.
+    pub fn set_once(&mut self, key: Cow<'a, str>, value: V) {
+        if self.position(&key).is_none() {
+            self.set(key, value);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = &(Cow<'a, str>, V)> {
+        self.list.iter()
+    }
+
+    pub fn into_list(self) -> Vec<(Cow<'a, str>, V)> {
+        self.list
     }
 }
 
