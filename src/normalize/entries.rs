@@ -395,20 +395,13 @@ impl<'a, V> Ordered<'a, V> {
 
     /// Set `key` to `value`; whether it was there already (its value is replaced).
     pub fn set(&mut self, key: Cow<'a, str>, value: V) -> bool {
-        if self.index.is_none() && self.list.len() >= SCAN_KEYS {
-            let index = self.list.iter().enumerate();
-            self.index = Some(index.map(|(i, (k, _))| (k.clone(), i)).collect());
-        }
         match self.position(&key) {
             Some(i) => {
                 self.list[i].1 = value;
                 true
             }
             None => {
-                if let Some(index) = &mut self.index {
-                    index.insert(key.clone(), self.list.len());
-                }
-                self.list.push((key, value));
+                self.push(key, value);
                 false
             }
         }
@@ -417,8 +410,20 @@ impl<'a, V> Ordered<'a, V> {
     /// Set `key` unless it is there already.
     pub fn set_once(&mut self, key: Cow<'a, str>, value: V) {
         if self.position(&key).is_none() {
-            self.set(key, value);
+            self.push(key, value);
         }
+    }
+
+    /// Add `key`, known not to be there yet; the index is built once the list is long.
+    fn push(&mut self, key: Cow<'a, str>, value: V) {
+        if self.index.is_none() && self.list.len() >= SCAN_KEYS {
+            let index = self.list.iter().enumerate();
+            self.index = Some(index.map(|(i, (k, _))| (k.clone(), i)).collect());
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key.clone(), self.list.len());
+        }
+        self.list.push((key, value));
     }
 
     pub fn len(&self) -> usize {

@@ -11,8 +11,8 @@
 //! frames, the writer, when no command waits and the background has finished a pass since
 //! its last try, checkpoints the few frames committed since that pass itself (an fsync of
 //! the file and a few pages, where SQLite's own copied a thousand); its next transaction then
-//! starts the WAL over. SQLite's own checkpoint
-//! stays as the backstop, at `BACKSTOP` frames, should neither have run.
+//! starts the WAL over. SQLite's own checkpoint stays as the backstop, at `BACKSTOP`
+//! frames, should neither have run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
