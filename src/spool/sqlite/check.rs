@@ -1,8 +1,9 @@
 //! Checking a spool file: SQLite's own structure check (`PRAGMA quick_check`: pages,
 //! b-trees, indexes) and every stored body against the checksum written with it.
 //!
-//! The daemon checks the structure of every table but the log when it opens the file (the
-//! log it reads through at start anyway, and checking it costs a pass over the whole file);
+//! The daemon checks the structure of every table but the log and its bodies when it opens
+//! the file (the log it reads through at start anyway, and checking them costs a pass over
+//! the whole file);
 //! `switchyard spool check` checks everything, log and bodies included, and works next to
 //! the running daemon.
 
@@ -12,13 +13,14 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::StorageError;
+use super::body::Bodies;
 use super::schema;
 use crate::spool::SpoolError;
 
 /// Most problems SQLite is asked to name.
 const MOST: usize = 20;
 
-/// Tables the daemon checks at start (everything but `log`).
+/// Tables the daemon checks at start (everything but `log` and `body`).
 const AT_START: &[&str] = &["destination", "retry", "dead_letter", "seen_batch", "stats"];
 
 /// What `switchyard spool check` found.
@@ -73,9 +75,10 @@ pub fn check(dir: &Path) -> Result<Report, SpoolError> {
         ..Report::default()
     };
     let mut stmt = conn
-        .prepare("SELECT seq, message_id, body, crc FROM log ORDER BY seq")
+        .prepare("SELECT seq, message_id, body, crc, body_at, bytes FROM log ORDER BY seq")
         .map_err(StorageError::from)?;
     let mut rows = stmt.query([]).map_err(StorageError::from)?;
+    let mut bodies = Bodies::default();
     while let Some(row) = rows.next().map_err(StorageError::from)? {
         report.messages += 1;
         let crc: Option<i64> = row.get(3).map_err(StorageError::from)?;
@@ -83,9 +86,14 @@ pub fn check(dir: &Path) -> Result<Report, SpoolError> {
             continue;
         }
         report.checksummed += 1;
-        let body: String = row.get(2).map_err(StorageError::from)?;
-        if let Some(why) = schema::damaged(&body, crc) {
-            let seq: i64 = row.get(0).map_err(StorageError::from)?;
+        let seq: i64 = row.get(0).map_err(StorageError::from)?;
+        let inline: String = row.get(2).map_err(StorageError::from)?;
+        let (at, bytes) = (
+            row.get(4).map_err(StorageError::from)?,
+            row.get(5).map_err(StorageError::from)?,
+        );
+        let (_, why) = bodies.text(&conn, seq as u64, &inline, at, bytes, crc)?;
+        if let Some(why) = why {
             let id: String = row.get(1).map_err(StorageError::from)?;
             report
                 .problems

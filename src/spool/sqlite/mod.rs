@@ -8,11 +8,13 @@
 //!
 //! Layout: this file is the `Spool` the daemon calls (open, lock, send a command, wait for
 //! its answer); `writer/` is the thread and its transactions; `store/` is the state machine
-//! it runs; `schema.rs` is the file and its versions; `error.rs` says what can fail, as data;
+//! it runs; `schema.rs` is the file and its versions; `body.rs` where a logged message's
+//! text is kept and how it is read back; `error.rs` says what can fail, as data;
 //! `dlq.rs` is what `switchyard dlq` does to the same file from another process; `check.rs`
 //! checks the file's structure and stored bodies (`switchyard spool check`); `wal.rs` says
 //! what a crash left at the end of the write-ahead log before SQLite drops it.
 
+mod body;
 pub mod check;
 pub mod dlq;
 mod error;

@@ -20,7 +20,9 @@ pub const FILE: &str = "spool.sqlite3";
 /// destination it goes to), so a delivered message costs a cursor move, not a row delete per
 /// destination. Version 3: the seqs each destination holds in memory. Version 4: a checksum
 /// per body. Version 5: the dedupe index becomes a journal of digests (see
-/// `carry_seen_over`). Later versions append a step; existing steps never change.
+/// `carry_seen_over`). Version 6: message texts move out of the log rows into `body` rows
+/// shared by the messages logged together (see `body.rs`). Later versions append a step;
+/// existing steps never change.
 pub(super) const STEPS: &[&str] = &[
     r#"
 CREATE TABLE destination (
@@ -116,6 +118,17 @@ CREATE TABLE seen_batch (
     at INTEGER NOT NULL,
     keys BLOB NOT NULL
 );
+"#,
+    r#"
+-- The texts of the messages with seqs `seq` to `last`, back to back. A log row written from
+-- version 6 on keeps an empty `body` and its text's offset here in `body_at` (its length is
+-- `bytes`); rows written before keep their text in `body`, with `body_at` NULL.
+CREATE TABLE body (
+    seq INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    text BLOB NOT NULL
+);
+ALTER TABLE log ADD COLUMN body_at INTEGER;
 "#,
 ];
 
@@ -262,17 +275,33 @@ pub fn insert_log(conn: &Connection, row: &LogRow<'_>) -> rusqlite::Result<Seq> 
 /// so that only these few statements are ever prepared (and each is kept prepared).
 const ROWS_PER_INSERT: [usize; 4] = [64, 16, 4, 1];
 
-/// Write `rows` (at least one) to the log, in order, with consecutive seqs; returns the last
-/// one (the newest). The one place log rows are written: the daemon's append and `dlq replay` write
-/// the same columns the same way. A statement per run of up to 64 rows, not one per row:
-/// each execution of an INSERT into an AUTOINCREMENT table also reads and rewrites the
-/// table's row in `sqlite_sequence`, and costs a statement reset and rebind.
+/// Columns of a log row as `insert_logs` writes it.
+const COLUMNS: usize = 9;
+
+/// Write `rows` (at least one) to the log, in order, with consecutive seqs, and their texts to
+/// `body` rows (see `body.rs`); returns the last seq (the newest). The one place log rows
+/// are written: the daemon's append and `dlq replay` write the same columns the same way,
+/// each inside a transaction of its own. A statement per run of up to 64 rows, not one per
+/// row: each execution costs a statement reset and rebind.
 pub fn insert_logs(conn: &Connection, rows: &[LogRow<'_>]) -> rusqlite::Result<Seq> {
     debug_assert!(
         !rows.is_empty(),
         "no rows: there is no newest seq to answer"
     );
-    let mut rest = rows;
+    // The seqs are given here, not by SQLite, so each body row can be keyed by the seq of its
+    // first message: one above the highest ever given (AUTOINCREMENT keeps it in
+    // `sqlite_sequence`, so a seq is never reused even once the log is emptied). A seq taken
+    // meanwhile would fail the INSERT, never share a row.
+    let newest: i64 = conn
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0),
+                        COALESCE((SELECT MAX(seq) FROM log), 0))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let first = newest as Seq + 1;
+    let places = write_bodies(conn, first, rows)?;
+    let all: Vec<_> = rows.iter().zip(places).zip(first..).collect();
+    let mut rest = all.as_slice();
     while !rest.is_empty() {
         let size = ROWS_PER_INSERT
             .iter()
@@ -280,43 +309,71 @@ pub fn insert_logs(conn: &Connection, rows: &[LogRow<'_>]) -> rusqlite::Result<S
             .unwrap_or(ROWS_PER_INSERT.len() - 1);
         let (run, after) = rest.split_at(ROWS_PER_INSERT[size]);
         let mut stmt = conn.prepare_cached(&INSERTS[size])?;
-        for (i, row) in run.iter().enumerate() {
-            let at = i * 8;
-            stmt.raw_bind_parameter(at + 1, row.source)?;
-            stmt.raw_bind_parameter(at + 2, row.message_id)?;
-            stmt.raw_bind_parameter(at + 3, row.group_id)?;
-            stmt.raw_bind_parameter(at + 4, row.body)?;
-            stmt.raw_bind_parameter(at + 5, row.body.len() as i64)?;
-            stmt.raw_bind_parameter(at + 6, row.enqueued_at)?;
-            stmt.raw_bind_parameter(at + 7, row.dests)?;
-            stmt.raw_bind_parameter(at + 8, crc(row.body))?;
+        for (i, ((row, at), seq)) in run.iter().enumerate() {
+            let p = i * COLUMNS;
+            stmt.raw_bind_parameter(p + 1, *seq as i64)?;
+            stmt.raw_bind_parameter(p + 2, row.source)?;
+            stmt.raw_bind_parameter(p + 3, row.message_id)?;
+            stmt.raw_bind_parameter(p + 4, row.group_id)?;
+            stmt.raw_bind_parameter(p + 5, row.body.len() as i64)?;
+            stmt.raw_bind_parameter(p + 6, row.enqueued_at)?;
+            stmt.raw_bind_parameter(p + 7, row.dests)?;
+            stmt.raw_bind_parameter(p + 8, crc(row.body))?;
+            stmt.raw_bind_parameter(p + 9, *at as i64)?;
         }
         stmt.raw_execute()?;
         rest = after;
     }
-    // Rows of one statement take consecutive seqs (AUTOINCREMENT: one above the highest ever
-    // given), and nobody else writes inside this transaction.
-    Ok(conn.last_insert_rowid() as Seq)
+    Ok(first + rows.len() as Seq - 1)
+}
+
+/// Write the texts of `rows`, whose seqs start at `first`, into body rows of up to
+/// `body::CHUNK` bytes each (a longer text alone); returns each text's offset in its row.
+fn write_bodies(
+    conn: &Connection,
+    first: Seq,
+    rows: &[LogRow<'_>],
+) -> rusqlite::Result<Vec<usize>> {
+    let mut insert =
+        conn.prepare_cached("INSERT INTO body (seq, last, text) VALUES (?1, ?2, ?3)")?;
+    let mut places = Vec::with_capacity(rows.len());
+    let mut text: Vec<u8> =
+        Vec::with_capacity(super::body::CHUNK.min(rows.iter().map(|r| r.body.len()).sum()));
+    let mut from = first;
+    for (seq, row) in (first..).zip(rows) {
+        if !text.is_empty() && text.len() + row.body.len() > super::body::CHUNK {
+            insert.execute(params![from as i64, seq as i64 - 1, text])?;
+            (text, from) = (Vec::with_capacity(super::body::CHUNK), seq);
+        }
+        places.push(text.len());
+        text.extend_from_slice(row.body.as_bytes());
+    }
+    insert.execute(params![
+        from as i64,
+        (first + rows.len() as Seq - 1) as i64,
+        text
+    ])?;
+    Ok(places)
 }
 
 /// The INSERT of each of `ROWS_PER_INSERT`'s sizes, written once.
 static INSERTS: std::sync::LazyLock<Vec<String>> =
     std::sync::LazyLock::new(|| ROWS_PER_INSERT.iter().map(|&n| insert_sql(n)).collect());
 
-/// The INSERT of `n` log rows.
+/// The INSERT of `n` log rows, their texts in `body` rows (`body` empty).
 fn insert_sql(n: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO log (source, message_id, group_id, body, bytes, enqueued_at, dests, crc) VALUES ",
+        "INSERT INTO log (seq, source, message_id, group_id, bytes, enqueued_at, dests, crc, body_at, body) VALUES ",
     );
     for i in 0..n {
         if i > 0 {
             sql.push(',');
         }
-        let at = i * 8;
-        let params: Vec<String> = (1..=8).map(|p| format!("?{}", at + p)).collect();
+        let p = i * COLUMNS;
+        let params: Vec<String> = (1..=COLUMNS).map(|c| format!("?{}", p + c)).collect();
         sql.push('(');
         sql.push_str(&params.join(", "));
-        sql.push(')');
+        sql.push_str(", '')");
     }
     sql
 }
@@ -341,6 +398,7 @@ pub fn damaged(body: &str, stored: Option<i64>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::sqlite::body::{Bodies, CHUNK};
 
     #[test]
     fn creates_then_reopens_at_the_current_version() {
@@ -400,16 +458,17 @@ mod tests {
         assert_eq!(count, 85);
         for (i, row) in rows.iter().enumerate() {
             let seq = first + 1 + i as u64;
-            let (id, group, body): (String, Option<String>, String) = conn
+            let (id, group): (String, Option<String>) = conn
                 .query_row(
-                    "SELECT message_id, group_id, body FROM log WHERE seq = ?1",
+                    "SELECT message_id, group_id FROM log WHERE seq = ?1",
                     [seq as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .unwrap();
+            let (body, damaged) = Bodies::of(&conn, seq).unwrap();
             assert_eq!(
-                (id.as_str(), group.as_deref(), body.as_str()),
-                (row.message_id, row.group_id, row.body)
+                (id.as_str(), group.as_deref(), body.as_ref(), damaged),
+                (row.message_id, row.group_id, row.body, None)
             );
             let numbers: (i64, i64, i64, i64) = conn
                 .query_row(
@@ -427,6 +486,79 @@ mod tests {
                     crc(row.body)
                 )
             );
+        }
+    }
+
+    /// Texts logged together fill body rows of up to `CHUNK` bytes, each keyed by its first
+    /// message's seq and naming its last; a longer text has a row of its own. Each reads back
+    /// whole, in order or alone.
+    #[test]
+    fn texts_fill_body_rows_of_up_to_a_chunk_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(dir.path(), true).unwrap();
+        let sizes = [CHUNK / 2, CHUNK / 2 - 10, 10, CHUNK * 2, 10, CHUNK - 10, 20];
+        let texts: Vec<String> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                format!(
+                    "\"{}\"",
+                    char::from(b'a' + i as u8).to_string().repeat(n - 2)
+                )
+            })
+            .collect();
+        let rows: Vec<LogRow<'_>> = texts
+            .iter()
+            .map(|t| LogRow {
+                source: "web",
+                message_id: "m",
+                group_id: None,
+                body: t,
+                enqueued_at: 0,
+                dests: 2,
+            })
+            .collect();
+        let last = insert_logs(&conn, &rows).unwrap();
+        let first = last + 1 - rows.len() as u64;
+        let chunks: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT seq, last, LENGTH(text) FROM body ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let at = |i: u64| (first + i) as i64;
+        let len = |r: std::ops::Range<usize>| texts[r].iter().map(|t| t.len() as i64).sum::<i64>();
+        assert_eq!(
+            chunks,
+            [
+                (at(0), at(2), len(0..3)),
+                (at(3), at(3), len(3..4)),
+                (at(4), at(5), len(4..6)),
+                (at(6), at(6), len(6..7)),
+            ]
+        );
+        let mut bodies = Bodies::default();
+        let mut stmt = conn
+            .prepare("SELECT seq, body, body_at, bytes, crc FROM log ORDER BY seq")
+            .unwrap();
+        let mut read = stmt.query([]).unwrap();
+        for text in &texts {
+            let r = read.next().unwrap().unwrap();
+            let seq = r.get::<_, i64>(0).unwrap() as Seq;
+            let inline: String = r.get(1).unwrap();
+            let (body, damaged) = bodies
+                .text(
+                    &conn,
+                    seq,
+                    &inline,
+                    r.get(2).unwrap(),
+                    r.get(3).unwrap(),
+                    r.get(4).unwrap(),
+                )
+                .unwrap();
+            assert_eq!((body.as_ref(), damaged), (text.as_str(), None));
+            assert_eq!(Bodies::of(&conn, seq).unwrap().0.as_ref(), text.as_str());
         }
     }
 

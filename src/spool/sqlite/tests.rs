@@ -88,6 +88,26 @@ fn past() -> SystemTime {
     SystemTime::now() - Duration::from_secs(1)
 }
 
+/// Change the stored texts in place, `from` to `to` (of the same length), as a fault on disk
+/// would: their log rows are left as they were.
+fn alter_text(conn: &rusqlite::Connection, from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "offsets stay put");
+    let changed = conn
+        .execute(
+            "UPDATE body SET text = CAST(replace(CAST(text AS TEXT), ?1, ?2) AS BLOB)
+             WHERE instr(CAST(text AS TEXT), ?1) > 0",
+            [from, to],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "one body row holds {from}");
+}
+
+/// Body rows in the file.
+fn body_rows(conn: &rusqlite::Connection) -> i64 {
+    conn.query_row("SELECT COUNT(*) FROM body", [], |r| r.get(0))
+        .unwrap()
+}
+
 #[test]
 fn each_destination_gets_its_routed_messages_in_order_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -779,6 +799,7 @@ fn bytes_replayed_from_dead_letters_still_count_after_the_daemon_appends() {
         .query_row("SELECT log_bytes FROM stats", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored, 0, "everything delivered and collected");
+    assert_eq!(body_rows(&conn), 0, "and their texts with them");
 }
 
 #[test]
@@ -937,12 +958,7 @@ fn an_item_held_behind_its_group_keeps_its_text_from_memory() {
     append(&mut s, vec![with_head("h2")]);
     assert!(s.lease("A", 10).unwrap().is_empty(), "h2 waits behind h1");
     // Changed on disk while it waits: a read from the file would flag it.
-    s.conn
-        .execute(
-            "UPDATE log SET body = replace(body, 'h2', 'x2') WHERE message_id = 'h2'",
-            [],
-        )
-        .unwrap();
+    alter_text(&s.conn, "\"h2\"", "\"x2\"");
     s.ack("A", &[first[0].seq]).unwrap();
     let second = s.lease("A", 10).unwrap();
     assert_eq!(second.len(), 1);
@@ -961,12 +977,7 @@ fn a_body_altered_on_disk_is_leased_as_corrupted() {
         &mut s,
         vec![msg("v1", None, &["A"]), msg("v2", Some("g"), &["A"])],
     );
-    s.conn
-        .execute(
-            "UPDATE log SET body = replace(body, 'v1', 'x1') WHERE message_id = 'v1'",
-            [],
-        )
-        .unwrap();
+    alter_text(&s.conn, "\"v1\"", "\"x1\"");
     drop(s);
     let mut s = store(dir.path());
     let leased = s.lease("A", 10).unwrap();
@@ -1161,4 +1172,71 @@ fn a_reload_drops_a_destination_without_losing_what_it_is_owed_and_adds_one_from
         s.lease("C", 10).unwrap().is_empty(),
         "C is no longer served"
     );
+}
+
+/// Messages logged together share a body row, which stays while any of them is still owed
+/// (here one waits in the retry set, read back from the row after its neighbours left) and
+/// goes with the last of them.
+#[test]
+fn a_body_row_stays_while_a_message_in_it_is_owed_and_goes_with_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(
+        &mut s,
+        vec![
+            msg("1", None, &["A"]),
+            msg("2", None, &["A"]),
+            msg("3", None, &["A"]),
+        ],
+    );
+    assert_eq!(body_rows(&s.conn), 1);
+    let leased = lease(&mut s, "A", 10);
+    s.ack("A", &[leased[0].1, leased[2].1]).unwrap();
+    s.retry_at("A", leased[1].1, past(), &attempt(1)).unwrap();
+    s.save().unwrap();
+    s.collect_garbage().unwrap();
+    let logged: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((logged, body_rows(&s.conn)), (1, 1), "2 keeps the row");
+    let again = s.lease("A", 10).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].corrupted, None);
+    assert_eq!(again[0].body.as_ref(), msg("2", None, &["A"]).body);
+    s.ack("A", &[again[0].seq]).unwrap();
+    s.save().unwrap();
+    s.collect_garbage().unwrap();
+    assert_eq!(body_rows(&s.conn), 0);
+}
+
+/// A message whose stored text is gone from the file (its body row deleted) is leased
+/// marked corrupted, saying what is missing, and `spool check` names it.
+#[test]
+fn a_message_whose_text_is_missing_is_leased_as_corrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(dir.path());
+    append(&mut s, vec![msg("gone", None, &["A"])]);
+    s.conn.execute("DELETE FROM body", []).unwrap();
+    drop(s);
+    let mut s = store(dir.path());
+    let leased = s.lease("A", 10).unwrap();
+    let why = leased[0].corrupted.as_deref().expect("flagged");
+    assert!(why.contains("stored text is missing"), "{why}");
+    let report = check::check(dir.path()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("messageId gone") && p.contains("missing")),
+        "{:?}",
+        report.problems
+    );
+    s.dead_letter("A", leased[0].seq, &attempt(1)).unwrap();
+    s.save().unwrap();
+    let kept: String = s
+        .conn
+        .query_row("SELECT message_id FROM dead_letter", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, "gone", "dead-lettered with what is left of it");
 }

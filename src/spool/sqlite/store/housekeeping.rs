@@ -19,22 +19,34 @@ const SLICE: usize = 512;
 
 impl Store {
     /// Delete the log rows in `(after, upto]` that no destination in `held` (a mask of bits)
-    /// still owes and no retry row refers to, and account for their bytes.
+    /// still owes and no retry row refers to, and account for their bytes; then the body rows
+    /// of that span no log row is left in.
     fn free_rows(&mut self, after: Seq, upto: Seq, held: i64) -> Result<(), StorageError> {
         if upto <= after {
             return Ok(());
         }
-        let freed: i64 = {
+        let (rows, freed) = {
             let mut stmt = self.conn.prepare_cached(
                 "DELETE FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) = 0
                        AND NOT EXISTS (SELECT 1 FROM retry r WHERE r.seq = log.seq)
                      RETURNING bytes",
             )?;
-            let bytes = stmt.query_map(params![after as i64, upto as i64, held], |r| {
+            let mut bytes = stmt.query_map(params![after as i64, upto as i64, held], |r| {
                 r.get::<_, i64>(0)
             })?;
-            bytes.sum::<Result<i64, _>>()?
+            bytes.try_fold((0, 0), |(rows, freed), b| b.map(|b| (rows + 1, freed + b)))?
         };
+        if rows > 0 {
+            // From the body row holding `after + 1` (it may start below the span) to the last
+            // one starting in it; each is probed by the log's key over its own seqs.
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM body
+                     WHERE seq >= COALESCE((SELECT MAX(seq) FROM body WHERE seq <= ?1), 0) AND seq <= ?2
+                       AND NOT EXISTS (SELECT 1 FROM log WHERE log.seq >= body.seq AND log.seq <= body.last)",
+                )?
+                .execute(params![after as i64 + 1, upto as i64])?;
+        }
         self.add_bytes(-freed)
     }
 

@@ -20,7 +20,8 @@ use super::retry_set::park;
 use super::tail::Tail;
 use super::{Flight, Lane, Store, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::{StorageError, schema};
+use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::body::Bodies;
 use crate::spool::{Leased, Seq};
 
 /// Most log rows (by seq span) one lease looks at.
@@ -107,7 +108,7 @@ impl Store {
                 );
                 let (body, corrupted) = match body {
                     Some(body) => (body, None),
-                    None => body_of(&self.conn, seq)?,
+                    None => Bodies::of(&self.conn, seq)?,
                 };
                 out.push(Leased {
                     seq,
@@ -184,7 +185,7 @@ impl Scan<'_> {
                 .into_iter()
                 // The text comes along even when the message is parsed already: it costs
                 // no copy here, and an adapter may send it as it is (`Item::raw`).
-                .map(|r| (r.seq as i64, r.group.clone(), r.body.clone(), None, false))
+                .map(|r| (r.seq, r.group.clone(), r.body.clone(), None, false))
                 .collect(),
             _ => rows_between(self.conn, self.lane, upto, want)?,
         };
@@ -203,8 +204,7 @@ impl Scan<'_> {
     /// group when an older item of it waits in the retry set (there too) or is in flight or
     /// held (in memory); leased into `out` otherwise.
     fn take(&mut self, row: Row, out: &mut Vec<Leased>) -> Result<(), StorageError> {
-        let (seq, group, body, crc, in_retry) = row;
-        let seq = seq as Seq;
+        let (seq, group, body, corrupted, in_retry) = row;
         self.lane.scan = seq;
         let parsed = self.parsed(seq);
         if in_retry {
@@ -227,7 +227,7 @@ impl Scan<'_> {
             if self.lane.hold.must_wait(g) {
                 // It keeps the text it was read with, unless that text is damaged (read
                 // again, and flagged, when its turn comes).
-                let body = (schema::damaged(&body, crc).is_none()).then_some(body);
+                let body = corrupted.is_none().then_some(body);
                 self.lane.hold.park(g, Waiting { seq, parsed, body });
                 return Ok(());
             }
@@ -242,7 +242,6 @@ impl Scan<'_> {
                 attempts: 0,
             },
         );
-        let corrupted = schema::damaged(&body, crc);
         out.push(Leased {
             seq,
             body,
@@ -265,10 +264,10 @@ impl Scan<'_> {
     }
 }
 
-/// A log row as a lease reads it: seq, group, body, its checksum (none for rows kept in
-/// memory), and whether the destination's retry set already holds it (the scan passes
-/// those by: they are leased from the retry set).
-type Row = (i64, Option<Arc<str>>, Arc<str>, Option<i64>, bool);
+/// A log row as a lease reads it: seq, group, text, why the text cannot be trusted (never
+/// for rows kept in memory), and whether the destination's retry set already holds it (the
+/// scan passes those by: they are leased from the retry set).
+type Row = (Seq, Option<Arc<str>>, Arc<str>, Option<String>, bool);
 
 /// Up to `limit` log rows in `(scan, upto]` routed to `lane`.
 fn rows_between(
@@ -279,44 +278,30 @@ fn rows_between(
 ) -> Result<Vec<Row>, StorageError> {
     // Whether the retry set holds a row is asked only while it holds any of this lane's.
     let sql = if lane.counts.retry_rows > 0 {
-        "SELECT seq, group_id, body, crc, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq)
+        "SELECT seq, group_id, body, crc, EXISTS (SELECT 1 FROM retry r WHERE r.dest = ?5 AND r.seq = log.seq), body_at, bytes
          FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4"
     } else {
-        "SELECT seq, group_id, body, crc, ?5 IS NULL
+        "SELECT seq, group_id, body, crc, ?5 IS NULL, body_at, bytes
          FROM log WHERE seq > ?1 AND seq <= ?2 AND (dests & ?3) != 0 ORDER BY seq LIMIT ?4"
     };
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(
-        params![
-            lane.scan as i64,
-            upto as i64,
-            lane.bit,
-            limit as i64,
-            lane.id
-        ],
-        |r| {
-            // Straight from SQLite's buffer into the shared text: one copy.
-            let text = r.get_ref(2)?.as_str().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-            })?;
-            let group: Option<String> = r.get(1)?;
-            Ok((
-                r.get(0)?,
-                group.map(Arc::from),
-                Arc::from(text),
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        },
-    )?;
-    rows.collect::<Result<_, _>>().map_err(StorageError::from)
-}
-
-/// A log row's body, and why it cannot be trusted if its checksum says so.
-fn body_of(conn: &Connection, seq: Seq) -> Result<(Arc<str>, Option<String>), StorageError> {
-    let (body, crc): (String, Option<i64>) = conn
-        .prepare_cached("SELECT body, crc FROM log WHERE seq = ?1")
-        .and_then(|mut s| s.query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?))))?;
-    let corrupted = schema::damaged(&body, crc);
-    Ok((Arc::from(body), corrupted))
+    let mut rows = stmt.query(params![
+        lane.scan as i64,
+        upto as i64,
+        lane.bit,
+        limit as i64,
+        lane.id
+    ])?;
+    let (mut out, mut bodies) = (Vec::new(), Bodies::default());
+    while let Some(r) = rows.next()? {
+        let seq = r.get::<_, i64>(0)? as Seq;
+        // Rows written before version 6 hold their text: straight from SQLite's buffer.
+        let inline = r.get_ref(2)?.as_str().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?;
+        let (text, corrupted) = bodies.text(conn, seq, inline, r.get(5)?, r.get(6)?, r.get(3)?)?;
+        let group: Option<String> = r.get(1)?;
+        out.push((seq, group.map(Arc::from), text, corrupted, r.get(4)?));
+    }
+    Ok(out)
 }

@@ -17,7 +17,8 @@ use rusqlite::{Connection, params};
 
 use super::{Lane, Store, from_ms, ms};
 use crate::message::Parsed;
-use crate::spool::sqlite::{StorageError, schema};
+use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::body::Bodies;
 use crate::spool::{Leased, Seq};
 
 impl Store {
@@ -35,14 +36,14 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc FROM retry r JOIN log l ON l.seq = r.seq
+                "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc, l.body_at, l.bytes FROM retry r JOIN log l ON l.seq = r.seq
                  WHERE r.dest = ?1 AND r.due_at IS NOT NULL AND r.due_at <= ?2
                    AND (r.group_id IS NULL OR NOT EXISTS
                         (SELECT 1 FROM retry e WHERE e.dest = ?1 AND e.group_id = r.group_id AND e.seq < r.seq))
                  ORDER BY r.due_at, r.seq",
             )?;
         let mut rows = stmt.query(params![lane.id, before.unwrap_or(i64::MAX)])?;
-        let mut out = Vec::new();
+        let (mut out, mut bodies) = (Vec::new(), Bodies::default());
         // Skipped rows are bounded by what is in flight: each group has one candidate row.
         while out.len() < max {
             let Some(row) = rows.next()? else {
@@ -57,7 +58,15 @@ impl Store {
             {
                 continue;
             }
-            out.push(due_retry(row, seq, group.clone(), before.is_some())?);
+            let with_body = before.is_some();
+            out.push(due_retry(
+                &self.conn,
+                &mut bodies,
+                row,
+                seq,
+                group.clone(),
+                with_body,
+            )?);
             if let (Some(g), Some(before)) = (&group, before) {
                 self.due_behind(lane.id, g, seq, before, max - out.len(), &mut out)?;
             }
@@ -81,17 +90,19 @@ impl Store {
             return Ok(());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc FROM retry r JOIN log l ON l.seq = r.seq
+            "SELECT r.seq, r.group_id, r.attempts, r.first_attempt, l.body, r.due_at, l.crc, l.body_at, l.bytes FROM retry r JOIN log l ON l.seq = r.seq
              WHERE r.dest = ?1 AND r.group_id = ?2 AND r.seq > ?3 ORDER BY r.seq LIMIT ?4",
         )?;
         let mut rows = stmt.query(params![lane, group.as_ref(), after as i64, max as i64])?;
+        let mut bodies = Bodies::default();
         while let Some(row) = rows.next()? {
             let due = row.get::<_, Option<i64>>(5)?;
             if due.is_none_or(|d| d > before) {
                 break;
             }
             let seq = row.get::<_, i64>(0)? as Seq;
-            out.push(due_retry(row, seq, Some(group.clone()), true)?);
+            let group = Some(group.clone());
+            out.push(due_retry(&self.conn, &mut bodies, row, seq, group, true)?);
         }
         Ok(())
     }
@@ -183,21 +194,22 @@ const RELEASED_AT_ONCE: i64 = 2000;
 
 /// A due retry row as a lease hands it out (its body only `with_body`), with its due time.
 fn due_retry(
+    conn: &Connection,
+    bodies: &mut Bodies,
     row: &rusqlite::Row<'_>,
     seq: Seq,
     group: Option<Arc<str>>,
     with_body: bool,
-) -> rusqlite::Result<(Leased, i64)> {
+) -> Result<(Leased, i64), StorageError> {
     let (body, corrupted) = if with_body {
-        let body: String = row.get(4)?;
-        let corrupted = schema::damaged(&body, row.get(6)?);
-        (body, corrupted)
+        let inline: String = row.get(4)?;
+        bodies.text(conn, seq, &inline, row.get(7)?, row.get(8)?, row.get(6)?)?
     } else {
-        (String::new(), None)
+        (Arc::from(""), None)
     };
     let leased = Leased {
         seq,
-        body: Arc::from(body),
+        body,
         parsed: Parsed::default(),
         group_id: group,
         attempts: row.get::<_, i64>(2)? as u32,

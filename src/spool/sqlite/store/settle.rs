@@ -3,11 +3,12 @@
 
 use std::time::SystemTime;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::retry_set::release_next;
 use super::{Flight, Lane, Store, ms};
 use crate::spool::sqlite::StorageError;
+use crate::spool::sqlite::body::Bodies;
 use crate::spool::{Attempt, Seq};
 
 impl Store {
@@ -53,13 +54,22 @@ impl Store {
         a: &Attempt,
     ) -> Result<(), StorageError> {
         self.settle(destination, seq, |conn, seq| {
+            let logged: Option<(String, String, Option<String>)> = conn
+                .prepare_cached("SELECT source, message_id, group_id FROM log WHERE seq = ?1")?
+                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((source, message_id, group_id)) = logged else {
+                return Ok(());
+            };
+            // As stored, even when it no longer matches its checksum (`corrupted`).
+            let (body, _) = Bodies::of(conn, seq)?;
             let reason = a.dead_reason.as_str();
             conn.prepare_cached(
                 "INSERT INTO dead_letter (destination, source, message_id, group_id, body, reason, error, attempts, first_attempt, last_attempt, status, response)
-                 SELECT ?1, source, message_id, group_id, body, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM log WHERE seq = ?9",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
-                s.execute(params![destination, reason, a.reason, a.attempts, ms(a.first_attempt), ms(a.last_attempt), a.status, a.response, seq as i64])
+                s.execute(params![destination, source, message_id, group_id, body.as_ref(), reason, a.reason, a.attempts, ms(a.first_attempt), ms(a.last_attempt), a.status, a.response])
             })?;
             Ok(())
         })?;
