@@ -72,10 +72,8 @@ impl Bodies {
             let why = format!("its stored text is missing: no body row holds seq {seq}");
             return Ok((Arc::from(""), Some(why)));
         };
-        let (from, to) = (
-            at.max(0) as usize,
-            at.max(0) as usize + bytes.max(0) as usize,
-        );
+        let from = at.max(0) as usize;
+        let to = from + bytes.max(0) as usize;
         let Some(raw) = chunk.get(from..to) else {
             let why = format!(
                 "its stored text is missing: bytes {from}..{to} of the body row of seq {first}, which holds {}",

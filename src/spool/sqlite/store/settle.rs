@@ -54,15 +54,20 @@ impl Store {
         a: &Attempt,
     ) -> Result<(), StorageError> {
         self.settle(destination, seq, |conn, seq| {
-            let logged: Option<(String, String, Option<String>)> = conn
-                .prepare_cached("SELECT source, message_id, group_id FROM log WHERE seq = ?1")?
-                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            type Logged = (String, String, Option<String>, String, Option<i64>, i64, Option<i64>);
+            let logged: Option<Logged> = conn
+                .prepare_cached(
+                    "SELECT source, message_id, group_id, body, body_at, bytes, crc FROM log WHERE seq = ?1",
+                )?
+                .query_row([seq as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })
                 .optional()?;
-            let Some((source, message_id, group_id)) = logged else {
+            let Some((source, message_id, group_id, inline, at, bytes, crc)) = logged else {
                 return Ok(());
             };
             // As stored, even when it no longer matches its checksum (`corrupted`).
-            let (body, _) = Bodies::of(conn, seq)?;
+            let (body, _) = Bodies::default().text(conn, seq, &inline, at, bytes, crc)?;
             let reason = a.dead_reason.as_str();
             conn.prepare_cached(
                 "INSERT INTO dead_letter (destination, source, message_id, group_id, body, reason, error, attempts, first_attempt, last_attempt, status, response)
