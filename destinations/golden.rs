@@ -120,6 +120,36 @@ pub fn assert_alike(d: &dyn Destination, messages: &[Map<String, Value>]) {
     }
 }
 
+/// Group calls that repeat their group's traits byte for byte, change them, and go back
+/// (with a value Salesforce cannot take in the changed ones): what the adapters keep per
+/// group (`crate::memo`) must translate them as the parsed calls do.
+pub fn repeating_calls() -> Vec<Map<String, Value>> {
+    let a = json!({"name": "Acme", "createdAt": "2024-01-02T03:04:05Z", "plan": "pro",
+        "address": {"city": "Berlin", "street": "Main St 1"}, "employees": 12});
+    let b = json!({"Name": "Beta", "industry": "Retail", "employees": "40"});
+    let c = json!({"name": "Acme Rockets", "employees": "many", "address": {"zip": "10115"},
+        "website": "https://acme.test", "$name": "kept apart"});
+    let calls = [
+        ("g1", "u1", &a),
+        ("g1", "u2", &a),
+        ("g2", "u1", &b),
+        ("g1", "u1", &c),
+        ("g1", "u3", &a),
+        ("g2", "u2", &b),
+        ("g1", "u1", &a),
+    ];
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, (group, user, traits))| {
+            normalized(
+                &json!({"type": "group", "messageId": format!("m{i}"), "groupId": group,
+                "userId": user, "traits": traits, "timestamp": "2024-05-01T11:00:00Z"}),
+            )
+        })
+        .collect()
+}
+
 /// A request as the golden file shows it; the body parsed (key order kept) for readability.
 pub fn shown(r: &OutRequest) -> Value {
     let body: Value = serde_json::from_slice(&r.body).unwrap();

@@ -12,6 +12,7 @@
 //! - [`deliver`]: one worker per destination: batching, rate limit, retries, settling.
 //! - [`destination`]: the adapter trait, its vocabulary and the registry.
 //! - [`destinations`]: the adapters, one folder each under `destinations/`.
+//! - [`memo`]: what a group's last traits became, kept for its next call.
 //! - [`retry`]: backoff and give-up as data (pure).
 //! - [`server`]: wiring and graceful shutdown.
 //! - [`telemetry`]: Prometheus metrics names, recorder and `/metrics` text.
@@ -25,6 +26,7 @@ pub mod destination;
 pub mod destinations;
 pub mod dlq;
 pub mod ingest;
+pub mod memo;
 pub mod message;
 pub mod normalize;
 pub mod ops;

@@ -3,6 +3,7 @@
 //!
 //! Wire facts are cited by the source keys of `reference/destinations.md` §3.
 
+mod properties;
 #[cfg(test)]
 mod tests;
 mod translate;
@@ -18,6 +19,7 @@ use crate::destination::{
     Classification, Destination, Failure, Item, OutRequest, Reads, Response, Setup, Translation,
     Verdict, classify_status, excerpt,
 };
+use crate::memo::GroupMemo;
 use crate::message::MessageType;
 use crate::secret::Secret;
 
@@ -89,7 +91,12 @@ pub struct Mixpanel {
     associate_user: bool,
     /// Merge a group's calls in a batch into one update (`coalesce`, default on).
     coalesce: bool,
+    /// Each group's last traits rendered as update properties (see `crate::memo`).
+    kept: GroupMemo<Option<Arc<str>>>,
 }
+
+/// What [`Mixpanel::kept`] may hold: the properties of some thousands of groups.
+const KEPT_BYTES: usize = 4 << 20;
 
 /// At most 2,000 updates per Groups request (MPD:reference/limits-1.mdx).
 const MAX_BATCH: usize = 2000;
@@ -121,6 +128,7 @@ impl Mixpanel {
             operation: c.operation,
             associate_user: c.associate_user,
             coalesce: setup.coalesce.unwrap_or(true),
+            kept: GroupMemo::new(KEPT_BYTES),
         })
     }
 }

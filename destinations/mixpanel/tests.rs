@@ -38,6 +38,18 @@ fn golden_requests() {
 }
 
 #[test]
+fn a_group_repeating_its_traits_translates_as_its_parsed_calls() {
+    let messages = golden::repeating_calls();
+    for extra in ["", "coalesce = false", "operation = \"set_once\""] {
+        let mp = mixpanel(extra).unwrap();
+        // Twice over, so the second pass takes what the first kept.
+        golden::assert_alike(&mp, &messages);
+        golden::assert_alike(&mp, &messages);
+        assert_eq!(mp.kept.groups(), 2, "{extra}");
+    }
+}
+
+#[test]
 fn set_once_and_no_user_association() {
     let mp = mixpanel("operation = \"set_once\"\nassociate_user = false\nregion = \"eu\"").unwrap();
     let messages = normalized_calls();

@@ -6,19 +6,22 @@
 //! after another (`$set`: the later value of a property wins; `$set_once`: the earlier
 //! stays); a user's membership in a group is sent once however many of its calls name it
 //! (`$union` adds a value once). Each update carries every call it stands for.
+//!
+//! Pure as to what it sends: the properties a group's stored traits text renders to are
+//! kept for the group's next calls with the same text (`crate::memo`), which get the same
+//! bytes without splitting the text again.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Method;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 
+use super::properties::{Call, Properties, Props, TraitsProperties};
 use super::{Mixpanel, Operation};
-use crate::destination::{Failure, Item, OutRequest, TraitValue, Traits, Translation, Verdict};
-use crate::normalize::entries::Ordered;
-use crate::normalize::time;
+use crate::destination::{Failure, Item, OutRequest, Traits, Translation, Verdict};
 
 /// One update may be at most 1 MB (MPD:reference/limits-1.mdx); counted in bytes of its JSON.
 const MAX_UPDATE_BYTES: usize = 1_000_000;
@@ -27,16 +30,6 @@ const MAX_UPDATE_BYTES: usize = 1_000_000;
 const BODY_BUDGET: usize = 1 << 20;
 /// At most 2,000 updates per request (MPD:reference/limits-1.mdx).
 const MAX_UPDATES: usize = super::MAX_BATCH;
-
-/// Reserved traits renamed to Mixpanel's reserved properties (MPD:docs/data-structure/
-/// property-reference/reserved-properties.mdx; the same names AJSI-MP and AD:mixpanel use).
-const RENAMED: &[(&str, &str)] = &[
-    ("name", "$name"),
-    ("createdAt", "$created"),
-    ("email", "$email"),
-    ("phone", "$phone"),
-    ("avatar", "$avatar"),
-];
 
 /// Serialized updates waiting to be packed into requests, with the batch indexes each
 /// carries (more than one when calls were coalesced into it).
@@ -66,23 +59,25 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
         let Some(group_id) = item.group_call() else {
             continue;
         };
-        let traits = match item.traits() {
-            Ok(traits) => traits.filter(|t| !t.is_empty()),
+        let call = match call(mp, item, group_id) {
+            Ok(call) => call,
             Err(why) => {
-                let why = format!("the stored message cannot be read: {why}");
                 t.settled
                     .push((i, Verdict::permanent(Failure::translation(why))));
                 continue;
             }
         };
-        let has_traits = traits.is_some();
-        if let Some(traits) = traits {
+        let has_traits = call.is_some();
+        if let Some(call) = call {
             match group_at.get(group_id).filter(|_| mp.coalesce) {
                 Some(&k) => {
                     let g = &mut groups[k];
-                    let earlier =
-                        std::mem::replace(&mut g.properties, Properties::Merged(Props::default()));
-                    g.properties = earlier.merge(&traits, mp.operation);
+                    if let Err(why) = g.properties.merge(call, mp.operation) {
+                        let why = format!("the stored message cannot be read: {why}");
+                        t.settled
+                            .push((i, Verdict::permanent(Failure::translation(why))));
+                        continue;
+                    }
                     g.items.push(i);
                     t.coalesced.push(i);
                 }
@@ -90,7 +85,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
                     group_at.insert(group_id, groups.len());
                     groups.push(GroupCalls {
                         group_id,
-                        properties: Properties::Traits(traits),
+                        properties: Properties::One(call),
                         items: vec![i],
                     });
                 }
@@ -136,6 +131,34 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
     t
 }
 
+/// One call's traits as its group's properties (`None`: it has none, or they are empty):
+/// from the stored text, rendered once per group and text (see `crate::memo`); split from
+/// the parsed message otherwise. `Err`: the stored text cannot be read.
+fn call<'a>(mp: &Mixpanel, item: &Item<'a>, group_id: &str) -> Result<Option<Call<'a>>, String> {
+    let unreadable = |why| format!("the stored message cannot be read: {why}");
+    let Some(text) = item.traits_json().map_err(unreadable)? else {
+        let traits = item.traits().map_err(unreadable)?;
+        return Ok(traits.filter(|t| !t.is_empty()).map(Call::Traits));
+    };
+    if let Some(rendered) = mp.kept.get(group_id, text) {
+        return Ok(rendered.map(|r| Call::Kept(text, r)));
+    }
+    let traits = Traits::split(text).map_err(unreadable)?;
+    if !mp.kept.wants() {
+        return Ok(Some(traits).filter(|t| !t.is_empty()).map(Call::Traits));
+    }
+    if traits.is_empty() {
+        mp.kept.keep(group_id, text, None, 0);
+        return Ok(None);
+    }
+    let json = serde_json::to_string(&TraitsProperties(&traits))
+        .map_err(|e| format!("the update cannot be serialized: {e}"))?;
+    let rendered: Arc<str> = Arc::from(json);
+    mp.kept
+        .keep(group_id, text, Some(rendered.clone()), rendered.len());
+    Ok(Some(Call::Kept(text, rendered)))
+}
+
 /// The updates that serialized; the calls of one that did not are settled as untranslatable.
 fn serialized(
     t: &mut Translation,
@@ -167,157 +190,75 @@ fn group_update(
         Operation::Set => "$set",
         Operation::SetOnce => "$set_once",
     };
-    serialize(&GroupUpdate {
+    let update = |properties| GroupUpdate {
         token: mp.token.expose(),
         group_key: &mp.group_key,
         group_id,
         op,
         properties,
-    })
+    };
+    match properties {
+        Properties::One(Call::Traits(traits)) => serialize(&update(Set::Traits(traits))),
+        Properties::Merged(merged) => serialize(&update(Set::Merged(merged))),
+        Properties::One(Call::Kept(_, rendered)) => update(Set::Kept).around(rendered),
+    }
 }
 
-struct GroupUpdate<'a> {
-    token: &'a str,
-    group_key: &'a str,
-    group_id: &'a str,
+struct GroupUpdate<'s, 'a> {
+    token: &'s str,
+    group_key: &'s str,
+    group_id: &'s str,
     op: &'static str,
-    properties: &'a Properties<'a>,
+    properties: Set<'s, 'a>,
 }
 
-impl Serialize for GroupUpdate<'_> {
+/// What goes under `$set` (or `$set_once`).
+enum Set<'s, 'a> {
+    Traits(&'s Traits<'a>),
+    Merged(&'s Props<'a>),
+    /// Rendered before: written by [`GroupUpdate::around`].
+    Kept,
+}
+
+impl GroupUpdate<'_, '_> {
+    /// The bytes a [`GroupUpdate`] serializes to, around properties rendered before.
+    fn around(&self, rendered: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(rendered.len() + 64 + self.group_id.len());
+        let mut head = || -> serde_json::Result<()> {
+            out.extend_from_slice(b"{\"$token\":");
+            serde_json::to_writer(&mut out, self.token)?;
+            out.extend_from_slice(b",\"$group_key\":");
+            serde_json::to_writer(&mut out, self.group_key)?;
+            out.extend_from_slice(b",\"$group_id\":");
+            serde_json::to_writer(&mut out, self.group_id)?;
+            out.push(b',');
+            serde_json::to_writer(&mut out, self.op)?;
+            out.push(b':');
+            Ok(())
+        };
+        head().map_err(|e| format!("the update cannot be serialized: {e}"))?;
+        out.extend_from_slice(rendered.as_bytes());
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+impl Serialize for GroupUpdate<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry("$token", self.token)?;
         map.serialize_entry("$group_key", self.group_key)?;
         map.serialize_entry("$group_id", self.group_id)?;
         match self.properties {
-            // A trait spelled like a renamed one (`$name` next to `name`) would give one
-            // property twice: merge them in a map, as for any other message shape we did not
-            // plan for.
-            Properties::Traits(traits) if traits.iter().any(|(k, _)| k.starts_with('$')) => {
-                map.serialize_entry(self.op, &properties(traits))?
-            }
-            Properties::Traits(traits) => map.serialize_entry(self.op, &AsProperties(traits))?,
-            Properties::Merged(merged) => map.serialize_entry(self.op, merged)?,
-        }
-        map.end()
-    }
-}
-
-/// A group's properties: one call's traits, written as they are read (see `properties`), or
-/// the properties of several calls merged.
-enum Properties<'a> {
-    Traits(Traits<'a>),
-    Merged(Props<'a>),
-}
-
-impl<'a> Properties<'a> {
-    /// Lay a later call's traits over these, as Mixpanel would apply its update after them:
-    /// with `$set` the later value of each property wins (an object such as `address` is one
-    /// property, replaced whole); with `$set_once` a property already set stays.
-    fn merge(self, later: &Traits<'a>, op: Operation) -> Self {
-        let mut merged = match self {
-            Properties::Traits(traits) => properties(&traits),
-            Properties::Merged(merged) => merged,
-        };
-        for (key, value) in properties(later).into_list() {
-            match op {
-                Operation::Set => {
-                    merged.set(key, value);
-                }
-                Operation::SetOnce => merged.set_once(key, value),
-            }
-        }
-        Properties::Merged(merged)
-    }
-}
-
-/// Traits as profile properties, written as they are read (see `properties`).
-/// Values read from the stored text are copied as they are.
-struct AsProperties<'a>(&'a Traits<'a>);
-
-impl Serialize for AsProperties<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.0.iter() {
-            if key == "createdAt" {
-                map.serialize_entry(renamed(&key), &created(value))?;
-            } else {
-                map.serialize_entry(renamed(&key), &value)?;
+            Set::Traits(traits) => map.serialize_entry(self.op, &TraitsProperties(traits))?,
+            Set::Merged(merged) => map.serialize_entry(self.op, merged)?,
+            Set::Kept => {
+                return Err(serde::ser::Error::custom(
+                    "rendered properties are written by `around`",
+                ));
             }
         }
         map.end()
-    }
-}
-
-/// Mixpanel's reserved name for a trait, or the trait's own.
-fn renamed(key: &str) -> &str {
-    RENAMED
-        .iter()
-        .find(|(from, _)| *from == key)
-        .map_or(key, |(_, to)| to)
-}
-
-/// Profile properties by name, in the order they were first set: values as the traits hold
-/// them (text copied when written), `createdAt`'s as Mixpanel reads dates. Merging calls
-/// parses none of their values.
-type Props<'a> = Ordered<'a, Prop<'a>>;
-
-enum Prop<'a> {
-    Trait(TraitValue<'a>),
-    Created(Value),
-}
-
-impl Serialize for Prop<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Prop::Trait(v) => v.serialize(serializer),
-            Prop::Created(v) => v.serialize(serializer),
-        }
-    }
-}
-
-impl Serialize for Props<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.len()))?;
-        for (key, value) in self.iter() {
-            map.serialize_entry(key.as_ref(), value)?;
-        }
-        map.end()
-    }
-}
-
-/// Traits as profile properties: reserved ones renamed, every other one under its own key,
-/// values as given except `createdAt`.
-fn properties<'a>(traits: &Traits<'a>) -> Props<'a> {
-    let mut props = Props::default();
-    for (key, value) in traits.iter() {
-        let value = if key == "createdAt" {
-            Prop::Created(created(value))
-        } else {
-            Prop::Trait(value)
-        };
-        let key = match renamed(&key) {
-            to if to != key => Cow::Owned(to.to_string()),
-            _ => key,
-        };
-        props.set(key, value);
-    }
-    props
-}
-
-/// Mixpanel reads dates as UTC `YYYY-MM-DDTHH:MM:SS` and would store a Unix number as a plain
-/// number (MPD:docs/data-structure/property-reference/data-type.mdx), so every readable form
-/// becomes that string; `null` and unreadable values pass as given.
-fn created(value: TraitValue<'_>) -> Value {
-    let value = value.to_value();
-    // Ingest writes every date it reads as `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 19 bytes.
-    if let Some(s) = value.as_str().filter(|s| time::is_canonical(s)) {
-        return Value::String(s[..19].to_string());
-    }
-    match time::parse_any(&value) {
-        Some(dt) => Value::String(dt.format("%Y-%m-%dT%H:%M:%S").to_string()),
-        None => value.into_owned(),
     }
 }
 
@@ -383,28 +324,4 @@ fn pack(t: &mut Translation, url: &str, updates: Updates) {
 fn finish(url: &str, mut body: Vec<u8>, items: Vec<usize>) -> OutRequest {
     body.push(b']');
     OutRequest::json(Method::POST, url, body, items)
-}
-
-#[cfg(test)]
-mod created_tests {
-    use super::*;
-
-    /// The shortcut for dates ingest wrote gives what parsing them gives.
-    #[test]
-    fn a_written_date_reads_as_a_parsed_one() {
-        for s in [
-            "2024-05-01T10:00:00.000Z",
-            "2024-02-29T23:59:59.999Z",
-            "1999-12-31T00:00:00.001Z",
-        ] {
-            let parsed = time::parse_any(&Value::from(s)).unwrap();
-            let slow = Value::String(parsed.format("%Y-%m-%dT%H:%M:%S").to_string());
-            assert_eq!(created(TraitValue::Tree(&Value::from(s))), slow, "{s}");
-        }
-        // Not written by ingest: parsed as before.
-        assert_eq!(
-            created(TraitValue::Tree(&Value::from("2024-05-01T12:00:00+02:00"))),
-            Value::from("2024-05-01T10:00:00")
-        );
-    }
 }

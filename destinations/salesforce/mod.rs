@@ -21,6 +21,7 @@ use crate::destination::{
     AuthError, Classification, Destination, Item, OutRequest, Reads, Response, Setup, Translation,
     Transport,
 };
+use crate::memo::GroupMemo;
 use crate::message::MessageType;
 use crate::secret::Secret;
 
@@ -113,7 +114,12 @@ pub struct Salesforce {
     /// One record per group per batch, the group's calls merged (`coalesce`, default on);
     /// else one record per call, a group's records in successive requests.
     coalesce: bool,
+    /// Each group's last traits as the fields they map to (see `crate::memo`).
+    kept: GroupMemo<translate::KeptFields>,
 }
+
+/// What [`Salesforce::kept`] may hold: the fields of some thousands of groups.
+const KEPT_BYTES: usize = 2 << 20;
 
 /// sObject Collections take at most 200 records (SF-COLL); one item makes at most one record.
 const MAX_BATCH: usize = 200;
@@ -176,6 +182,7 @@ impl Salesforce {
             request_limit_pause: c.request_limit_pause,
             tokens,
             coalesce: setup.coalesce.unwrap_or(true),
+            kept: GroupMemo::new(KEPT_BYTES),
         })
     }
 }

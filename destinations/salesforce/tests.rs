@@ -48,6 +48,22 @@ fn golden_requests() {
     golden::assert_alike(&sf, &messages);
 }
 
+#[test]
+fn a_group_repeating_its_traits_translates_as_its_parsed_calls() {
+    let messages = golden::repeating_calls();
+    for extra in [
+        "",
+        "coalesce = false\n",
+        "fields = { plan = \"Plan__c\" }\n",
+    ] {
+        let sf = salesforce(extra);
+        // Twice over, so the second pass takes what the first kept.
+        golden::assert_alike(&sf, &messages);
+        golden::assert_alike(&sf, &messages);
+        assert_eq!(sf.kept.groups(), 2, "{extra}");
+    }
+}
+
 fn group(n: usize, traits: Value) -> Map<String, Value> {
     json!({"type": "group", "messageId": format!("m-{n}"), "anonymousId": "a", "groupId": format!("g-{n}"), "traits": traits})
         .as_object()

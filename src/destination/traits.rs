@@ -42,25 +42,38 @@ impl<'a> Item<'a> {
     /// `message`, which then holds every field. `Err`: the stored text is not a JSON object
     /// (it was checked when stored; an adapter reports this as the item's failure).
     pub fn traits(&self) -> Result<Option<Traits<'a>>, String> {
-        let text = match (self.traits_text, self.raw) {
+        match self.traits_json()? {
+            Some(text) => Traits::split(text).map(Some),
+            None => {
+                let message: &'a Map<String, Value> = self.message;
+                let tree = message.get("traits").and_then(Value::as_object);
+                Ok(tree.map(Traits::Tree))
+            }
+        }
+    }
+
+    /// The JSON text of the call's `traits` object as stored, when the engine handed the
+    /// stored text over (`None` also when the call has no `traits` object): what
+    /// [`Item::traits`] splits, for an adapter that keeps what it made of a group's traits
+    /// (see `crate::memo`).
+    pub fn traits_json(&self) -> Result<Option<&'a str>, String> {
+        Ok(match (self.traits_text, self.raw) {
             (Some(text), _) => Some(text),
             (None, Some(raw)) => top_level(raw, "traits")
                 .map_err(|e| e.to_string())?
                 .map(RawValue::get)
                 .filter(|t| t.starts_with('{')),
-            (None, None) => {
-                let message: &'a Map<String, Value> = self.message;
-                let tree = message.get("traits").and_then(Value::as_object);
-                return Ok(tree.map(Traits::Tree));
-            }
-        };
-        text.map(|t| members(t).map(Traits::Text))
-            .transpose()
-            .map_err(|e| e.to_string())
+            (None, None) => None,
+        })
     }
 }
 
 impl<'a> Traits<'a> {
+    /// The members of a `traits` object's JSON text (from [`Item::traits_json`]).
+    pub fn split(text: &'a str) -> Result<Self, String> {
+        members(text).map(Traits::Text).map_err(|e| e.to_string())
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             Traits::Tree(m) => m.is_empty(),

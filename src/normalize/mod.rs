@@ -98,8 +98,10 @@ pub fn normalize_entries(
         && let Some(Entry::Text(t)) = msg.get("traits")
     {
         // An object (`check_objects`), checked to be JSON when the message was split.
+        // Keyed by group for group calls only: a user's traits are not the group's.
+        let group = group_id.as_deref().filter(|_| ty == MessageType::Group);
         let (rewritten, report) =
-            traits::normalize(t).map_err(|e| invalid(format!("traits: {e}")))?;
+            traits::normalize_of(group, t).map_err(|e| invalid(format!("traits: {e}")))?;
         if let Some(text) = rewritten {
             msg.set("traits", Entry::Written(text));
         }

@@ -368,3 +368,35 @@ fn ingest_says_where_traits_are_in_the_stored_text() {
     let absent = group(json!({"userId": "u", "groupId": "g"})).unwrap();
     assert_eq!(absent.traits_at, None);
 }
+
+/// A group's calls normalize their traits as the first call did when they repeat them byte
+/// for byte (kept, `crate::memo`), and afresh when they change, back and forth; an identify
+/// call with the same `groupId` is never given the group's.
+#[test]
+fn a_group_repeating_or_changing_its_traits_is_normalized_each_time() {
+    let group_id = "memo-test-group";
+    let a = json!({"Created At": "2024-01-02", "Address": {"zip": "10115"}, "employees": "12"});
+    let b = json!({"name": "Beta", "createdAt": "not a date"});
+    let call = |traits: &Value, ty: &str| {
+        let n = run(
+            json!({"type": ty, "userId": "u", "groupId": group_id, "traits": traits}),
+            None,
+            &BatchDefaults::default(),
+        )
+        .unwrap();
+        (
+            n.message().unwrap()["traits"].clone(),
+            n.unparsed_created_at,
+        )
+    };
+    let a_normal = json!({"createdAt": "2024-01-02T00:00:00.000Z",
+        "address": {"postalCode": "10115"}, "employees": 12});
+    for _ in 0..2 {
+        assert_eq!(call(&a, "group"), (a_normal.clone(), false));
+        assert_eq!(call(&a, "group"), (a_normal.clone(), false));
+        assert_eq!(call(&b, "group"), (b.clone(), true));
+        assert_eq!(call(&b, "group"), (b.clone(), true));
+    }
+    // Same text from an identify call: its own traits, normalized alike (and not kept).
+    assert_eq!(call(&a, "identify"), (a_normal, false));
+}

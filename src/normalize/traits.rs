@@ -1,12 +1,22 @@
 //! Reserved group traits recognised whatever their spelling, and their values normalized.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::entries::{Entries, Entry};
 use super::time;
+use crate::memo::GroupMemo;
+
+/// The groups' last traits as [`normalize`] left them: most group calls repeat their group's
+/// traits byte for byte, and those are not split again (see `crate::memo`).
+static KEPT: LazyLock<GroupMemo<(Option<String>, TraitReport)>> =
+    LazyLock::new(|| GroupMemo::new(KEPT_BYTES));
+
+/// What [`KEPT`] may hold: the traits of some thousands of groups.
+const KEPT_BYTES: usize = 4 << 20;
 
 /// Reserved group traits (Segment spec, group.md), by their folded spelling.
 const RESERVED: &[(&str, &str)] = &[
@@ -132,6 +142,26 @@ fn put<'a>(
             members.push((key, value));
         }
     }
+}
+
+/// [`normalize`] the traits of a call of `group` (`None`: a call of no group, normalized
+/// afresh), taking what the group's last call gave when its traits were the same text.
+pub fn normalize_of(
+    group: Option<&str>,
+    traits: &RawValue,
+) -> Result<(Option<String>, TraitReport), serde_json::Error> {
+    let Some(group) = group else {
+        return normalize(traits);
+    };
+    if let Some(kept) = KEPT.get(group, traits.get()) {
+        return Ok(kept);
+    }
+    let made = normalize(traits)?;
+    if KEPT.wants() {
+        let size = made.0.as_ref().map_or(0, String::len);
+        KEPT.keep(group, traits.get(), made.clone(), size);
+    }
+    Ok(made)
 }
 
 /// Normalize a traits object, JSON text that ingest checked: spellings, `address` sub-keys,
