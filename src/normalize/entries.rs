@@ -60,23 +60,38 @@ const TEXT_DEPTH: usize = 100;
 /// brackets to nest deeper than [`TEXT_DEPTH`]. Conservative: bytes inside strings count too,
 /// so "no" only means "walk it".
 fn plainly_sound(text: &str) -> bool {
-    let mut brackets = 0;
-    let mut digits = 0;
-    let mut previous = b' ';
-    for &b in text.as_bytes() {
-        match b {
-            b'[' | b'{' => brackets += 1,
-            b'u' if previous == b'\\' => return false,
-            b'e' | b'E' if previous.is_ascii_digit() || previous == b'.' => return false,
-            _ => {}
+    let bytes = text.as_bytes();
+    // This runs over every value kept as text of every call: a byte-at-a-time scan with every
+    // check in it, stopping at the first find, was 3-4% of the daemon's CPU. The counts go in
+    // byte-wide counters over chunks that cannot overflow them, with no branch and no early
+    // exit, so that the loop vectorizes; the rare bytes are found with `memchr`.
+    let (mut brackets, mut digits) = (0usize, 0usize);
+    for chunk in bytes.chunks(u8::MAX as usize) {
+        let (mut b_count, mut d_count) = (0u8, 0u8);
+        for &b in chunk {
+            b_count += u8::from((b == b'[') | (b == b'{'));
+            d_count += u8::from(b.wrapping_sub(b'0') < 10);
         }
-        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
-        if brackets > TEXT_DEPTH || digits > 300 {
-            return false;
-        }
-        previous = b;
+        brackets += usize::from(b_count);
+        digits += usize::from(d_count);
     }
-    true
+    // More than 300 digits in a row needs more than 300 in all.
+    if brackets > TEXT_DEPTH || (digits > 300 && longest_digit_run(bytes) > 300) {
+        return false;
+    }
+    let escape_u = memchr::memchr_iter(b'\\', bytes).any(|i| bytes.get(i + 1) == Some(&b'u'));
+    let exponent = memchr::memchr2_iter(b'e', b'E', bytes)
+        .any(|i| i > 0 && (bytes[i - 1].is_ascii_digit() || bytes[i - 1] == b'.'));
+    !escape_u && !exponent
+}
+
+/// The longest run of ASCII digits in `bytes`.
+fn longest_digit_run(bytes: &[u8]) -> usize {
+    bytes
+        .split(|b| !b.is_ascii_digit())
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Walk `text` as a full parse does, with its checks and its errors.

@@ -43,6 +43,44 @@ proptest::proptest! {
     }
 }
 
+/// The check as first written, a byte at a time: the one in use must answer as it does.
+fn plainly_sound_bytewise(text: &str) -> bool {
+    let mut brackets = 0;
+    let mut digits = 0;
+    let mut previous = b' ';
+    for &b in text.as_bytes() {
+        match b {
+            b'[' | b'{' => brackets += 1,
+            b'u' if previous == b'\\' => return false,
+            b'e' | b'E' if previous.is_ascii_digit() || previous == b'.' => return false,
+            _ => {}
+        }
+        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+        if brackets > TEXT_DEPTH || digits > 300 {
+            return false;
+        }
+        previous = b;
+    }
+    true
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_plain_check_answers_as_the_bytewise_one(
+        pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "a", "e", "E", "u", "\\", ".", "0", "7", "[", "{", "]", "\"", " ", "é",
+                "12345678901234567890123456789012345678901234567890",
+                "[[[[[[[[[[[[[[[[[[[[[[[[[", "\\u00e9", "1e5", "2.E",
+            ]),
+            0..120,
+        ),
+    ) {
+        let text = pieces.concat();
+        proptest::prop_assert_eq!(plainly_sound(&text), plainly_sound_bytewise(&text), "{}", text);
+    }
+}
+
 #[test]
 fn plain_text_is_told_from_text_worth_walking() {
     assert!(plainly_sound(
