@@ -137,7 +137,7 @@ pub(super) fn translate(mp: &Mixpanel, batch: &[Item<'_>]) -> Translation {
 fn call<'a>(mp: &Mixpanel, item: &Item<'a>, group_id: &str) -> Result<Option<Call<'a>>, String> {
     let unreadable = |why| format!("the stored message cannot be read: {why}");
     let Some(text) = item.traits_json().map_err(unreadable)? else {
-        let traits = item.traits().map_err(unreadable)?;
+        let traits = item.parsed_traits();
         return Ok(traits.filter(|t| !t.is_empty()).map(Call::Traits));
     };
     if let Some(rendered) = mp.kept.get(group_id, text) {

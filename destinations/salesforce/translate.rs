@@ -131,7 +131,7 @@ fn call_fields<'a>(
 ) -> Result<CallFields<'a>, String> {
     let Some(text) = item.traits_json()? else {
         let mut fields = Vec::new();
-        if let Some(traits) = item.traits()? {
+        if let Some(traits) = item.parsed_traits() {
             apply(sf, &traits, &mut fields, item.message_id());
         }
         return Ok(CallFields::Own(fields));

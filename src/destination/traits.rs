@@ -44,12 +44,19 @@ impl<'a> Item<'a> {
     pub fn traits(&self) -> Result<Option<Traits<'a>>, String> {
         match self.traits_json()? {
             Some(text) => Traits::split(text).map(Some),
-            None => {
-                let message: &'a Map<String, Value> = self.message;
-                let tree = message.get("traits").and_then(Value::as_object);
-                Ok(tree.map(Traits::Tree))
-            }
+            None => Ok(self.parsed_traits()),
         }
+    }
+
+    /// The call's `traits` object from `message`, when the engine handed no stored text
+    /// over (`None` when it did: [`Item::traits_json`] is then where the traits are).
+    pub fn parsed_traits(&self) -> Option<Traits<'a>> {
+        if self.raw.is_some() {
+            return None;
+        }
+        let message: &'a Map<String, Value> = self.message;
+        let tree = message.get("traits").and_then(Value::as_object);
+        tree.map(Traits::Tree)
     }
 
     /// The JSON text of the call's `traits` object as stored, when the engine handed the
