@@ -74,8 +74,9 @@ pub struct Accepted {
     /// The same message, parsed: the spool keeps it in memory for a while so delivery need
     /// not parse `body` again. `None`: delivery parses `body`.
     pub parsed: Option<Parsed>,
-    /// Names of the destinations it was routed to.
-    pub destinations: Vec<String>,
+    /// Names of the destinations it was routed to: shared with routing (no copy per
+    /// message), so a spool may tell them apart by pointer before comparing text.
+    pub destinations: Vec<Arc<str>>,
 }
 
 /// A normalized message parsed at most once and shared by everything that reads it: ingest

@@ -12,8 +12,9 @@ use crate::message::MessageType;
 /// What routing needs to know of one destination.
 #[derive(Debug, Clone)]
 pub struct RouteKey {
-    /// The destination's configured name, as the spool knows it.
-    name: String,
+    /// The destination's configured name, as the spool knows it; shared by every message
+    /// routed to it (see [`crate::message::Accepted::destinations`]).
+    name: std::sync::Arc<str>,
     /// Name and aliases, lower-cased.
     keys: Vec<String>,
     /// Message types it takes.
@@ -30,7 +31,7 @@ impl RouteKey {
             .chain(aliases.into_iter().map(|a| a.to_lowercase()))
             .collect();
         Self {
-            name: name.to_string(),
+            name: name.into(),
             keys,
             types,
         }
@@ -38,6 +39,11 @@ impl RouteKey {
 
     /// The destination's configured name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same name, shared: what a message routed here carries.
+    pub fn shared_name(&self) -> &std::sync::Arc<str> {
         &self.name
     }
 

@@ -270,7 +270,7 @@ fn accept(routing: &Routing, source: &str, n: normalize::Normalized) -> Accepted
     let integrations = n.head.get("integrations").and_then(Value::as_object);
     let destinations = route::route(n.ty, integrations, &routing.routes)
         .into_iter()
-        .map(|i| routing.routes[i].name().to_string())
+        .map(|i| routing.routes[i].shared_name().clone())
         .collect();
     if n.unparsed_created_at {
         tracing::debug!(message_id = %n.message_id, "createdAt kept as given: not a date we can read");

@@ -5,7 +5,8 @@
 //! answers `Full`; a `(source, messageId)` seen within the dedupe window is answered
 //! `Duplicate` and not logged again; a message routed to no configured destination is
 //! remembered for dedupe but not logged; each logged row's `dests` has one bit per
-//! destination it goes to, and that lane's `unscanned` count grows with it.
+//! destination it goes to, and that lane's `unscanned` count grows with it (once per row,
+//! however often a name is repeated).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -38,16 +39,30 @@ impl Store {
         let mut answers = Vec::with_capacity(messages.len());
         // The messages to log, with the destinations each goes to.
         let mut logged: Vec<(&Accepted, i64)> = Vec::with_capacity(messages.len());
+        // How many messages went to each set of destinations: counted per lane after.
+        let mut routes: Vec<(i64, u64)> = Vec::new();
         for m in messages {
             if !(self.seen).first_seen(&self.conn, &m.source, &m.message_id, now)? {
                 answers.push(Appended::Duplicate);
                 continue;
             }
             answers.push(Appended::Stored);
-            let dests = self.route(m);
+            let dests = self.route(&m.destinations);
             if dests != 0 {
                 logged.push((m, dests));
+                match routes.iter_mut().find(|(bits, _)| *bits == dests) {
+                    Some((_, n)) => *n += 1,
+                    None => routes.push((dests, 1)),
+                }
             }
+        }
+        // Each lane has that many more rows to scan.
+        for lane in self.lanes.values_mut() {
+            lane.counts.unscanned += routes
+                .iter()
+                .filter(|(bits, _)| bits & lane.bit != 0)
+                .map(|(_, n)| n)
+                .sum::<u64>();
         }
         self.log(&logged, now)?;
         let routed = logged.iter().fold(0, |all, (_, dests)| all | dests);
@@ -62,19 +77,22 @@ impl Store {
         Ok(Ok(answers))
     }
 
-    /// The bits of the configured destinations `m` goes to (each once); each of those lanes
-    /// has one more row to scan.
-    fn route(&mut self, m: &Accepted) -> i64 {
-        let mut dests = 0i64;
-        for d in &m.destinations {
-            if let Some(lane) = self.lanes.get_mut(d)
-                && dests & lane.bit == 0
-            {
-                dests |= lane.bit;
-                lane.counts.unscanned += 1;
-            }
+    /// The bits of the configured destinations among `names` (each once).
+    fn route(&mut self, names: &[Arc<str>]) -> i64 {
+        if let Some((last, bits)) = &self.last_route
+            && last.len() == names.len()
+            && last.iter().zip(names).all(|(a, b)| Arc::ptr_eq(a, b))
+        {
+            return *bits;
         }
-        dests
+        let bits = names
+            .iter()
+            .filter_map(|d| self.lanes.get(&**d))
+            .fold(0, |bits, lane| bits | lane.bit);
+        // Kept with the names it was made for: held here, no name's memory can be reused by
+        // another while its pointer is compared.
+        self.last_route = Some((names.to_vec(), bits));
+        bits
     }
 
     /// Write each message to the log for the destinations beside it, in one statement per

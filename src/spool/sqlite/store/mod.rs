@@ -119,6 +119,10 @@ pub(super) struct Store {
     tail: tail::Tail,
     /// Lanes whose lease stopped at its scan budget: their worker should lease again at once.
     pub(super) rewake: Vec<String>,
+    /// The last list of destination names an append routed, with its bits: ingest hands
+    /// every message routed alike the same shared names, so most messages are routed by
+    /// comparing pointers instead of looking each name up. Cleared when the lanes change.
+    last_route: Option<(Vec<Arc<str>>, i64)>,
     /// `PRAGMA synchronous` is FULL (each commit fsyncs the WAL: `Some(true)`), NORMAL
     /// (`Some(false)`), or unknown after an error setting it (`None`).
     synced: Option<bool>,

@@ -36,6 +36,7 @@ impl Store {
             cache: Default::default(),
             tail: Default::default(),
             rewake: Vec::new(),
+            last_route: None,
             synced: Some(true),
         };
         store.high = store.high_seq()?;
@@ -105,6 +106,7 @@ impl Store {
                 return Err(e);
             }
         };
+        self.last_route = None;
         for name in &removed {
             if let Some(lane) = self.lanes.remove(name) {
                 self.cache.forget_reader(lane.bit);
