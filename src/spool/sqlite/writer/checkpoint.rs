@@ -26,8 +26,14 @@ use rusqlite::{Connection, OpenFlags};
 use crate::telemetry::{self, Throttle};
 
 /// How often the background thread copies the WAL into the database file (more often in
-/// unit tests, which write a few MiB).
-const PERIOD: Duration = Duration::from_millis(if cfg!(test) { 10 } else { 100 });
+/// unit tests, which write a few MiB). A checkpoint copies the newest frame of each page the
+/// WAL holds, and the spool's pages live briefly: a message's text is written, delivered
+/// within milliseconds, and its pages freed and written again with newer texts. Copied once a
+/// second rather than ten times, a page rewritten in between is copied once: 19% fewer bytes
+/// written per message at full load, 23% at half load (measured; see the README). Under
+/// sustained full load the WAL then reaches `BACKSTOP` before a pass, and SQLite's own
+/// checkpoint does most of the copying.
+const PERIOD: Duration = Duration::from_millis(if cfg!(test) { 10 } else { 1000 });
 /// WAL frames (pages) past which the writer lets the WAL start over (16 MiB of 4 KiB pages;
 /// 1 MiB in unit tests).
 const RESTART_AT: u64 = if cfg!(test) { 256 } else { 4096 };
